@@ -1,1 +1,150 @@
-//! placeholder
+//! `ntpscope-capture`: the capture agent's I/O shell around the pure `capture-proto` core.
+//!
+//! # Layout
+//! - [`config`]: command line → validated [`Config`].
+//! - [`source`]: libpcap handles (live or file), clear open errors, the blocking capture loop.
+//! - [`output`]: JSON lines on stdout.
+//! - [`json`]: the JSON-lines view of records (seed column names).
+//! - [`summary`]: the counter summary printed on exit.
+//! - [`clock`]: the agent's only clock reads.
+//!
+//! **Architecture invariant:** this is the only crate that links libpcap. Parsing and pairing
+//! live in `capture-proto`, which never does I/O; this crate feeds it frames and capture times.
+#![deny(clippy::unwrap_used)]
+
+pub mod clock;
+pub mod config;
+pub mod json;
+pub mod output;
+pub mod source;
+pub mod summary;
+
+use std::{
+    future::Future,
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+pub use crate::config::{Cli, Config};
+use crate::{
+    source::{LoopContext, SourceState, SourceStatus},
+    summary::RunSummary,
+};
+
+/// Runs the agent until every source ends (files) or `shutdown` resolves (signals).
+///
+/// Opening is all-or-nothing: a missing interface or unreadable file fails before anything runs.
+/// The summary is returned rather than printed so callers (main, tests) decide what to do.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
+    let mut opened = Vec::with_capacity(config.sources.len());
+    for spec in &config.sources {
+        opened.push(source::open(spec, &config.live)?);
+    }
+    let interfaces: Vec<String> = config.sources.iter().map(|s| s.interface().to_string()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel(256);
+    let mut statuses = Vec::new();
+    let mut threads = Vec::new();
+    for (idx, ((handle, link), spec)) in opened.into_iter().zip(&config.sources).enumerate() {
+        let status = Arc::new(Mutex::new(SourceStatus {
+            interface: spec.interface().to_string(),
+            kind: match spec {
+                config::SourceSpec::Live { .. } => "live",
+                config::SourceSpec::File { .. } => "file",
+            },
+            link: Some(link),
+            counters: capture_proto::stats::Counters::default(),
+            pcap: source::PcapStats::default(),
+            records_dropped: 0,
+            pairing_bytes: 0,
+            state: SourceState::Running,
+        }));
+        statuses.push(status.clone());
+        let mut analyzer = config.analyzer;
+        analyzer.pairing.hash_seed = random_seed(idx);
+        let ctx = LoopContext {
+            source: idx,
+            analyzer,
+            stop: stop.clone(),
+            tx: tx.clone(),
+            batch_records: config.batch_records.get(),
+            batch_interval: config.batch_interval,
+            flush_pending: config.flush_pending,
+            status,
+            progress: config.progress,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("capture-{idx}"))
+            .spawn(move || source::run(handle, link, &ctx))
+            .context("spawning a capture thread")?;
+        threads.push(thread);
+    }
+    drop(tx);
+    let host = config.agent_id.clone();
+    let (kind, observations) = (config.output, config.observations);
+    let mut writer = tokio::task::spawn_blocking(move || {
+        output::drain(rx, kind, observations, &host, &interfaces, io::BufWriter::with_capacity(1 << 16, io::stdout().lock()))
+    });
+    let written = tokio::select! {
+        res = &mut writer => res,
+        () = shutdown => {
+            tracing::info!(message = "Stopping capture.");
+            stop.store(true, Ordering::Relaxed);
+            writer.await
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let join = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    join.await.context("joining capture threads")?;
+    let output = written.context("output task")?.context("writing records")?;
+    let sources: Vec<SourceStatus> = statuses
+        .iter()
+        .map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        .collect();
+    Ok(RunSummary::new(config.agent_id, sources, output))
+}
+
+/// A per-process random seed for the pairing hash, so a remote sender cannot aim collisions at
+/// the table. std's `RandomState` draws from the OS once per process.
+fn random_seed(idx: usize) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(idx)
+}
+
+/// The agent's hostname, the default agent id.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,382 @@
+//! libpcap sources: opening interfaces and files with clear errors, and the blocking capture loop.
+//!
+//! Each source runs on its own OS thread (libpcap is blocking) and owns its [`Analyzer`], so
+//! parsing and pairing happen right next to the packet buffer without a per-packet hand-off.
+//! Records leave in batches through a bounded channel. A file source waits when the channel is
+//! full (nothing is lost, the file just reads slower); a live source never waits: it drops the
+//! batch and counts it, so the kernel buffer keeps draining.
+
+use std::{
+    io::IsTerminal,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use capture_proto::{Analyzer, AnalyzerConfig, frame::LinkType, stats::Counters};
+use ntp_wire::Record;
+use pcap::{Activated, Capture, Precision};
+use tokio::sync::mpsc;
+
+use crate::{
+    clock,
+    config::{LiveConfig, SourceSpec},
+};
+
+/// Records from one source, handed to the output.
+#[derive(Debug)]
+pub struct Batch {
+    /// Index of the source in the configuration.
+    pub source: usize,
+    /// The records, in capture order.
+    pub records: Vec<Record>,
+}
+
+/// Kernel-side packet counters of a live capture (cumulative, from `pcap_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PcapStats {
+    /// Packets the filter accepted.
+    pub received: u64,
+    /// Packets dropped because the capture buffer was full (`ps_drop`).
+    pub dropped: u64,
+    /// Packets dropped by the interface or driver (`ps_ifdrop`).
+    pub if_dropped: u64,
+}
+
+/// State of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Capturing.
+    Running,
+    /// Stopped on request or at the end of the file.
+    Finished,
+    /// Stopped by an error.
+    Failed(String),
+}
+
+/// What a source has done so far; shared with whoever reports status.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    /// Interface name recorded for this source.
+    pub interface: String,
+    /// `live` or `file`.
+    pub kind: &'static str,
+    /// Link type in use.
+    pub link: Option<LinkType>,
+    /// Core counters.
+    pub counters: Counters,
+    /// Kernel counters (live only).
+    pub pcap: PcapStats,
+    /// Records dropped because the output could not keep up (live only).
+    pub records_dropped: u64,
+    /// Bytes of memory held by the pairing table.
+    pub pairing_bytes: u64,
+    /// Current state.
+    pub state: SourceState,
+}
+
+/// Why a source could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The interface does not exist.
+    #[error("interface {name:?} not found (available: {available})")]
+    NoSuchInterface {
+        /// Requested name.
+        name: String,
+        /// Interfaces libpcap can see.
+        available: String,
+    },
+    /// The process may not capture.
+    #[error(
+        "no permission to capture on {name:?}: live capture needs CAP_NET_RAW (run as root, or \
+         `setcap cap_net_raw,cap_net_admin=eip` on the binary): {detail}"
+    )]
+    Permission {
+        /// Interface.
+        name: String,
+        /// libpcap's message.
+        detail: String,
+    },
+    /// The file cannot be read.
+    #[error("cannot read {path}: {detail}")]
+    Unreadable {
+        /// File.
+        path: String,
+        /// The OS error.
+        detail: String,
+    },
+    /// The file is not pcap or pcapng.
+    #[error("{path} is not a pcap or pcapng capture: {detail}")]
+    NotACapture {
+        /// File.
+        path: String,
+        /// libpcap's message.
+        detail: String,
+    },
+    /// The link type cannot be decoded.
+    #[error("{name}: link type {dlt} is not supported (Ethernet, Linux SLL/SLL2, raw IP, loopback are)")]
+    UnsupportedLink {
+        /// Source.
+        name: String,
+        /// The DLT number.
+        dlt: i32,
+    },
+    /// The BPF filter does not compile.
+    #[error("BPF filter {expr:?} rejected on {name}: {detail}")]
+    Filter {
+        /// Interface.
+        name: String,
+        /// Expression.
+        expr: String,
+        /// libpcap's message.
+        detail: String,
+    },
+    /// Anything else libpcap reports.
+    #[error("cannot open {name}: {detail}")]
+    Other {
+        /// Source.
+        name: String,
+        /// libpcap's message.
+        detail: String,
+    },
+}
+
+/// An opened libpcap handle.
+pub enum Handle {
+    /// A live interface.
+    Live(Capture<pcap::Active>),
+    /// A capture file and its size in bytes.
+    File(Capture<pcap::Offline>, u64),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Live(_) => f.write_str("Handle::Live"),
+            Self::File(_, len) => write!(f, "Handle::File({len} bytes)"),
+        }
+    }
+}
+
+/// Opens a source, mapping libpcap's errors to ones an operator can act on.
+pub fn open(spec: &SourceSpec, live: &LiveConfig) -> Result<(Handle, LinkType), OpenError> {
+    match spec {
+        SourceSpec::Live { interface } => open_live(interface, live),
+        SourceSpec::File { path, .. } => open_file(path),
+    }
+}
+
+fn open_live(name: &str, cfg: &LiveConfig) -> Result<(Handle, LinkType), OpenError> {
+    let other = |e: pcap::Error| OpenError::Other { name: name.to_string(), detail: e.to_string() };
+    let inactive = pcap::Capture::from_device(name).map_err(other)?;
+    let cap = inactive
+        .promisc(cfg.promisc)
+        .snaplen(cfg.snaplen)
+        .buffer_size(cfg.buffer_bytes)
+        .immediate_mode(true)
+        .timeout(100)
+        .precision(Precision::Nano)
+        .open();
+    let mut cap = match cap {
+        Ok(c) => c,
+        Err(e) => {
+            let detail = e.to_string();
+            let lower = detail.to_lowercase();
+            if lower.contains("permission") || lower.contains("not permitted") {
+                return Err(OpenError::Permission { name: name.to_string(), detail });
+            }
+            if lower.contains("no such device") || lower.contains("doesn't exist") {
+                let available = pcap::Device::list()
+                    .map(|l| l.into_iter().map(|d| d.name).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                return Err(OpenError::NoSuchInterface { name: name.to_string(), available });
+            }
+            return Err(OpenError::Other { name: name.to_string(), detail });
+        }
+    };
+    let dlt = cap.get_datalink().0;
+    let link = LinkType::from_dlt(dlt).ok_or(OpenError::UnsupportedLink { name: name.to_string(), dlt })?;
+    cap.filter(&cfg.bpf, true).map_err(|e| OpenError::Filter {
+        name: name.to_string(),
+        expr: cfg.bpf.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((Handle::Live(cap), link))
+}
+
+fn open_file(path: &Path) -> Result<(Handle, LinkType), OpenError> {
+    let shown = path.display().to_string();
+    // Ask the OS first: libpcap's messages for missing or unreadable files are vague.
+    let meta = std::fs::metadata(path).map_err(|e| OpenError::Unreadable { path: shown.clone(), detail: e.to_string() })?;
+    if meta.is_dir() {
+        return Err(OpenError::Unreadable { path: shown, detail: "is a directory".into() });
+    }
+    std::fs::File::open(path).map_err(|e| OpenError::Unreadable { path: shown.clone(), detail: e.to_string() })?;
+    let cap = Capture::from_file_with_precision(path, Precision::Nano)
+        .map_err(|e| OpenError::NotACapture { path: shown.clone(), detail: e.to_string() })?;
+    let dlt = cap.get_datalink().0;
+    let link = LinkType::from_dlt(dlt).ok_or(OpenError::UnsupportedLink { name: shown, dlt })?;
+    Ok((Handle::File(cap, meta.len()), link))
+}
+
+/// Everything a capture thread needs besides its handle.
+#[derive(Debug)]
+pub struct LoopContext {
+    /// Index of this source.
+    pub source: usize,
+    /// Core configuration.
+    pub analyzer: AnalyzerConfig,
+    /// Set to stop capturing.
+    pub stop: Arc<AtomicBool>,
+    /// Where batches go.
+    pub tx: mpsc::Sender<Batch>,
+    /// Records per batch.
+    pub batch_records: usize,
+    /// Longest a partial batch is held.
+    pub batch_interval: Duration,
+    /// Report pending requests as unanswered at the end.
+    pub flush_pending: bool,
+    /// Shared status.
+    pub status: Arc<Mutex<SourceStatus>>,
+    /// Draw a progress bar for big files on a terminal.
+    pub progress: bool,
+}
+
+/// Runs a source until it ends, fails, or `stop` is set.
+pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
+    let res = match handle {
+        Handle::Live(cap) => capture_loop(cap, link, ctx, true, None),
+        Handle::File(cap, len) => {
+            let bar = (ctx.progress && len > 64 << 20 && std::io::stderr().is_terminal()).then(|| {
+                let bar = indicatif::ProgressBar::new(len);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
+                ) {
+                    bar.set_style(style);
+                }
+                bar
+            });
+            let res = capture_loop(cap, link, ctx, false, bar.as_ref());
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            res
+        }
+    };
+    let mut st = ctx.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    st.state = match res {
+        Ok(()) => SourceState::Finished,
+        Err(e) => SourceState::Failed(e),
+    };
+}
+
+fn capture_loop<T: Activated + ?Sized>(
+    mut cap: Capture<T>,
+    link: LinkType,
+    ctx: &LoopContext,
+    live: bool,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(), String> {
+    let mut analyzer = Analyzer::new(link, ctx.analyzer);
+    let mut out: Vec<Record> = Vec::with_capacity(ctx.batch_records * 2);
+    let mut last_send = clock::monotonic();
+    let mut last_status = clock::monotonic();
+    let mut n: u64 = 0;
+    let mut bytes_read: u64 = 24;
+    let mut dropped: u64 = 0;
+    let result = loop {
+        match cap.next_packet() {
+            Ok(pkt) => {
+                let ts = pkt.header.ts;
+                let time_ns = i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_usec);
+                analyzer.handle_frame(time_ns, pkt.data, &mut out);
+                n += 1;
+                bytes_read += 16 + u64::from(pkt.header.caplen);
+                if out.len() >= ctx.batch_records && !send(ctx, &mut out, live, &mut dropped) {
+                    break Ok(());
+                }
+                // Files are read flat out: look at the clock and the stop flag every 4096 packets.
+                if !live && n % 4096 != 0 {
+                    continue;
+                }
+                if let Some(bar) = bar {
+                    bar.set_position(bytes_read.min(bar.length().unwrap_or(u64::MAX)));
+                }
+            }
+            Err(pcap::Error::TimeoutExpired) => {
+                // Idle link: let time move on so unanswered requests are reported. Packets stamped
+                // before `now - 0.5 s` have all been delivered in immediate mode.
+                analyzer.advance(clock::wall_ns() - 500_000_000, &mut out);
+            }
+            Err(pcap::Error::NoMorePackets) => break Ok(()),
+            Err(e) => break Err(format!("capture failed: {e}")),
+        }
+        if ctx.stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        if !out.is_empty() && last_send.elapsed() >= ctx.batch_interval {
+            if !send(ctx, &mut out, live, &mut dropped) {
+                break Ok(());
+            }
+            last_send = clock::monotonic();
+        }
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            publish_status(ctx, &analyzer, &mut cap, live, dropped);
+            last_status = clock::monotonic();
+        }
+    };
+    if ctx.flush_pending {
+        analyzer.flush(&mut out);
+    }
+    if !out.is_empty() {
+        send(ctx, &mut out, live && !ctx.stop.load(Ordering::Relaxed), &mut dropped);
+    }
+    publish_status(ctx, &analyzer, &mut cap, live, dropped);
+    result
+}
+
+/// Hands the batch over; returns false when the output has gone away.
+fn send(ctx: &LoopContext, out: &mut Vec<Record>, live: bool, dropped: &mut u64) -> bool {
+    let records = std::mem::replace(out, Vec::with_capacity(ctx.batch_records * 2));
+    let batch = Batch { source: ctx.source, records };
+    if live {
+        match ctx.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(b)) => {
+                *dropped += b.records.len() as u64;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    } else {
+        ctx.tx.blocking_send(batch).is_ok()
+    }
+}
+
+fn publish_status<T: Activated + ?Sized>(
+    ctx: &LoopContext,
+    analyzer: &Analyzer,
+    cap: &mut Capture<T>,
+    live: bool,
+    dropped: u64,
+) {
+    let pcap_stats = if live {
+        cap.stats()
+            .map(|s| PcapStats {
+                received: u64::from(s.received),
+                dropped: u64::from(s.dropped),
+                if_dropped: u64::from(s.if_dropped),
+            })
+            .unwrap_or_default()
+    } else {
+        PcapStats::default()
+    };
+    let mut st = ctx.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    st.counters = analyzer.counters();
+    st.pcap = pcap_stats;
+    st.records_dropped = dropped;
+    st.pairing_bytes = analyzer.pairer().heap_bytes() as u64;
+}
