@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         threads.push(thread);
     }
     drop(tx);
+    tracing::info!(message = "Capture started.", sources = ?interfaces);
     let host = config.agent_id.clone();
     let (kind, observations) = (config.output, config.observations);
     let mut writer = tokio::task::spawn_blocking(move || {

@@ -26,6 +26,9 @@ use crate::{
     config::{LiveConfig, SourceSpec},
 };
 
+/// How often an idle live capture wakes up to expire requests and check for shutdown.
+const TICK: Duration = Duration::from_millis(200);
+
 /// Records from one source, handed to the output.
 #[derive(Debug)]
 pub struct Batch {
@@ -248,7 +251,28 @@ pub struct LoopContext {
 /// Runs a source until it ends, fails, or `stop` is set.
 pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
     let res = match handle {
-        Handle::Live(cap) => capture_loop(cap, link, ctx, true, None),
+        Handle::Live(mut cap) => {
+            // libpcap 1.10 on Linux keeps polling inside pcap_next_ex until a packet arrives; its
+            // read timeout never returns control. A ticker wakes the loop with pcap_breakloop
+            // (an eventfd wake-up) so idle links still expire requests and see the stop flag.
+            let waker = cap.breakloop_handle();
+            let done = Arc::new(AtomicBool::new(false));
+            let ticker = {
+                let done = done.clone();
+                std::thread::Builder::new().name(format!("capture-tick-{}", ctx.source)).spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        waker.breakloop();
+                    }
+                })
+            };
+            let res = capture_loop(cap, link, ctx, true, None);
+            done.store(true, Ordering::Relaxed);
+            if let Ok(t) = ticker {
+                let _ = t.join();
+            }
+            res
+        }
         Handle::File(cap, len) => {
             let bar = (ctx.progress && len > 64 << 20 && std::io::stderr().is_terminal()).then(|| {
                 let bar = indicatif::ProgressBar::new(len);
@@ -306,7 +330,7 @@ fn capture_loop<T: Activated + ?Sized>(
                     bar.set_position(bytes_read.min(bar.length().unwrap_or(u64::MAX)));
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => {
+            Err(pcap::Error::TimeoutExpired) | Err(pcap::Error::NoMorePackets) if live => {
                 // Idle link: let time move on so unanswered requests are reported. Packets stamped
                 // before `now - 0.5 s` have all been delivered in immediate mode.
                 analyzer.advance(clock::wall_ns() - 500_000_000, &mut out);
