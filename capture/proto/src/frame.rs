@@ -105,6 +105,14 @@ impl Skip {
 
 /// Extracts the UDP datagram from one captured frame.
 pub fn decode(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
+    if let Some(d) = fast_path(link, frame) {
+        return Ok(d);
+    }
+    decode_general(link, frame)
+}
+
+/// The general path: etherparse's slicing, for every frame the fast path declines.
+pub fn decode_general(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
     let strict = match link {
         LinkType::Ethernet => SlicedPacket::from_ethernet(frame),
         LinkType::LinuxSll => SlicedPacket::from_linux_sll(frame),
@@ -125,6 +133,67 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
         }
         Err(_) => Err(Skip::Malformed),
     }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// The common case in a few comparisons: an untagged, unfragmented IPv4 or IPv6 (no extension
+/// headers) UDP datagram whose lengths are all consistent. Anything else returns `None` and takes
+/// the general path, so the fast path never decides a skip reason. A differential property test
+/// checks it against etherparse.
+pub fn fast_path(link: LinkType, frame: &[u8]) -> Option<UdpDatagram<'_>> {
+    let ip_start = match link {
+        LinkType::Ethernet if frame.len() >= 14 && matches!(be16(frame, 12), 0x0800 | 0x86dd) => 14,
+        LinkType::LinuxSll if frame.len() >= 16 && matches!(be16(frame, 14), 0x0800 | 0x86dd) => 16,
+        LinkType::LinuxSll2 if frame.len() >= 20 && matches!(be16(frame, 0), 0x0800 | 0x86dd) => 20,
+        LinkType::RawIp => 0,
+        LinkType::Loopback => 4,
+        _ => return None,
+    };
+    let ip = frame.get(ip_start..)?;
+    let (src_ip, dst_ip, udp) = match ip.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            if ip.len() < 20 || ihl < 20 || ip[9] != 17 || be16(ip, 6) & 0x3fff != 0 {
+                return None;
+            }
+            let total = usize::from(be16(ip, 2));
+            if total < ihl + 8 || total > ip.len() {
+                return None;
+            }
+            let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+            let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), &ip[ihl..total])
+        }
+        6 => {
+            if ip.len() < 48 || ip[6] != 17 {
+                return None;
+            }
+            let total = 40 + usize::from(be16(ip, 4));
+            if total < 48 || total > ip.len() {
+                return None;
+            }
+            let src: [u8; 16] = ip[8..24].try_into().ok()?;
+            let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+            (IpAddr::from(src), IpAddr::from(dst), &ip[40..total])
+        }
+        _ => return None,
+    };
+    let udp_len = usize::from(be16(udp, 4));
+    if udp_len < 8 || udp_len > udp.len() {
+        return None;
+    }
+    Some(UdpDatagram {
+        src_ip,
+        dst_ip,
+        src_port: be16(udp, 0),
+        dst_port: be16(udp, 2),
+        vlan: Vlan::default(),
+        payload: &udp[8..udp_len],
+        truncated: false,
+    })
 }
 
 /// SLL2: protocol type (2), reserved (2), interface index (4), ARPHRD (2), packet type (1),
@@ -164,7 +233,7 @@ fn from_strict<'a>(s: &SlicedPacket<'a>) -> Result<UdpDatagram<'a>, Skip> {
             dst_ip,
             src_port: udp.source_port(),
             dst_port: udp.destination_port(),
-            vlan: vlan_of(&s.vlan_ids()),
+            vlan: if s.link_exts.is_empty() { Vlan::default() } else { vlan_of(&s.vlan_ids()) },
             payload: udp.payload(),
             truncated: false,
         }),
@@ -305,7 +374,52 @@ mod tests {
         assert_eq!(decode(LinkType::Ethernet, &arp), Err(Skip::NotIp));
     }
 
+    fn built_frame(v6: bool, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let b = PacketBuilder::ethernet2([1; 6], [2; 6]);
+        let b = if v6 { b.ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64) } else { b.ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64) };
+        b.udp(sport, dport).write(&mut out, payload).unwrap();
+        out
+    }
+
     proptest! {
+        #[test]
+        fn fast_path_agrees_with_etherparse(
+            v6 in any::<bool>(),
+            sport in any::<u16>(),
+            dport in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..120),
+            mutations in proptest::collection::vec((0usize..200, any::<u8>()), 0..4),
+            cut in 0usize..200,
+            link in 0usize..5,
+        ) {
+            let mut frame = built_frame(v6, sport, dport, &payload);
+            for (at, byte) in mutations {
+                if at < frame.len() {
+                    frame[at] = byte;
+                }
+            }
+            let eth = frame.clone();
+            let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0];
+            sll.extend_from_slice(&eth[12..]);
+            let mut sll2 = eth[12..14].to_vec();
+            sll2.extend_from_slice(&[0; 18]);
+            sll2.extend_from_slice(&eth[14..]);
+            let mut null = 2u32.to_le_bytes().to_vec();
+            null.extend_from_slice(&eth[14..]);
+            let (link, mut bytes) = match link {
+                0 => (LinkType::Ethernet, eth),
+                1 => (LinkType::LinuxSll, sll),
+                2 => (LinkType::LinuxSll2, sll2),
+                3 => (LinkType::RawIp, eth[14..].to_vec()),
+                _ => (LinkType::Loopback, null),
+            };
+            bytes.truncate(bytes.len().saturating_sub(cut % 8));
+            if let Some(fast) = fast_path(link, &bytes) {
+                prop_assert_eq!(Ok(fast), decode_general(link, &bytes));
+            }
+        }
+
         #[test]
         fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), link in 0usize..5) {
             let link = [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::RawIp, LinkType::Loopback][link];

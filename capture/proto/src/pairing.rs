@@ -28,7 +28,7 @@ use ntp_wire::{Extension, Mac, Record, Session, SessionOutcome, time};
 
 use crate::{
     frame::Vlan,
-    hash::Fnv64,
+    hash::stable_hash,
     ntp::{HEADER_LEN, Header},
     stats::Counters,
     summary,
@@ -64,7 +64,7 @@ impl Default for PairingConfig {
 }
 
 /// The endpoints of a client/server exchange.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     /// Client address.
     pub client_ip: IpAddr,
@@ -74,6 +74,30 @@ pub struct Flow {
     pub server_ip: IpAddr,
     /// Server port.
     pub server_port: u16,
+}
+
+impl Flow {
+    fn words(&self) -> (u128, u128, u32) {
+        let ip = |ip: IpAddr| match ip {
+            // A tag bit keeps IPv4 apart from IPv4-mapped IPv6 in the hash (equality does anyway).
+            IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1 << 127),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        (
+            ip(self.client_ip),
+            ip(self.server_ip),
+            (u32::from(self.client_port) << 16) | u32::from(self.server_port),
+        )
+    }
+}
+
+impl std::hash::Hash for Flow {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let (a, b, ports) = self.words();
+        h.write_u128(a);
+        h.write_u128(b);
+        h.write_u32(ports);
+    }
 }
 
 /// A parsed packet with the context the pairer needs.
@@ -183,15 +207,16 @@ impl Pairer {
         self.hasher.hash_one(flow)
     }
 
-    fn find_flow(&self, flow: &Flow) -> Option<u32> {
+    fn find_flow(&self, hash: u64, flow: &Flow) -> Option<u32> {
         let slots = &self.slots;
-        self.table.find(self.hash(flow), |&i| slots[i as usize].flow == *flow).copied()
+        self.table.find(hash, |&i| slots[i as usize].flow == *flow).copied()
     }
 
     /// Handles a client request (mode 3).
     pub fn request(&mut self, p: &Packet<'_>, counters: &mut Counters) {
         let t1 = p.header.transmit_ts;
-        let head = self.find_flow(&p.flow);
+        let hash = self.hash(&p.flow);
+        let head = self.find_flow(hash, &p.flow);
         // A retransmission repeats the transmit timestamp: one session, counted.
         let mut it = head.unwrap_or(NIL);
         let mut chain_len = 0;
@@ -211,7 +236,7 @@ impl Pairer {
         }
         counters.requests += 1;
         if chain_len >= self.cfg.max_per_flow.max(1) {
-            self.remove(oldest);
+            self.remove_hashed(oldest, hash);
             counters.evicted_per_flow += 1;
         }
         if self.len >= self.cfg.max_outstanding.max(1) {
@@ -241,7 +266,7 @@ impl Pairer {
             flags: u8::from(has_side) * FLAG_SIDE
                 | u8::from(p.bad_trailer) * FLAG_BAD_TRAILER
                 | u8::from(t1_random) * FLAG_T1_RANDOM,
-            flow_next: self.find_flow(&p.flow).unwrap_or(NIL),
+            flow_next: self.find_flow(hash, &p.flow).unwrap_or(NIL),
             prev: self.tail,
             next: NIL,
         };
@@ -257,7 +282,6 @@ impl Pairer {
         }
         self.tail = idx;
         // Make this slot the flow's head.
-        let hash = self.hash(&p.flow);
         let flow = p.flow;
         let (slots, hasher) = (&self.slots, &self.hasher);
         match self.table.find_mut(hash, |&i| slots[i as usize].flow == flow) {
@@ -276,7 +300,8 @@ impl Pairer {
     pub fn response(&mut self, p: &Packet<'_>, counters: &mut Counters, out: &mut Vec<Record>) {
         counters.responses += 1;
         let origin = p.header.origin_ts;
-        let Some(head) = self.find_flow(&p.flow) else {
+        let hash = self.hash(&p.flow);
+        let Some(head) = self.find_flow(hash, &p.flow) else {
             counters.orphan_responses += 1;
             return;
         };
@@ -313,7 +338,7 @@ impl Pairer {
         if session.response.as_ref().is_some_and(|r| r.stratum == 0) {
             counters.kiss_of_death += 1;
         }
-        self.remove(idx);
+        self.remove_hashed(idx, hash);
         out.push(Record::Session(session));
     }
 
@@ -356,6 +381,12 @@ impl Pairer {
 
     /// Unlinks a slot from both lists and the table, and frees it.
     fn remove(&mut self, idx: u32) {
+        let hash = self.hash(&self.slots[idx as usize].flow);
+        self.remove_hashed(idx, hash);
+    }
+
+    /// [`Pairer::remove`] with the flow's hash already known.
+    fn remove_hashed(&mut self, idx: u32, hash: u64) {
         let (prev, next, flow) = {
             let s = &self.slots[idx as usize];
             (s.prev, s.next, s.flow)
@@ -371,7 +402,6 @@ impl Pairer {
             self.slots[next as usize].prev = prev;
         }
         // Unlink from the flow chain.
-        let hash = self.hash(&flow);
         let flow_next = self.slots[idx as usize].flow_next;
         let slots = &self.slots;
         if let Ok(entry) = self.table.find_entry(hash, |&i| slots[i as usize].flow == flow) {
@@ -456,17 +486,19 @@ impl Pairer {
     }
 }
 
-/// Deterministic session id: FNV-1a over the flow, the request transmit timestamp and the
-/// request capture time.
+/// Deterministic session id: a stable word hash of the flow, the request transmit timestamp and
+/// the request capture time.
 pub fn session_id(flow: &Flow, t1: u64, first_ns: i64) -> u64 {
-    let mut h = Fnv64::default();
-    h.ip(flow.client_ip);
-    h.bytes(&flow.client_port.to_be_bytes());
-    h.ip(flow.server_ip);
-    h.bytes(&flow.server_port.to_be_bytes());
-    h.bytes(&t1.to_be_bytes());
-    h.bytes(&first_ns.to_be_bytes());
-    h.finish()
+    let (a, b, ports) = flow.words();
+    stable_hash(&[
+        a as u64,
+        (a >> 64) as u64,
+        b as u64,
+        (b >> 64) as u64,
+        u64::from(ports),
+        t1,
+        first_ns as u64,
+    ])
 }
 
 /// Size of one pending-request slot in bytes (for benchmarks and docs).
