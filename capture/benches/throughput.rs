@@ -14,6 +14,7 @@
 //! 3. Runs the agent binary end to end on the same file (`--output none`), and the reference
 //!    tools in the same run: `tshark -r FILE -T fields -e ntp.xmt` and `tcpdump -vnr FILE`.
 //! 4. Memory: 1 M requests left pending, pairing heap and process RSS growth.
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
 use std::{
     fs::File,
@@ -48,17 +49,20 @@ fn main() {
         if !path.exists() {
             generate(&path, clustered).expect("generate capture");
         }
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         println!("\n## {name}.pcap: {} packets, {CLIENTS} clients, {:.1} MB", 2 * PAIRS, size as f64 / 1e6);
-        let mut runs: Vec<(f64, u64)> = (0..5).map(|_| core_loop(&path)).collect();
+        // This VM has noisy neighbours: report the best run (the code's own cost) and the median.
+        let mut runs: Vec<(f64, u64)> = (0..9).map(|_| core_loop(&path)).collect();
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (secs, sessions) = runs[2];
-        let pps = f64::from(2 * PAIRS) / secs;
+        let (best, sessions) = runs[0];
+        let secs = runs[4].0;
         println!(
-            "core loop (libpcap read + decode + parse + pair + records), 1 core: median {:.3} s = {:.2} M packets/s, {:.2} M sessions/s ({} sessions); runs {:?}",
+            "core loop (libpcap read + decode + parse + pair + records), 1 core, 9 runs: best {:.3} s = {:.2} M packets/s ({:.2} M sessions/s), median {:.3} s = {:.2} M packets/s; {} sessions; runs {:?}",
+            best,
+            f64::from(2 * PAIRS) / best / 1e6,
+            sessions as f64 / best / 1e6,
             secs,
-            pps / 1e6,
-            sessions as f64 / secs / 1e6,
+            f64::from(2 * PAIRS) / secs / 1e6,
             sessions,
             runs.iter().map(|r| format!("{:.3}", r.0)).collect::<Vec<_>>()
         );
@@ -113,7 +117,7 @@ fn core_loop(path: &Path) -> (f64, u64) {
     let mut sessions = 0u64;
     while let Ok(p) = cap.next_packet() {
         let ts = p.header.ts;
-        analyzer.handle_frame(i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_usec), p.data, &mut out);
+        analyzer.handle_frame(ts.tv_sec * 1_000_000_000 + ts.tv_usec, p.data, &mut out);
         if out.len() >= 4096 {
             sessions += out.len() as u64;
             out.clear();

@@ -315,7 +315,7 @@ fn capture_loop<T: Activated + ?Sized>(
         match cap.next_packet() {
             Ok(pkt) => {
                 let ts = pkt.header.ts;
-                let time_ns = i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_usec);
+                let time_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec;
                 analyzer.handle_frame(time_ns, pkt.data, &mut out);
                 n += 1;
                 bytes_read += 16 + u64::from(pkt.header.caplen);
@@ -323,14 +323,14 @@ fn capture_loop<T: Activated + ?Sized>(
                     break Ok(());
                 }
                 // Files are read flat out: look at the clock and the stop flag every 4096 packets.
-                if !live && n % 4096 != 0 {
+                if !live && !n.is_multiple_of(4096) {
                     continue;
                 }
                 if let Some(bar) = bar {
                     bar.set_position(bytes_read.min(bar.length().unwrap_or(u64::MAX)));
                 }
             }
-            Err(pcap::Error::TimeoutExpired) | Err(pcap::Error::NoMorePackets) if live => {
+            Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) if live => {
                 // Idle link: let time move on so unanswered requests are reported. Packets stamped
                 // before `now - 0.5 s` have all been delivered in immediate mode.
                 analyzer.advance(clock::wall_ns() - 500_000_000, &mut out);

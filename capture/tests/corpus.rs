@@ -60,7 +60,11 @@ fn read_tsv(path: &Path) -> HashMap<u64, Row> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Parses tshark's "Nov 16, 2015 22:33:35.307509582 UTC" into an NTP 32.32 value.

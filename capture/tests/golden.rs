@@ -57,7 +57,9 @@ fn golden_outputs_match() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
         .expect("fixtures")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng"))
+        .filter(|n| {
+            Path::new(n).extension().is_some_and(|e| e.eq_ignore_ascii_case("pcap") || e.eq_ignore_ascii_case("pcapng"))
+        })
         .collect();
     names.sort();
     assert!(names.len() >= 16, "fixtures missing: {names:?}");

@@ -240,3 +240,55 @@ impl Analyzer {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ntp_frame(payload: &[u8], sport: u16, dport: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+            .udp(sport, dport)
+            .write(&mut out, payload)
+            .unwrap_or_default();
+        out
+    }
+
+    proptest! {
+        /// Every frame lands in exactly one bucket, whatever the bytes, and nothing panics.
+        #[test]
+        fn every_frame_is_accounted_for_once(
+            frames in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 0..120), any::<bool>(), 0u8..3, 0i64..5_000_000_000),
+                1..60,
+            ),
+        ) {
+            let mut a = Analyzer::new(LinkType::Ethernet, AnalyzerConfig::default());
+            let mut out = Vec::new();
+            let mut now = 1_700_000_000_000_000_000i64;
+            for (bytes, wrap, ports, dt) in &frames {
+                now += dt;
+                let frame = if *wrap {
+                    let (s, d) = [(40000, 123), (123, 40000), (5000, 6000)][usize::from(*ports)];
+                    ntp_frame(bytes, s, d)
+                } else {
+                    bytes.clone()
+                };
+                a.handle_frame(now, &frame, &mut out);
+            }
+            a.flush(&mut out);
+            let c = a.counters();
+            let skipped: u64 = c.frames_skipped.iter().sum();
+            prop_assert_eq!(
+                c.frames,
+                skipped + c.frames_other_udp + c.malformed_too_short + c.malformed_bad_version + c.ntp_packets
+            );
+            prop_assert_eq!(c.ntp_packets, c.ntp_by_mode.iter().sum::<u64>());
+            prop_assert_eq!(c.requests, c.answered + c.unanswered + c.evicted + c.evicted_per_flow);
+            prop_assert_eq!(out.len() as u64, c.answered + c.unanswered + c.observations);
+        }
+    }
+}

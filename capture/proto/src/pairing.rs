@@ -263,9 +263,9 @@ impl Pairer {
             length: u16::try_from(p.payload.len()).unwrap_or(u16::MAX),
             vlan: [p.vlan.outer.unwrap_or(NO_VLAN), p.vlan.inner.unwrap_or(NO_VLAN)],
             retransmits: 0,
-            flags: u8::from(has_side) * FLAG_SIDE
-                | u8::from(p.bad_trailer) * FLAG_BAD_TRAILER
-                | u8::from(t1_random) * FLAG_T1_RANDOM,
+            flags: (u8::from(has_side) * FLAG_SIDE)
+                | (u8::from(p.bad_trailer) * FLAG_BAD_TRAILER)
+                | (u8::from(t1_random) * FLAG_T1_RANDOM),
             flow_next: self.find_flow(hash, &p.flow).unwrap_or(NIL),
             prev: self.tail,
             next: NIL,

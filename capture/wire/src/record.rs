@@ -8,7 +8,7 @@
 //! NTP fields are kept raw (timestamps as 32.32 fixed point, root delay and dispersion as 16.16),
 //! so consumers can recompute anything; the derived timings are separate optional fields.
 
-use std::net::IpAddr;
+use std::{fmt::Write as _, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -215,7 +215,7 @@ fn ascii_id(refid: u32) -> String {
         if b.is_ascii_graphic() || *b == b' ' {
             out.push(char::from(*b));
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out

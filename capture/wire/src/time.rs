@@ -35,7 +35,7 @@ pub fn ntp_to_unix_ns(ts: u64, pivot_ns: i64) -> i64 {
 pub fn unix_ns_to_ntp(ns: i64) -> u64 {
     let secs = ns.div_euclid(NANOS_PER_SEC) + NTP_UNIX_OFFSET_SECS;
     let sub_ns = ns.rem_euclid(NANOS_PER_SEC) as u64;
-    let frac = ((sub_ns << 32) + NANOS_PER_SEC as u64 - 1) / NANOS_PER_SEC as u64;
+    let frac = (sub_ns << 32).div_ceil(NANOS_PER_SEC as u64);
     ((secs as u64 & 0xffff_ffff) << 32) | (frac & 0xffff_ffff)
 }
 

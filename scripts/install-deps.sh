@@ -1,0 +1,48 @@
+#!/bin/sh
+# Installs ntpscope's prerequisites on Debian 12 (as root). Idempotent: only what is missing is
+# installed, and `apt-get update` runs only when something is.
+#
+#   libpcap-dev     the capture agent links libpcap
+#   chrony          real NTP server and client peers for the live tests
+#   ntpsec-ntpdig   a second real NTP client for the live tests
+#   iproute2        network namespaces and veths for the live tests
+#   tcpdump         independent witness in the live tests; baseline in the benchmarks
+#   tshark          baseline in the benchmarks (conformance uses its committed field dumps)
+set -eu
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+missing=""
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $pkg"
+    fi
+done
+if [ -n "$missing" ]; then
+    echo "install-deps: installing$missing"
+    apt-get update -qq
+    # Packages must not start services: chrony would otherwise start a time daemon on the host.
+    # policy-rc.d exit code 101 ("action forbidden") is honoured by invoke-rc.d and
+    # deb-systemd-invoke alike; an existing policy is left alone.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install-deps: cargo not found; ntpscope needs Rust >= 1.94 (rustup: https://rustup.rs)" >&2
+    exit 1
+fi
+rust_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
+if [ -z "$rust_minor" ] || [ "$rust_minor" -lt 94 ]; then
+    echo "install-deps: $(rustc --version) is too old; ntpscope needs Rust >= 1.94" >&2
+    exit 1
+fi

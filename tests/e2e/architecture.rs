@@ -1,0 +1,107 @@
+//! The dependency invariants written in ARCHITECTURE.md, checked on the resolved graph.
+//!
+//! Only normal (non-dev) dependencies count: tests may use anything.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    process::Command,
+};
+
+use serde_json::Value;
+
+struct Graph {
+    /// package id → (name, normal dependency ids)
+    nodes: HashMap<String, (String, Vec<String>)>,
+    by_name: HashMap<String, String>,
+}
+
+fn graph() -> Graph {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let names: HashMap<String, String> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap_or_default().to_string(), p["name"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut nodes = HashMap::new();
+    for n in meta["resolve"]["nodes"].as_array().expect("resolve nodes") {
+        let id = n["id"].as_str().unwrap_or_default().to_string();
+        let deps = n["deps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["dep_kinds"].as_array().into_iter().flatten().any(|k| k["kind"].is_null()))
+            .filter_map(|d| d["pkg"].as_str().map(str::to_string))
+            .collect();
+        nodes.insert(id.clone(), (names.get(&id).cloned().unwrap_or_default(), deps));
+    }
+    let by_name = meta["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .map(|id| (names[id].clone(), id.to_string()))
+        .collect();
+    Graph { nodes, by_name }
+}
+
+impl Graph {
+    fn id(&self, crate_name: &str) -> &str {
+        self.by_name.get(crate_name).unwrap_or_else(|| panic!("no workspace member {crate_name}"))
+    }
+
+    /// Every package reachable through normal dependencies.
+    fn closure(&self, crate_name: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![self.id(crate_name).to_string()];
+        let mut names = BTreeSet::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let (name, deps) = &self.nodes[&id];
+            names.insert(name.clone());
+            stack.extend(deps.iter().cloned());
+        }
+        names.remove(crate_name);
+        names
+    }
+
+    fn direct(&self, crate_name: &str) -> BTreeSet<String> {
+        self.nodes[self.id(crate_name)].1.iter().map(|d| self.nodes[d].0.clone()).collect()
+    }
+}
+
+const IO_CRATES: &[&str] = &["tokio", "pcap", "async-nats", "mio", "socket2", "libc", "rand", "getrandom", "sea-orm", "sqlx", "poem"];
+
+#[test]
+fn the_pure_crates_do_no_io() {
+    let g = graph();
+    let allowed: BTreeSet<String> =
+        ["etherparse", "thiserror", "hashbrown", "foldhash", "ntp-wire"].iter().map(|s| (*s).to_string()).collect();
+    let direct = g.direct("capture-proto");
+    assert!(direct.is_subset(&allowed), "capture-proto depends on {direct:?}; allowed: {allowed:?}");
+    for krate in ["capture-proto", "ntp-wire"] {
+        let closure = g.closure(krate);
+        let bad: Vec<&&str> = IO_CRATES.iter().filter(|c| closure.contains(**c)).collect();
+        assert!(bad.is_empty(), "{krate} reaches I/O crates {bad:?} (closure {closure:?})");
+    }
+    let wire: BTreeSet<String> = ["serde", "rmp-serde", "thiserror"].iter().map(|s| (*s).to_string()).collect();
+    assert!(g.direct("ntp-wire").is_subset(&wire), "ntp-wire depends on {:?}", g.direct("ntp-wire"));
+}
+
+#[test]
+fn only_the_capture_agent_links_libpcap() {
+    let g = graph();
+    for name in g.by_name.keys() {
+        let closure = g.closure(name);
+        let links = closure.contains("pcap") || closure.contains("pcap-sys");
+        assert_eq!(links, name == "ntpscope-capture", "{name} and libpcap");
+    }
+}
