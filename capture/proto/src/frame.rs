@@ -332,6 +332,24 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_extension_headers_are_skipped() {
+        let payload = [0x23u8; 48];
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(8u16 + 8 + 48).to_be_bytes());
+        ip.push(0); // next header: hop-by-hop options
+        ip.push(64);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        ip.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        ip.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // HBH: next UDP, 8 bytes, PadN
+        ip.extend_from_slice(&[0x9c, 0x40, 0, 123, 0, 56, 0, 0]);
+        ip.extend_from_slice(&payload);
+        assert_eq!(fast_path(LinkType::RawIp, &ip), None, "the fast path leaves extension headers to etherparse");
+        let d = decode(LinkType::RawIp, &ip).unwrap();
+        assert_eq!((d.src_port, d.dst_port, d.payload), (40000, 123, &payload[..]));
+        assert_eq!(d.dst_ip, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
     fn sll2_raw_and_loopback() {
         let frame = eth_udp(&[0x23; 48]);
         let ip = &frame[14..];
