@@ -5,11 +5,10 @@
 //! [`Analyzer::advance`] with the current time so idle links still expire their requests; it is
 //! the only place where time enters, and it is always an argument.
 
-use ntp_wire::{Control, Observation, Private, Record};
+use ntp_wire::{Control, Observation, Private, Record, id::Fnv64};
 
 use crate::{
     frame::{self, LinkType, UdpDatagram},
-    hash::Fnv64,
     ntp::{self, Body, NtpPacket, ParseError},
     pairing::{Flow, Packet, Pairer, PairingConfig},
     stats::{Counters, defect_idx, skip_idx},

@@ -12,13 +12,11 @@
 //! - [`analyzer`]: the three above glued together per capture source.
 //! - [`stats`]: the counters every stage keeps.
 //! - [`summary`]: parsed packets → wire summaries.
-//! - [`hash`]: the stable hash behind deterministic record ids.
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
 
 pub mod analyzer;
 pub mod frame;
-pub mod hash;
 pub mod ntp;
 pub mod pairing;
 pub mod stats;

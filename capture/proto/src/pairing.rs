@@ -24,11 +24,10 @@ use std::net::IpAddr;
 
 use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashTable};
-use ntp_wire::{Extension, Mac, Record, Session, SessionOutcome, time};
+use ntp_wire::{Extension, Mac, Record, Session, SessionOutcome, id::stable_hash, time};
 
 use crate::{
     frame::Vlan,
-    hash::stable_hash,
     ntp::{HEADER_LEN, Header},
     stats::Counters,
     summary,

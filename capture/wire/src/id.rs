@@ -1,8 +1,10 @@
-//! Tiny stable hashes for deterministic record ids: FNV-1a for byte strings, and a word mixer
-//! (splitmix64's finaliser) for fixed-size keys on the hot path.
+//! Stable hashes behind every id on the wire: record ids, batch (message) ids.
 //!
-//! Ids must be identical across runs, machines and Rust versions (std's `DefaultHasher` promises
-//! none of that), and they are not used as hash-table keys, so flooding resistance is not needed.
+//! FNV-1a for byte strings, and a word mixer (splitmix64's finaliser) for fixed-size keys on the
+//! hot path. Ids must be identical across runs, machines and Rust versions (std's `DefaultHasher`
+//! promises none of that), so the algorithms are fixed here and pinned by tests; they are part of
+//! the contract, because the sink deduplicates on them. They are not hash-table keys, so flooding
+//! resistance is not needed.
 
 use std::net::IpAddr;
 
@@ -48,7 +50,12 @@ impl Fnv64 {
 /// Hashes 64-bit words: each is folded in with a multiply and the result finished with
 /// splitmix64's avalanche. Stable by construction (the algorithm is fixed here).
 pub fn stable_hash(words: &[u64]) -> u64 {
-    let mut h: u64 = 0x6e74_7073_636f_7065 ^ (words.len() as u64);
+    stable_hash_seeded(0x6e74_7073_636f_7065, words)
+}
+
+/// [`stable_hash`] with another starting value, for a second independent 64 bits.
+pub fn stable_hash_seeded(seed: u64, words: &[u64]) -> u64 {
+    let mut h: u64 = seed ^ (words.len() as u64);
     for w in words {
         h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
     }

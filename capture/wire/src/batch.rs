@@ -1,0 +1,83 @@
+//! The NATS message: a batch of records from one agent and interface.
+//!
+//! Many records travel in one message (the bus carries millions of records a second, not one
+//! message per packet). The message id (`Nats-Msg-Id`) is a 128-bit hash of the agent, the
+//! interface and every record id, so re-publishing the same batch is recognised by JetStream's
+//! duplicate window and, beyond it, by the sink's applied-message table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Record, SCHEMA_VERSION, WireError,
+    id::{Fnv64, stable_hash_seeded},
+};
+
+/// One message on `ntp.v1.sessions.<agent>.<interface>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Schema version of the records ([`SCHEMA_VERSION`] when written by this crate).
+    pub schema: u16,
+    /// Agent id.
+    pub agent: String,
+    /// Interface the records were captured on.
+    pub interface: String,
+    /// The records, in capture order.
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// A batch of the current schema.
+    pub fn new(agent: impl Into<String>, interface: impl Into<String>, records: Vec<Record>) -> Self {
+        Self { schema: SCHEMA_VERSION, agent: agent.into(), interface: interface.into(), records }
+    }
+
+    /// The deterministic message id: 32 hex digits.
+    pub fn message_id(&self) -> String {
+        let mut name = Fnv64::default();
+        name.bytes(self.agent.as_bytes());
+        name.bytes(&[0]);
+        name.bytes(self.interface.as_bytes());
+        let mut words = Vec::with_capacity(self.records.len() + 2);
+        words.push(name.finish());
+        words.push(self.records.len() as u64);
+        words.extend(self.records.iter().map(Record::id));
+        let hi = stable_hash_seeded(0x6261_7463_6869_6431, &words);
+        let lo = stable_hash_seeded(0x6261_7463_6869_6432, &words);
+        format!("{hi:016x}{lo:016x}")
+    }
+}
+
+impl Record {
+    /// The record's deterministic id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Record::Session(s) => s.id,
+            Record::Observation(o) => o.id,
+        }
+    }
+
+    /// Capture time of the record (request time for sessions).
+    pub fn time_ns(&self) -> i64 {
+        match self {
+            Record::Session(s) => s.request_time_ns,
+            Record::Observation(o) => o.time_ns,
+        }
+    }
+}
+
+/// Encodes a batch as MessagePack with field names (never positional).
+pub fn encode(batch: &Batch) -> Result<Vec<u8>, WireError> {
+    rmp_serde::to_vec_named(batch).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Decodes a batch, refusing schemas newer than this crate understands.
+pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
+    let batch: Batch = rmp_serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
+    if batch.schema == 0 || batch.schema > SCHEMA_VERSION {
+        return Err(WireError::UnsupportedSchema(batch.schema));
+    }
+    if batch.agent.is_empty() || batch.interface.is_empty() {
+        return Err(WireError::Decode("empty agent or interface".into()));
+    }
+    Ok(batch)
+}
