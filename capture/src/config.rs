@@ -95,6 +95,38 @@ pub struct Cli {
     /// Never draw a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// NATS settings (used with `--output nats`). Secrets come from files or the environment,
+/// never from the command line, where every local user could read them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    #[command(flatten)]
+    pub connect: ntpscope_bus::ConnectArgs,
+    /// Stream `NTP`: oldest message kept, seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub stream_max_age: u64,
+    /// Stream `NTP`: most bytes kept (-1: unlimited).
+    #[arg(long, default_value_t = 8 << 30, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+    /// Stream `NTP`: duplicate window for message ids, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub stream_duplicate_window: u64,
+    /// Stream `NTP`: replicas (3 in a cluster).
+    #[arg(long, default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Memory for messages not yet acknowledged, in MiB; beyond it live records are dropped and counted.
+    #[arg(long, default_value_t = 256)]
+    pub publish_buffer_mib: usize,
+    /// Messages awaiting their ack at once.
+    #[arg(long, default_value_t = 256)]
+    pub publish_inflight: usize,
+    /// Seconds between status updates in the KV bucket.
+    #[arg(long, default_value_t = 5.0)]
+    pub status_interval: f64,
 }
 
 /// Where records go.
@@ -102,6 +134,8 @@ pub struct Cli {
 pub enum OutputKind {
     /// One JSON object per line on stdout.
     Jsonl,
+    /// NATS JetStream, stream `NTP`, subject `ntp.v1.sessions.<agent>.<interface>`.
+    Nats,
     /// Nowhere: only the counter summary (for benchmarks and dry runs).
     None,
 }
@@ -181,6 +215,56 @@ pub struct Config {
     pub batch_records: NonZeroUsize,
     /// How long a capture thread holds a partial batch.
     pub batch_interval: Duration,
+    /// Bus settings (for `--output nats`).
+    pub bus: BusConfig,
+}
+
+/// Validated NATS settings.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Connection.
+    pub nats: ntpscope_bus::NatsConfig,
+    /// Stream limits.
+    pub stream: ntpscope_bus::StreamSettings,
+    /// Publisher buffer, bytes.
+    pub buffer_bytes: usize,
+    /// Messages in flight.
+    pub inflight: usize,
+    /// Status cadence.
+    pub status_interval: Duration,
+}
+
+impl NatsArgs {
+    fn into_config(self, agent_id: &str) -> Result<BusConfig, ConfigError> {
+        if self.stream_duplicate_window == 0 || self.stream_duplicate_window > self.stream_max_age {
+            return Err(ConfigError(format!(
+                "--stream-duplicate-window ({} s) must be between 1 and --stream-max-age ({} s)",
+                self.stream_duplicate_window, self.stream_max_age
+            )));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError("--stream-replicas must be between 1 and 5".into()));
+        }
+        if self.publish_buffer_mib == 0 || self.publish_inflight == 0 {
+            return Err(ConfigError("--publish-buffer-mib and --publish-inflight must be positive".into()));
+        }
+        if !self.status_interval.is_finite() || self.status_interval < 0.1 {
+            return Err(ConfigError("--status-interval must be at least 0.1 s".into()));
+        }
+        let nats = self.connect.into_config(&format!("ntpscope-capture@{agent_id}")).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(BusConfig {
+            nats,
+            stream: ntpscope_bus::StreamSettings {
+                max_age: Duration::from_secs(self.stream_max_age),
+                max_bytes: self.stream_max_bytes,
+                duplicate_window: Duration::from_secs(self.stream_duplicate_window),
+                replicas: self.stream_replicas,
+            },
+            buffer_bytes: self.publish_buffer_mib << 20,
+            inflight: self.publish_inflight,
+            status_interval: Duration::from_secs_f64(self.status_interval),
+        })
+    }
 }
 
 /// A configuration error, reported with exit code 78 (`EX_CONFIG`).
@@ -236,6 +320,7 @@ impl Cli {
             });
             sources.push(SourceSpec::File { path: path.clone(), interface });
         }
+        let bus = self.nats.into_config(&agent_id)?;
         let mut seen = std::collections::HashSet::new();
         for s in &sources {
             if let SourceSpec::Live { interface } = s
@@ -270,6 +355,7 @@ impl Cli {
             progress: !self.no_progress,
             batch_records: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             batch_interval: Duration::from_millis(100),
+            bus,
         })
     }
 }

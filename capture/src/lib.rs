@@ -4,6 +4,8 @@
 //! - [`config`]: command line → validated [`Config`].
 //! - [`source`]: libpcap handles (live or file), clear open errors, the blocking capture loop.
 //! - [`output`]: JSON lines on stdout.
+//! - [`publish`]: batches to NATS JetStream with async acks, bounded buffering and retries.
+//! - [`status`]: the agent's status document in the `ntpscope_status` KV bucket.
 //! - [`json`]: the JSON-lines view of records (seed column names).
 //! - [`summary`]: the counter summary printed on exit.
 //! - [`clock`]: the agent's only clock reads.
@@ -16,7 +18,9 @@ pub mod clock;
 pub mod config;
 pub mod json;
 pub mod output;
+pub mod publish;
 pub mod source;
+pub mod status;
 pub mod summary;
 
 use std::{
@@ -46,6 +50,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for spec in &config.sources {
         opened.push(source::open(spec, &config.live)?);
     }
+    // Connect before capturing: a bad URL or an old server is a start-up error, not a silent loss.
+    let bus = match config.output {
+        config::OutputKind::Nats => Some(connect_bus(&config).await?),
+        _ => None,
+    };
     let interfaces: Vec<String> = config.sources.iter().map(|s| s.interface().to_string()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(256);
@@ -87,17 +96,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     drop(tx);
     tracing::info!(message = "Capture started.", sources = ?interfaces);
-    let host = config.agent_id.clone();
-    let (kind, observations) = (config.output, config.observations);
-    let mut writer = tokio::task::spawn_blocking(move || {
-        output::drain(rx, kind, observations, &host, &interfaces, io::BufWriter::with_capacity(1 << 16, io::stdout().lock()))
-    });
+    let publisher_stats = Arc::new(publish::PublisherStats::default());
+    let (status_stop_tx, status_stop_rx) = tokio::sync::watch::channel(false);
+    let mut status_task = None;
+    let mut output: tokio::task::JoinHandle<anyhow::Result<output::OutputStats>> = match bus {
+        Some((js, kv)) => {
+            let cfg = publish::PublishConfig {
+                agent: config.agent_id.clone(),
+                interfaces: interfaces.clone(),
+                max_inflight: config.bus.inflight,
+                buffer_bytes: config.bus.buffer_bytes,
+                max_records: 1000,
+                max_message_bytes: 900 * 1024,
+                drain_timeout: std::time::Duration::from_secs(30),
+            };
+            status_task = Some(tokio::spawn(status::report(
+                kv,
+                config.agent_id.clone(),
+                statuses.clone(),
+                publisher_stats.clone(),
+                config.bus.status_interval,
+                status_stop_rx,
+            )));
+            let stats = publisher_stats.clone();
+            tokio::spawn(async move {
+                publish::run(js, cfg, rx, stats.clone()).await;
+                let acked = stats.messages_acked.load(Ordering::Relaxed);
+                let records = stats.records_acked.load(Ordering::Relaxed);
+                tracing::info!(message = "Publisher drained.", messages = acked, records);
+                Ok(output::OutputStats { written: records, skipped: 0 })
+            })
+        }
+        None => {
+            let host = config.agent_id.clone();
+            let (kind, observations) = (config.output, config.observations);
+            let interfaces = interfaces.clone();
+            tokio::task::spawn_blocking(move || {
+                output::drain(
+                    rx,
+                    kind,
+                    observations,
+                    &host,
+                    &interfaces,
+                    io::BufWriter::with_capacity(1 << 16, io::stdout().lock()),
+                )
+                .context("writing records")
+            })
+        }
+    };
     let written = tokio::select! {
-        res = &mut writer => res,
+        res = &mut output => res,
         () = shutdown => {
             tracing::info!(message = "Stopping capture.");
             stop.store(true, Ordering::Relaxed);
-            writer.await
+            output.await
         }
     };
     stop.store(true, Ordering::Relaxed);
@@ -107,12 +159,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     });
     join.await.context("joining capture threads")?;
-    let output = written.context("output task")?.context("writing records")?;
+    let _ = status_stop_tx.send(true);
+    if let Some(t) = status_task {
+        let _ = t.await;
+    }
+    let output = written.context("output task")??;
     let sources: Vec<SourceStatus> = statuses
         .iter()
         .map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
         .collect();
-    Ok(RunSummary::new(config.agent_id, sources, output))
+    let mut summary = RunSummary::new(config.agent_id, sources, output);
+    if config.output == config::OutputKind::Nats {
+        summary.publisher = publisher_stats.snapshot();
+    }
+    Ok(summary)
+}
+
+/// Connects to NATS, checks the server, converges the stream, opens the status bucket.
+async fn connect_bus(config: &Config) -> anyhow::Result<(async_nats::jetstream::Context, async_nats::jetstream::kv::Store)> {
+    let client = ntpscope_bus::connect(&config.bus.nats).await?;
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(std::time::Duration::from_secs(5))
+        .max_ack_inflight(config.bus.inflight.max(16) * 2)
+        .build(client);
+    match ntpscope_bus::ensure_stream(&js, &config.bus.stream).await? {
+        ntpscope_bus::StreamOutcome::Created => tracing::info!(message = "Created stream NTP."),
+        ntpscope_bus::StreamOutcome::Unchanged => {}
+        ntpscope_bus::StreamOutcome::Updated(diffs) => {
+            tracing::warn!(message = "Stream NTP had other limits; updated it.", changes = %diffs.join(", "));
+        }
+    }
+    let kv = ntpscope_bus::status_store(&js).await?;
+    Ok((js, kv))
 }
 
 /// A per-process random seed for the pairing hash, so a remote sender cannot aim collisions at

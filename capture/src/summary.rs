@@ -21,6 +21,8 @@ pub struct RunSummary {
     pub totals: Counters,
     /// What the output wrote.
     pub output: OutputStats,
+    /// Publisher counters (with `--output nats`).
+    pub publisher: std::collections::BTreeMap<String, u64>,
 }
 
 impl RunSummary {
@@ -30,7 +32,7 @@ impl RunSummary {
         for s in &sources {
             totals.add(&s.counters);
         }
-        Self { agent_id, sources, totals, output }
+        Self { agent_id, sources, totals, output, publisher: std::collections::BTreeMap::new() }
     }
 
     /// Sources that stopped with an error.
@@ -75,6 +77,7 @@ impl RunSummary {
             "sources": sources,
             "totals": counters_json(&self.totals),
             "records_written": self.output.written,
+            "publisher": self.publisher,
         })
     }
 
@@ -109,6 +112,9 @@ impl RunSummary {
             }
         }
         let _ = writeln!(out, "records written: {}", self.output.written);
+        for (k, v) in &self.publisher {
+            let _ = writeln!(out, "  publisher.{k} = {v}");
+        }
         out
     }
 }

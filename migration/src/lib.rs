@@ -1,1 +1,34 @@
-//! wip
+//! `migration`: the on-disk contract of ntpscope, for SQLite and PostgreSQL alike.
+//!
+//! The sink runs [`Migrator::up`] at start-up (it is the only writer); `ntpscope-migrate` runs
+//! the same migrations by hand; the API never migrates and refuses a schema whose newest
+//! migration it does not know ([`LATEST`]).
+//!
+//! **Architecture invariant:** migrations name tables and columns with strings and never import
+//! the `entity` crate, so an old migration keeps compiling and meaning the same thing when the
+//! entities change.
+//!
+//! Times are `BIGINT` Unix nanoseconds: integers compare, sort and MIN/MAX correctly on both
+//! backends, which text timestamps do not.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_create_ntp_clients;
+mod m20261126_000002_create_sink_state;
+
+/// The newest migration; a database whose newest applied migration differs is not this schema.
+pub const LATEST: &str = "m20261126_000002_create_sink_state";
+
+/// All migrations, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261126_000001_create_ntp_clients::Migration),
+            Box::new(m20261126_000002_create_sink_state::Migration),
+        ]
+    }
+}

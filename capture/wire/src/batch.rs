@@ -21,6 +21,10 @@ pub struct Batch {
     pub agent: String,
     /// Interface the records were captured on.
     pub interface: String,
+    /// Wall-clock time the agent handed the batch to the bus, Unix nanoseconds (0: unknown).
+    /// Lets the sink measure bus-and-store latency; not part of the message id.
+    #[serde(default)]
+    pub sent_ns: i64,
     /// The records, in capture order.
     pub records: Vec<Record>,
 }
@@ -28,7 +32,7 @@ pub struct Batch {
 impl Batch {
     /// A batch of the current schema.
     pub fn new(agent: impl Into<String>, interface: impl Into<String>, records: Vec<Record>) -> Self {
-        Self { schema: SCHEMA_VERSION, agent: agent.into(), interface: interface.into(), records }
+        Self { schema: SCHEMA_VERSION, agent: agent.into(), interface: interface.into(), sent_ns: 0, records }
     }
 
     /// The deterministic message id: 32 hex digits.

@@ -6,9 +6,13 @@
 //! 198.18.0.0/15 and 2001:db8::/32. Everything is removed on drop, including the processes the
 //! lab started; nothing it did not start is touched.
 //!
+//! [`NatsServer`] is a private nats-server per test (random port, temporary store).
+//!
 //! Live labs need root and `ip`, `chronyd`, `ntpdig`, `tcpdump`; a missing piece is an error that
 //! says what to install, never a silently skipped test.
 
 pub mod lab;
+pub mod nats;
 
 pub use lab::{Lab, require_tools};
+pub use nats::NatsServer;

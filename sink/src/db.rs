@@ -1,0 +1,77 @@
+//! Opening the database: SQLite with WAL and a busy timeout (the API reads while the sink
+//! writes), or PostgreSQL; then migrating (the sink is the only writer, so it owns migrations).
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+/// Opens `url` for writing and applies pending migrations.
+pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let db = connect_writer(url).await?;
+    Migrator::up(&db, None).await.map_err(|e| anyhow::anyhow!("migrating {}: {e}", redact(url)))?;
+    Ok(db)
+}
+
+/// Opens `url` for the sink: one connection for SQLite (one writer), a few for PostgreSQL.
+pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
+    if let Some(path) = sqlite_path(url)
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the database directory {}: {e}", dir.display()))?;
+    }
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
+    if url.starts_with("sqlite:") {
+        opts.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .create_if_missing(true)
+                // Multi-row upserts write statement journals; keep them in memory, and give the
+                // hot table and its indexes room in the page cache.
+                .pragma("temp_store", "memory")
+                .pragma("cache_size", "-131072")
+        });
+    } else {
+        opts.max_connections(4);
+    }
+    Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(url)))
+}
+
+/// The file of an SQLite URL.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("postgres://ntp:secret@db:5432/ntp"), "postgres://ntp:***@db:5432/ntp");
+        assert_eq!(redact("postgres://ntp@db/ntp"), "postgres://ntp@db/ntp");
+        assert_eq!(redact("sqlite://data/x.db?mode=rwc"), "sqlite://data/x.db?mode=rwc");
+        assert_eq!(sqlite_path("sqlite://data/x.db?mode=rwc"), Some("data/x.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

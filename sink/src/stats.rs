@@ -1,0 +1,130 @@
+//! The sink's counters: persisted per batch in `sink_state` (readable by the API even when the
+//! sink is down) and mirrored here for the status document on the bus.
+//!
+//! Names follow the seed: `total_received`, `total_processed`, `queue_size`,
+//! `processing_errors`, `total_inserted`, `total_updated`; plus batches, duplicates skipped,
+//! dead letters, last commit time and lag.
+
+use std::{collections::BTreeMap, sync::Mutex};
+
+use entity::sink_state;
+use ntp_wire::status::SinkStatus;
+
+use crate::store::StateDelta;
+
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    counters: BTreeMap<&'static str, u64>,
+    queue_size: u64,
+    last_commit_ns: i64,
+    lag_seconds: f64,
+}
+
+/// Shared counters.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    inner: Mutex<Totals>,
+}
+
+const NAMES: [&str; 11] = [
+    "total_received",
+    "total_processed",
+    "processing_errors",
+    "total_inserted",
+    "total_updated",
+    "batches",
+    "messages_applied",
+    "duplicates_skipped",
+    "dead_lettered",
+    "last_sequence",
+    "failed_attempts",
+];
+
+impl SinkStats {
+    fn with<R>(&self, f: impl FnOnce(&mut Totals) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Starts from the persisted row, if any.
+    pub fn from_row(row: Option<&sink_state::Model>) -> Self {
+        let s = Self::default();
+        if let Some(r) = row {
+            let u = |v: i64| u64::try_from(v).unwrap_or(0);
+            s.with(|t| {
+                for (k, v) in [
+                    ("total_received", r.total_received),
+                    ("total_processed", r.total_processed),
+                    ("processing_errors", r.processing_errors),
+                    ("total_inserted", r.total_inserted),
+                    ("total_updated", r.total_updated),
+                    ("batches", r.batches),
+                    ("messages_applied", r.messages_applied),
+                    ("duplicates_skipped", r.duplicates_skipped),
+                    ("dead_lettered", r.dead_lettered),
+                    ("last_sequence", r.last_sequence),
+                ] {
+                    t.counters.insert(k, u(v));
+                }
+                t.queue_size = u(r.queue_size);
+                t.last_commit_ns = r.last_commit_at.unwrap_or(0);
+                t.lag_seconds = r.lag_seconds.unwrap_or(0.0);
+            });
+        }
+        s
+    }
+
+    /// Adds a committed batch.
+    pub fn committed(&self, d: &StateDelta) {
+        self.with(|t| {
+            for (k, v) in [
+                ("total_received", d.total_received),
+                ("total_processed", d.total_processed),
+                ("processing_errors", d.processing_errors),
+                ("total_inserted", d.total_inserted),
+                ("total_updated", d.total_updated),
+                ("batches", 1),
+                ("messages_applied", d.messages_applied),
+                ("duplicates_skipped", d.duplicates_skipped),
+                ("dead_lettered", d.dead_lettered),
+            ] {
+                *t.counters.entry(k).or_default() += v;
+            }
+            let seq = t.counters.entry("last_sequence").or_default();
+            *seq = (*seq).max(d.last_sequence);
+            t.last_commit_ns = crate::clock::wall_ns();
+            if let Some(lag) = d.lag_seconds {
+                t.lag_seconds = lag;
+            }
+        });
+    }
+
+    /// Counts a failed batch attempt (retried).
+    pub fn add_error(&self) {
+        self.with(|t| *t.counters.entry("failed_attempts").or_default() += 1);
+    }
+
+    /// Records the consumer's pending + ack-pending.
+    pub fn set_queue_size(&self, n: u64) {
+        self.with(|t| t.queue_size = n);
+    }
+
+    /// Last known queue size.
+    pub fn queue_size(&self) -> u64 {
+        self.with(|t| t.queue_size)
+    }
+
+    /// A status document.
+    pub fn status(&self, consumer: &str) -> SinkStatus {
+        self.with(|t| {
+            let mut counters: BTreeMap<String, u64> = NAMES.iter().map(|n| ((*n).to_string(), t.counters.get(n).copied().unwrap_or(0))).collect();
+            counters.insert("queue_size".into(), t.queue_size);
+            SinkStatus {
+                consumer: consumer.to_string(),
+                updated_ns: crate::clock::wall_ns(),
+                counters,
+                last_commit_ns: t.last_commit_ns,
+                lag_seconds: t.lag_seconds,
+            }
+        })
+    }
+}
