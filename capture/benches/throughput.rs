@@ -17,8 +17,6 @@
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
 use std::{
-    fs::File,
-    io::{BufWriter, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -29,11 +27,12 @@ use capture_proto::{
     frame::LinkType,
     pairing::{PairingConfig, slot_bytes},
 };
+use netlab::pcapgen::{self, frame, ntp_packet};
 use ntp_wire::time::unix_ns_to_ntp;
 
 const PAIRS: u32 = 1_000_000;
 const CLIENTS: u32 = 200_000;
-const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z, as pcapgen's default
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -129,90 +128,10 @@ fn core_loop(path: &Path) -> (f64, u64) {
     (secs, sessions)
 }
 
-fn client(i: u32, clustered: bool) -> ([u8; 4], u16) {
-    let c = i % CLIENTS;
-    let ip = if clustered {
-        [198, 18, ((c >> 8) & 0xff) as u8, (c & 0xff) as u8]
-    } else {
-        c.wrapping_mul(2_654_435_761).wrapping_add(12_345).to_be_bytes()
-    };
-    (ip, 1024 + (c % 60_000) as u16)
-}
-
-fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ntp: &[u8; 48]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(90);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
-    let total = 20 + 8 + 48u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let mut sum = 0u32;
-    for c in ip.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&(8 + 48u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(ntp);
-    f
-}
-
-fn ntp_packet(mode: u8, org: u64, rx: u64, tx: u64) -> [u8; 48] {
-    let mut p = [0u8; 48];
-    p[0] = (4 << 3) | mode;
-    p[1] = if mode == 4 { 2 } else { 0 };
-    p[2] = 6;
-    p[3] = 0xe9;
-    p[12..16].copy_from_slice(&[198, 18, 255, 1]);
-    p[24..32].copy_from_slice(&org.to_be_bytes());
-    p[32..40].copy_from_slice(&rx.to_be_bytes());
-    p[40..48].copy_from_slice(&tx.to_be_bytes());
-    p
-}
-
-fn write_record(w: &mut impl Write, ns: i64, frame: &[u8]) -> std::io::Result<()> {
-    let secs = (ns / 1_000_000_000) as u32;
-    let sub = (ns % 1_000_000_000) as u32;
-    let len = frame.len() as u32;
-    w.write_all(&secs.to_le_bytes())?;
-    w.write_all(&sub.to_le_bytes())?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(frame)
-}
-
-/// Writes a nanosecond-resolution pcap of request/response pairs.
+/// Writes the standard capture (1 M pairs, 200 k clients).
 fn generate(path: &Path, clustered: bool) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
-    // Magic for nanosecond timestamps, version 2.4, snaplen 65535, Ethernet.
-    w.write_all(&0xa1b2_3c4du32.to_le_bytes())?;
-    w.write_all(&2u16.to_le_bytes())?;
-    w.write_all(&4u16.to_le_bytes())?;
-    w.write_all(&[0; 8])?;
-    w.write_all(&65_535u32.to_le_bytes())?;
-    w.write_all(&1u32.to_le_bytes())?;
-    let server = [198, 18, 255, 1];
-    for i in 0..PAIRS {
-        let t = T0 + i64::from(i) * 100_000;
-        let (ip, port) = client(i, clustered);
-        let t1 = unix_ns_to_ntp(t - 1_000);
-        let req = ntp_packet(3, 0, 0, t1);
-        write_record(&mut w, t, &frame(ip, server, port, 123, &req))?;
-        let (t2, t3) = (unix_ns_to_ntp(t + 5_000), unix_ns_to_ntp(t + 15_000));
-        let resp = ntp_packet(4, t1, t2, t3);
-        write_record(&mut w, t + 20_000, &frame(server, ip, 123, port, &resp))?;
-    }
-    w.flush()
+    let spec = pcapgen::Spec { requests: PAIRS, clients: CLIENTS, clustered, ..pcapgen::Spec::default() };
+    pcapgen::write(path, &spec).map(|_| ())
 }
 
 fn rss_bytes() -> u64 {

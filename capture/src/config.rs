@@ -96,6 +96,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Records a capture thread hands over at once (and so, at most, per NATS message).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_records: usize,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -353,7 +357,9 @@ impl Cli {
             summary: self.summary,
             flush_pending: self.flush_pending,
             progress: !self.no_progress,
-            batch_records: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            batch_records: NonZeroUsize::new(self.batch_records)
+                .filter(|n| n.get() <= 100_000)
+                .ok_or_else(|| ConfigError("--batch-records must be between 1 and 100000".into()))?,
             batch_interval: Duration::from_millis(100),
             bus,
         })

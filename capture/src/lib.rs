@@ -58,6 +58,66 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let interfaces: Vec<String> = config.sources.iter().map(|s| s.interface().to_string()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(256);
+    let (statuses, threads) = spawn_sources(&config, opened, &stop, &tx)?;
+    drop(tx);
+    tracing::info!(message = "Capture started.", sources = ?interfaces);
+    let publisher_stats = Arc::new(publish::PublisherStats::default());
+    let (status_stop_tx, status_stop_rx) = tokio::sync::watch::channel(false);
+    let mut status_task = None;
+    let mut output = match bus {
+        Some((js, kv)) => {
+            status_task = Some(tokio::spawn(status::report(
+                kv,
+                config.agent_id.clone(),
+                statuses.clone(),
+                publisher_stats.clone(),
+                config.bus.status_interval,
+                status_stop_rx,
+            )));
+            spawn_publisher(&config, js, interfaces, rx, publisher_stats.clone())
+        }
+        None => spawn_writer(&config, interfaces, rx),
+    };
+    let written = tokio::select! {
+        res = &mut output => res,
+        () = shutdown => {
+            tracing::info!(message = "Stopping capture.");
+            stop.store(true, Ordering::Relaxed);
+            output.await
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let join = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    join.await.context("joining capture threads")?;
+    let _ = status_stop_tx.send(true);
+    if let Some(t) = status_task {
+        let _ = t.await;
+    }
+    let output = written.context("output task")??;
+    let sources: Vec<SourceStatus> = statuses
+        .iter()
+        .map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        .collect();
+    let mut summary = RunSummary::new(config.agent_id, sources, output);
+    if config.output == config::OutputKind::Nats {
+        summary.publisher = publisher_stats.snapshot();
+    }
+    Ok(summary)
+}
+
+type SharedStatus = Arc<Mutex<SourceStatus>>;
+
+/// One capture thread per source, each with its analyzer and a shared status.
+fn spawn_sources(
+    config: &Config,
+    opened: Vec<(source::Handle, capture_proto::frame::LinkType)>,
+    stop: &Arc<AtomicBool>,
+    tx: &mpsc::Sender<source::Batch>,
+) -> anyhow::Result<(Vec<SharedStatus>, Vec<std::thread::JoinHandle<()>>)> {
     let mut statuses = Vec::new();
     let mut threads = Vec::new();
     for (idx, ((handle, link), spec)) in opened.into_iter().zip(&config.sources).enumerate() {
@@ -94,85 +154,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .context("spawning a capture thread")?;
         threads.push(thread);
     }
-    drop(tx);
-    tracing::info!(message = "Capture started.", sources = ?interfaces);
-    let publisher_stats = Arc::new(publish::PublisherStats::default());
-    let (status_stop_tx, status_stop_rx) = tokio::sync::watch::channel(false);
-    let mut status_task = None;
-    let mut output: tokio::task::JoinHandle<anyhow::Result<output::OutputStats>> = match bus {
-        Some((js, kv)) => {
-            let cfg = publish::PublishConfig {
-                agent: config.agent_id.clone(),
-                interfaces: interfaces.clone(),
-                max_inflight: config.bus.inflight,
-                buffer_bytes: config.bus.buffer_bytes,
-                max_records: 1000,
-                max_message_bytes: 900 * 1024,
-                drain_timeout: std::time::Duration::from_secs(30),
-            };
-            status_task = Some(tokio::spawn(status::report(
-                kv,
-                config.agent_id.clone(),
-                statuses.clone(),
-                publisher_stats.clone(),
-                config.bus.status_interval,
-                status_stop_rx,
-            )));
-            let stats = publisher_stats.clone();
-            tokio::spawn(async move {
-                publish::run(js, cfg, rx, stats.clone()).await;
-                let acked = stats.messages_acked.load(Ordering::Relaxed);
-                let records = stats.records_acked.load(Ordering::Relaxed);
-                tracing::info!(message = "Publisher drained.", messages = acked, records);
-                Ok(output::OutputStats { written: records, skipped: 0 })
-            })
-        }
-        None => {
-            let host = config.agent_id.clone();
-            let (kind, observations) = (config.output, config.observations);
-            let interfaces = interfaces.clone();
-            tokio::task::spawn_blocking(move || {
-                output::drain(
-                    rx,
-                    kind,
-                    observations,
-                    &host,
-                    &interfaces,
-                    io::BufWriter::with_capacity(1 << 16, io::stdout().lock()),
-                )
-                .context("writing records")
-            })
-        }
+    Ok((statuses, threads))
+}
+
+type OutputTask = tokio::task::JoinHandle<anyhow::Result<output::OutputStats>>;
+
+fn spawn_publisher(
+    config: &Config,
+    js: async_nats::jetstream::Context,
+    interfaces: Vec<String>,
+    rx: mpsc::Receiver<source::Batch>,
+    stats: Arc<publish::PublisherStats>,
+) -> OutputTask {
+    let cfg = publish::PublishConfig {
+        agent: config.agent_id.clone(),
+        interfaces,
+        max_inflight: config.bus.inflight,
+        buffer_bytes: config.bus.buffer_bytes,
+        max_records: config.batch_records.get().min(1000),
+        max_message_bytes: 900 * 1024,
+        drain_timeout: std::time::Duration::from_secs(30),
     };
-    let written = tokio::select! {
-        res = &mut output => res,
-        () = shutdown => {
-            tracing::info!(message = "Stopping capture.");
-            stop.store(true, Ordering::Relaxed);
-            output.await
-        }
-    };
-    stop.store(true, Ordering::Relaxed);
-    let join = tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    });
-    join.await.context("joining capture threads")?;
-    let _ = status_stop_tx.send(true);
-    if let Some(t) = status_task {
-        let _ = t.await;
-    }
-    let output = written.context("output task")??;
-    let sources: Vec<SourceStatus> = statuses
-        .iter()
-        .map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
-        .collect();
-    let mut summary = RunSummary::new(config.agent_id, sources, output);
-    if config.output == config::OutputKind::Nats {
-        summary.publisher = publisher_stats.snapshot();
-    }
-    Ok(summary)
+    tokio::spawn(async move {
+        publish::run(js, cfg, rx, stats.clone()).await;
+        let acked = stats.messages_acked.load(Ordering::Relaxed);
+        let records = stats.records_acked.load(Ordering::Relaxed);
+        tracing::info!(message = "Publisher drained.", messages = acked, records);
+        Ok(output::OutputStats { written: records, skipped: 0 })
+    })
+}
+
+fn spawn_writer(config: &Config, interfaces: Vec<String>, rx: mpsc::Receiver<source::Batch>) -> OutputTask {
+    let host = config.agent_id.clone();
+    let (kind, observations) = (config.output, config.observations);
+    tokio::task::spawn_blocking(move || {
+        output::drain(rx, kind, observations, &host, &interfaces, io::BufWriter::with_capacity(1 << 16, io::stdout().lock()))
+            .context("writing records")
+    })
 }
 
 /// Connects to NATS, checks the server, converges the stream, opens the status bucket.

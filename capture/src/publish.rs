@@ -187,7 +187,7 @@ pub async fn run(js: jetstream::Context, cfg: PublishConfig, mut rx: mpsc::Recei
         }
         let can_take = input_open && buffered < cfg.buffer_bytes;
         let wake = pause_until.or(drain_deadline).unwrap_or_else(|| {
-            tokio::time::Instant::from_std(clock::monotonic()) + Duration::from_secs(3600)
+            tokio::time::Instant::from_std(clock::monotonic()) + Duration::from_hours(1)
         });
         tokio::select! {
             Some((msg, res)) = inflight.next(), if !inflight.is_empty() => match res {
@@ -210,14 +210,13 @@ pub async fn run(js: jetstream::Context, cfg: PublishConfig, mut rx: mpsc::Recei
                     pause_until = Some(backoff(failures));
                 }
             },
-            batch = rx.recv(), if can_take => match batch {
-                Some(b) => {
+            batch = rx.recv(), if can_take => {
+                if let Some(b) = batch {
                     for m in encode_batch(&cfg, b, &stats) {
                         buffered += m.payload.len();
                         queue.push_back(m);
                     }
-                }
-                None => {
+                } else {
                     input_open = false;
                     drain_deadline = Some(tokio::time::Instant::from_std(clock::monotonic()) + cfg.drain_timeout);
                 }

@@ -225,16 +225,19 @@ pub fn aggregate<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> BTreeMap<C
     let mut out: BTreeMap<ClientKey, ClientDelta> = BTreeMap::new();
     for batch in batches {
         for record in &batch.records {
-            let (ip, time, mode) = match record {
+            // A session spans its request and its response: first seen at the request, last seen
+            // at the response (or the request, when unanswered).
+            let (ip, first, last, mode) = match record {
                 Record::Session(s) => {
                     let mode = s.response.as_ref().map_or(s.request.mode, |r| r.mode);
-                    (s.client_ip, s.response_time_ns.unwrap_or(s.request_time_ns), mode)
+                    (s.client_ip, s.request_time_ns, s.response_time_ns.unwrap_or(s.request_time_ns), mode)
                 }
-                Record::Observation(o) => (o.client_ip, o.time_ns, o.mode),
+                Record::Observation(o) => (o.client_ip, o.time_ns, o.time_ns, o.mode),
             };
             let key = ClientKey { host: batch.agent.clone(), interface: batch.interface.clone(), client_ip: ip.to_string() };
-            let delta = out.entry(key).or_insert_with(|| ClientDelta::new(time, i32::from(mode)));
-            delta.see(time, i32::from(mode));
+            let delta = out.entry(key).or_insert_with(|| ClientDelta::new(first, i32::from(mode)));
+            delta.see(first, i32::from(mode));
+            delta.see(last, i32::from(mode));
             match record {
                 Record::Session(s) => add_session(delta, s),
                 Record::Observation(o) => add_observation(delta, o),
@@ -343,7 +346,7 @@ mod tests {
             request_time_ns: t,
             response_time_ns: answered.then_some(t + 10),
             request: req.clone(),
-            response: answered.then(|| PacketSummary { mode: 4, stratum: 2, ..req }),
+            response: answered.then_some(PacketSummary { mode: 4, stratum: 2, ..req }),
             retransmits: 0,
             t1_randomized: false,
             interleaved: false,
@@ -369,7 +372,7 @@ mod tests {
         assert_eq!(agg.len(), 2);
         let (k, d) = agg.iter().next().unwrap();
         assert_eq!(k.client_ip, "198.18.0.2");
-        assert_eq!((d.first_seen, d.last_seen), (110, 310));
+        assert_eq!((d.first_seen, d.last_seen), (100, 310));
         assert_eq!((d.counters.session_count, d.counters.answered_count, d.counters.unanswered_count), (3, 2, 1));
         assert_eq!(d.latency, Metric { count: 2, sum: 0.006, min: Some(0.002), max: Some(0.004) });
         assert_eq!(d.turnaround.count, 3);

@@ -31,8 +31,9 @@ pub struct Cli {
     /// Durable consumer name (one per sink; its state lives in the database).
     #[arg(long, env = "NTPSCOPE_CONSUMER", default_value = ntp_wire::subject::DEFAULT_CONSUMER)]
     pub consumer: String,
-    /// Seconds JetStream waits for an ack before redelivering.
-    #[arg(long, default_value_t = 120.0)]
+    /// Seconds JetStream waits for an ack before redelivering (a running sink acks right after
+    /// each commit and extends it during database retries).
+    #[arg(long, default_value_t = 30.0)]
     pub ack_wait: f64,
     /// Messages delivered and not yet acknowledged, at most.
     #[arg(long, default_value_t = 20_000)]

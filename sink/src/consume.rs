@@ -58,8 +58,19 @@ pub struct LoopConfig {
     pub max_messages: usize,
 }
 
-/// Creates or updates the durable pull consumer.
-pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config) -> anyhow::Result<PullConsumer> {
+/// Creates the durable pull consumer, restarting delivery just after its ack floor.
+///
+/// Messages a previous (crashed) sink had received but not acknowledged would otherwise wait a
+/// full `ack_wait` before JetStream redelivers them. Everything at or below the ack floor was
+/// acknowledged, hence committed; everything above it is redelivered now, and the applied-id
+/// table makes the ones that were committed after all harmless. Without an existing consumer
+/// (first start, or deleted by hand) delivery starts after what the database says was applied.
+/// One sink runs per consumer name.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    cfg: &crate::Config,
+    db_hint: Option<u64>,
+) -> anyhow::Result<PullConsumer> {
     let stream = loop {
         match js.get_stream(subject::STREAM).await {
             Ok(s) => break s,
@@ -70,6 +81,24 @@ pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config) -> an
             }
         }
     };
+    let start = match stream.get_consumer::<pull::Config>(&cfg.consumer).await {
+        Ok(mut existing) => {
+            let info = existing.info().await.map_err(|e| anyhow::anyhow!("reading consumer {}: {e}", cfg.consumer))?;
+            let floor = info.ack_floor.stream_sequence;
+            tracing::info!(
+                message = "Resuming after the consumer's ack floor.",
+                ack_floor = floor,
+                unacknowledged = info.num_ack_pending,
+                pending = info.num_pending
+            );
+            stream
+                .delete_consumer(&cfg.consumer)
+                .await
+                .map_err(|e| anyhow::anyhow!("resetting consumer {}: {e}", cfg.consumer))?;
+            Some(floor + 1)
+        }
+        Err(_) => db_hint,
+    };
     let config = pull::Config {
         durable_name: Some(cfg.consumer.clone()),
         description: Some("ntpscope sink".into()),
@@ -78,10 +107,13 @@ pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config) -> an
         ack_wait: cfg.ack_wait,
         max_ack_pending: cfg.max_ack_pending,
         max_deliver: -1,
+        deliver_policy: match start {
+            Some(s) if s > 1 => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: s },
+            _ => jetstream::consumer::DeliverPolicy::All,
+        },
         ..Default::default()
     };
-    // create_consumer is create-or-update, so a changed ack wait or limit takes effect.
-    Ok(stream.create_consumer(config).await.map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", cfg.consumer))?)
+    stream.create_consumer(config).await.map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", cfg.consumer))
 }
 
 /// Decodes and validates a message.
@@ -119,11 +151,11 @@ pub async fn run(
             opened = None;
             continue;
         }
-        let sleep = deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(clock::monotonic()));
+        let sleep = deadline.map_or(Duration::from_hours(1), |d| d.saturating_duration_since(clock::monotonic()));
         tokio::select! {
             next = messages.next() => match next {
                 Some(Ok(msg)) => {
-                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let seq = msg.info().map_or(0, |i| i.stream_sequence);
                     let decoded = decode(&msg);
                     records += decoded.as_ref().map_or(1, |b| b.records.len().max(1));
                     pending.push(Delivered { msg, seq, decoded });
@@ -155,7 +187,7 @@ pub async fn run(
 async fn open_messages(consumer: &PullConsumer) -> anyhow::Result<pull::Stream> {
     consumer
         .stream()
-        .max_messages_per_batch(500)
+        .max_messages_per_batch(100)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
@@ -172,7 +204,7 @@ async fn commit(
     batch: Vec<Delivered>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
+    let started = clock::monotonic();
     let mut attempt = 0u32;
     let mut last_progress = clock::monotonic();
     let outcome = loop {
@@ -264,17 +296,14 @@ async fn apply(
             delta.duplicates_skipped += 1;
             continue;
         }
-        match &d.decoded {
-            Ok(b) => {
-                fresh.push(b);
-                newest_sent = newest_sent.max(b.sent_ns);
-                delta.total_processed += n;
-                delta.messages_applied += 1;
-            }
-            Err(_) => {
-                delta.dead_lettered += 1;
-                delta.processing_errors += 1;
-            }
+        if let Ok(b) = &d.decoded {
+            fresh.push(b);
+            newest_sent = newest_sent.max(b.sent_ns);
+            delta.total_processed += n;
+            delta.messages_applied += 1;
+        } else {
+            delta.dead_lettered += 1;
+            delta.processing_errors += 1;
         }
         applied.push((id.clone(), d.seq));
     }

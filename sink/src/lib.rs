@@ -32,9 +32,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let db = db::connect_and_migrate(&config.database_url).await?;
     let client = ntpscope_bus::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let consumer = consume::ensure_consumer(&js, &config).await?;
-    let kv = ntpscope_bus::status_store(&js).await?;
     let row = entity::sink_state::Entity::find_by_id(config.consumer.clone()).one(&db).await?;
+    let hint = store::resume_hint(&db).await?.or_else(|| row.as_ref().map(|r| u64::try_from(r.last_sequence).unwrap_or(0) + 1));
+    let consumer = consume::ensure_consumer(&js, &config, hint).await?;
+    let kv = ntpscope_bus::status_store(&js).await?;
     let stats = Arc::new(stats::SinkStats::from_row(row.as_ref()));
     tracing::info!(
         message = "Sink started.",
@@ -44,7 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         batch_interval = ?config.batch_interval,
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let status = tokio::spawn(report_status(
+    let reporter = tokio::spawn(report_status(
         consumer.clone(),
         db.clone(),
         kv,
@@ -71,7 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let _ = stop_tx.send(true);
-    let _ = status.await;
+    let _ = reporter.await;
     client.flush().await.ok();
     res.map_err(|e| anyhow::anyhow!("consumer task: {e}"))?
 }
@@ -104,7 +105,7 @@ async fn report_status(
         if let Err(e) = store::update_queue_size(&db, &name, stats.queue_size(), now).await {
             tracing::debug!(message = "Queue size not persisted.", error = %e);
         }
-        if last_prune.elapsed() > Duration::from_secs(300) {
+        if last_prune.elapsed() > Duration::from_mins(5) {
             let cutoff = now - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
             match store::prune_applied(&db, cutoff).await {
                 Ok(n) if n > 0 => tracing::info!(message = "Forgot old applied message ids.", count = n),

@@ -303,6 +303,16 @@ pub async fn record_applied<C: ConnectionTrait>(conn: &C, applied: &[(String, u6
     Ok(())
 }
 
+/// Where to start a consumer that no longer exists: the oldest stream sequence still remembered
+/// as applied (everything from there on is either remembered or new).
+pub async fn resume_hint<C: ConnectionTrait>(conn: &C) -> Result<Option<u64>, DbErr> {
+    let backend = conn.get_database_backend();
+    let row = conn
+        .query_one_raw(Statement::from_string(backend, "SELECT MIN(stream_sequence) FROM applied_batches"))
+        .await?;
+    Ok(row.and_then(|r| r.try_get_by_index::<Option<i64>>(0).ok().flatten()).and_then(|v| u64::try_from(v).ok()))
+}
+
 /// Forgets applied ids older than `cutoff`; returns how many.
 pub async fn prune_applied<C: ConnectionTrait>(conn: &C, cutoff: i64) -> Result<u64, DbErr> {
     let backend = conn.get_database_backend();

@@ -105,3 +105,16 @@ fn only_the_capture_agent_links_libpcap() {
         assert_eq!(links, name == "ntpscope-capture", "{name} and libpcap");
     }
 }
+
+#[test]
+fn the_sink_stays_out_of_capture_and_http_and_migrations_out_of_entities() {
+    let g = graph();
+    let sink = g.closure("ntpscope-sink");
+    for forbidden in ["capture-proto", "ntpscope-capture", "pcap", "poem", "poem-openapi"] {
+        assert!(!sink.contains(forbidden), "ntpscope-sink reaches {forbidden}");
+    }
+    assert!(sink.contains("ntp-wire") && sink.contains("migration"), "the sink reads the wire contract and owns migrations");
+    assert!(!g.closure("migration").contains("entity"), "migrations must not import entity types");
+    let bus = g.closure("ntpscope-bus");
+    assert!(!bus.contains("sea-orm") && !bus.contains("pcap"), "the bus crate is NATS only");
+}

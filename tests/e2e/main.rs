@@ -3,6 +3,16 @@
 //!
 //! - [`architecture`]: the dependency invariants of ARCHITECTURE.md, checked on `cargo metadata`.
 //! - [`tidy`]: every Rust file starts with a `//!` comment saying what it is for.
+//! - [`pipeline`]: agent → NATS → sink → SQLite/PostgreSQL against the agent's JSON lines; crash,
+//!   restart and cut-off faults.
+//! - [`bus`]: dead letters, old servers, stream configuration drift.
+//!
+//! Every test starts its own nats-server (random port, temporary store) and its own database.
+
+#![allow(clippy::disallowed_methods)] // end-to-end tests wait on real processes in real time
 
 mod architecture;
+mod bus;
+mod harness;
+mod pipeline;
 mod tidy;

@@ -266,9 +266,9 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
-            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_age: Duration::from_hours(7 * 24),
             max_bytes: 8 << 30,
-            duplicate_window: Duration::from_secs(10 * 60),
+            duplicate_window: Duration::from_mins(10),
             replicas: 1,
         }
     }
@@ -366,7 +366,7 @@ pub async fn status_store(js: &jetstream::Context) -> Result<kv::Store, BusError
                 bucket: subject::STATUS_BUCKET.to_string(),
                 description: "ntpscope agent and sink status snapshots".into(),
                 history: 1,
-                max_age: Duration::from_secs(24 * 3600),
+                max_age: Duration::from_hours(24),
                 storage: stream::StorageType::File,
                 ..Default::default()
             })

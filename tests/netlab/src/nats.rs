@@ -67,7 +67,7 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 8GB\n}}\n{extra_config}\n",
+                "jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 32GB\n}}\n{extra_config}\n",
                 dir.path().join("js").display()
             ),
         )?;

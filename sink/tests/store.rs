@@ -1,0 +1,199 @@
+//! The sink's database layer against real databases: an SQLite file and the machine's PostgreSQL
+//! (`NTPSCOPE_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`, each test in its
+//! own schema). Every test body runs on both.
+
+use std::collections::BTreeMap;
+
+use entity::{ntp_clients, sink_state};
+use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome};
+use ntpscope_sink::{
+    aggregate::{self, ClientDelta, ClientKey},
+    db,
+    store::{self, StateDelta},
+};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait};
+
+const T0: i64 = 1_767_225_600_000_000_000;
+
+struct TestDb {
+    db: DatabaseConnection,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("ntp.db").display());
+        let db = db::connect_and_migrate(&url).await.expect("sqlite");
+        Self { db, _dir: Some(dir), pg_schema: None }
+    }
+
+    async fn postgres() -> Self {
+        let (url, schema) = pg_schema().await;
+        let db = db::connect_and_migrate(&url).await.expect("postgres");
+        Self { db, _dir: None, pg_schema: Some((base_pg_url(), schema)) }
+    }
+
+    async fn drop_schema(self) {
+        if let Some((base, schema)) = self.pg_schema {
+            let admin = sea_orm::Database::connect(base).await.expect("pg admin");
+            admin.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
+        }
+    }
+}
+
+fn base_pg_url() -> String {
+    std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema in the test database; returns a URL whose search_path points at it.
+async fn pg_schema() -> (String, String) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let schema = format!("ntpscope_t{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let admin = sea_orm::Database::connect(base_pg_url()).await.expect("PostgreSQL at NTPSCOPE_TEST_PG_URL");
+    admin.execute_unprepared(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+    let sep = if base_pg_url().contains('?') { '&' } else { '?' };
+    (format!("{}{sep}options=-c%20search_path%3D{schema}", base_pg_url()), schema)
+}
+
+fn session(ip: &str, t: i64, answered: bool, stratum: u8, latency: Option<f64>) -> Record {
+    let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: 1, ..PacketSummary::default() };
+    Record::Session(Session {
+        id: t as u64,
+        outcome: if answered { SessionOutcome::Answered } else { SessionOutcome::Unanswered },
+        client_ip: ip.parse().expect("ip"),
+        client_port: 40000,
+        server_ip: "198.18.0.1".parse().expect("ip"),
+        server_port: 123,
+        vlan_id: Some(7),
+        inner_vlan_id: None,
+        request_time_ns: t,
+        response_time_ns: answered.then_some(t + 20_000),
+        request: req.clone(),
+        response: answered.then_some(PacketSummary { mode: 4, stratum, ..req }),
+        retransmits: 0,
+        t1_randomized: false,
+        interleaved: false,
+        client_to_server_latency_s: latency,
+        server_processing_time_s: answered.then_some(1e-5),
+        total_process_time_s: answered.then_some(2e-5),
+    })
+}
+
+fn deltas(records: Vec<Record>) -> BTreeMap<ClientKey, ClientDelta> {
+    aggregate::aggregate([&Batch::new("host-a", "eth0", records)])
+}
+
+async fn row(db: &DatabaseConnection, ip: &str) -> ntp_clients::Model {
+    ntp_clients::Entity::find()
+        .filter(ntp_clients::Column::ClientIp.eq(ip))
+        .one(db)
+        .await
+        .expect("query")
+        .expect("row exists")
+}
+
+async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) {
+    let first = deltas(vec![
+        session("198.18.0.2", T0 + 2_000, true, 2, Some(0.003)),
+        session("198.18.0.3", T0, false, 0, None),
+    ]);
+    let c = store::upsert(db, &first, T0 + 10).await.expect("first upsert");
+    assert_eq!((c.inserted, c.updated), (2, 0));
+    // An older session arrives later (a late replay): counts add, latest values stay.
+    let second = deltas(vec![
+        session("198.18.0.2", T0 + 1_000, true, 5, Some(0.001)),
+        session("198.18.0.2", T0 + 500, false, 0, None),
+    ]);
+    let c = store::upsert(db, &second, T0 + 20).await.expect("second upsert");
+    assert_eq!((c.inserted, c.updated), (0, 1));
+    let r = row(db, "198.18.0.2").await;
+    assert_eq!((r.session_count, r.answered_count, r.unanswered_count), (3, 2, 1));
+    assert_eq!(r.first_seen, T0 + 500);
+    assert_eq!(r.last_seen, T0 + 2_000 + 20_000);
+    assert_eq!(r.stratum, Some(2), "the older session must not overwrite the newer one");
+    assert_eq!(r.session_timestamp, Some(T0 + 2_000));
+    assert_eq!((r.latency_count, r.latency_min, r.latency_max), (2, Some(0.001), Some(0.003)));
+    assert!((r.latency_sum - 0.004).abs() < 1e-12);
+    assert_eq!(r.vlan_id, Some(7));
+    assert_eq!((r.created_at, r.updated_at), (T0 + 10, T0 + 20));
+    // A newer session does overwrite.
+    store::upsert(db, &deltas(vec![session("198.18.0.2", T0 + 9_000, true, 3, None)]), T0 + 30).await.expect("third");
+    let r = row(db, "198.18.0.2").await;
+    assert_eq!((r.stratum, r.session_count, r.latency_count), (Some(3), 4, 2));
+    // An unanswered-only client has no latency and NULL minima.
+    let u = row(db, "198.18.0.3").await;
+    assert_eq!((u.unanswered_count, u.latency_count, u.latency_min), (1, 0, None));
+}
+
+async fn large_batches_chunk_and_count(db: &DatabaseConnection) {
+    let records: Vec<Record> =
+        (0..3000).map(|i| session(&format!("198.19.{}.{}", i / 250, i % 250), T0 + i64::from(i), true, 2, Some(0.001))).collect();
+    let d = deltas(records);
+    let txn = db.begin().await.expect("begin");
+    let c = store::upsert(&txn, &d, T0 + 1).await.expect("upsert 3000 rows");
+    txn.commit().await.expect("commit");
+    assert_eq!((c.inserted, c.updated), (3000, 0));
+    let c = store::upsert(db, &d, T0 + 2).await.expect("again");
+    assert_eq!((c.inserted, c.updated), (0, 3000));
+    let n = ntp_clients::Entity::find().all(db).await.expect("all").len();
+    assert_eq!(n, 3000);
+}
+
+async fn applied_ids_and_state(db: &DatabaseConnection) {
+    let ids: Vec<String> = (0..700).map(|i| format!("{i:032x}")).collect();
+    let applied: Vec<(String, u64)> = ids.iter().take(600).cloned().zip(1..).collect();
+    store::record_applied(db, &applied, T0).await.expect("record");
+    store::record_applied(db, &applied[..10], T0 + 5).await.expect("re-record is harmless");
+    let found = store::applied_ids(db, &ids).await.expect("lookup");
+    assert_eq!(found.len(), 600);
+    assert_eq!(store::prune_applied(db, T0 + 1).await.expect("prune"), 600);
+    assert!(store::applied_ids(db, &ids).await.expect("lookup").is_empty());
+    let d = StateDelta { last_sequence: 10, total_received: 5, total_processed: 4, dead_lettered: 1, total_inserted: 3, ..StateDelta::default() };
+    store::update_state(db, "sink-a", "NTP", &d, T0).await.expect("state 1");
+    let d2 = StateDelta { last_sequence: 7, total_received: 2, total_processed: 2, total_updated: 2, ..StateDelta::default() };
+    store::update_state(db, "sink-a", "NTP", &d2, T0 + 1).await.expect("state 2");
+    store::update_queue_size(db, "sink-a", 42, T0 + 2).await.expect("queue");
+    let s = sink_state::Entity::find_by_id("sink-a".to_string()).one(db).await.expect("q").expect("row");
+    assert_eq!((s.last_sequence, s.total_received, s.total_processed, s.batches), (10, 7, 6, 2));
+    assert_eq!((s.total_inserted, s.total_updated, s.dead_lettered, s.queue_size), (3, 2, 1, 42));
+    assert_eq!(s.last_commit_at, Some(T0 + 1));
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    for body in 0..3 {
+        let t = TestDb::sqlite().await;
+        match body {
+            0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
+            1 => large_batches_chunk_and_count(&t.db).await,
+            _ => applied_ids_and_state(&t.db).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    for body in 0..3 {
+        let t = TestDb::postgres().await;
+        match body {
+            0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
+            1 => large_batches_chunk_and_count(&t.db).await,
+            _ => applied_ids_and_state(&t.db).await,
+        }
+        t.drop_schema().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_is_in_wal_mode_so_readers_never_block_the_writer() {
+    let t = TestDb::sqlite().await;
+    let mode = t
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA journal_mode"))
+        .await
+        .expect("pragma")
+        .expect("row");
+    assert_eq!(mode.try_get_by_index::<String>(0).expect("text"), "wal");
+}
