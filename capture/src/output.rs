@@ -28,13 +28,11 @@ pub fn drain(
     kind: OutputKind,
     observations: bool,
     host: &str,
-    interfaces: &[String],
     mut w: impl Write,
 ) -> io::Result<OutputStats> {
     let mut stats = OutputStats::default();
     while let Some(batch) = rx.blocking_recv() {
-        let interface = interfaces.get(batch.source).map_or("", String::as_str);
-        let ctx = LineContext { host, interface };
+        let ctx = LineContext { host, interface: &batch.interface };
         for r in &batch.records {
             let keep = kind == OutputKind::Jsonl
                 && (observations || matches!(r, ntp_wire::Record::Session(_)));

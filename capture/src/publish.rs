@@ -36,8 +36,6 @@ use crate::{clock, source};
 pub struct PublishConfig {
     /// Agent id written into every batch.
     pub agent: String,
-    /// Interface name of each source, by source index.
-    pub interfaces: Vec<String>,
     /// Messages awaiting their ack at once.
     pub max_inflight: usize,
     /// Bytes of encoded messages kept (in flight or waiting).
@@ -103,7 +101,7 @@ type AckFuture = Pin<Box<dyn Future<Output = (Outgoing, Result<jetstream::publis
 
 /// Splits and encodes a capture batch into messages.
 fn encode_batch(cfg: &PublishConfig, b: source::Batch, stats: &PublisherStats) -> Vec<Outgoing> {
-    let interface = cfg.interfaces.get(b.source).cloned().unwrap_or_default();
+    let interface = b.interface.to_string();
     let Ok(subject) = ntp_wire::subject::sessions(&cfg.agent, &interface) else {
         stats.records_dropped.fetch_add(b.records.len() as u64, Ordering::Relaxed);
         return Vec::new();

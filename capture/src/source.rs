@@ -32,8 +32,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// Records from one source, handed to the output.
 #[derive(Debug)]
 pub struct Batch {
-    /// Index of the source in the configuration.
-    pub source: usize,
+    /// Interface name recorded for the source.
+    pub interface: Arc<str>,
     /// The records, in capture order.
     pub records: Vec<Record>,
 }
@@ -228,12 +228,14 @@ fn open_file(path: &Path) -> Result<(Handle, LinkType), OpenError> {
 /// Everything a capture thread needs besides its handle.
 #[derive(Debug)]
 pub struct LoopContext {
-    /// Index of this source.
-    pub source: usize,
+    /// Interface name recorded for this source.
+    pub interface: Arc<str>,
     /// Core configuration.
     pub analyzer: AnalyzerConfig,
-    /// Set to stop capturing.
+    /// Set to stop this source.
     pub stop: Arc<AtomicBool>,
+    /// Set to stop every source (agent shutdown).
+    pub shutdown: Arc<AtomicBool>,
     /// Where batches go.
     pub tx: mpsc::Sender<Batch>,
     /// Records per batch.
@@ -248,6 +250,12 @@ pub struct LoopContext {
     pub progress: bool,
 }
 
+impl LoopContext {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs a source until it ends, fails, or `stop` is set.
 pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
     let res = match handle {
@@ -259,7 +267,7 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
             let done = Arc::new(AtomicBool::new(false));
             let ticker = {
                 let done = done.clone();
-                std::thread::Builder::new().name(format!("capture-tick-{}", ctx.source)).spawn(move || {
+                std::thread::Builder::new().name(format!("tick-{}", ctx.interface)).spawn(move || {
                     while !done.load(Ordering::Relaxed) {
                         std::thread::sleep(TICK);
                         waker.breakloop();
@@ -338,7 +346,7 @@ fn capture_loop<T: Activated + ?Sized>(
             Err(pcap::Error::NoMorePackets) => break Ok(()),
             Err(e) => break Err(format!("capture failed: {e}")),
         }
-        if ctx.stop.load(Ordering::Relaxed) {
+        if ctx.stopping() {
             break Ok(());
         }
         if !out.is_empty() && last_send.elapsed() >= ctx.batch_interval {
@@ -356,7 +364,7 @@ fn capture_loop<T: Activated + ?Sized>(
         analyzer.flush(&mut out);
     }
     if !out.is_empty() {
-        send(ctx, &mut out, live && !ctx.stop.load(Ordering::Relaxed), &mut dropped);
+        send(ctx, &mut out, live && !ctx.stopping(), &mut dropped);
     }
     publish_status(ctx, &analyzer, &mut cap, live, dropped);
     result
@@ -365,7 +373,7 @@ fn capture_loop<T: Activated + ?Sized>(
 /// Hands the batch over; returns false when the output has gone away.
 fn send(ctx: &LoopContext, out: &mut Vec<Record>, live: bool, dropped: &mut u64) -> bool {
     let records = std::mem::replace(out, Vec::with_capacity(ctx.batch_records * 2));
-    let batch = Batch { source: ctx.source, records };
+    let batch = Batch { interface: ctx.interface.clone(), records };
     if live {
         match ctx.tx.try_send(batch) {
             Ok(()) => true,

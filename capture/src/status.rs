@@ -2,26 +2,19 @@
 //! (and once more on exit) so the API can show interfaces, capture state, counters, pcap drops,
 //! buffer use and version even for agents it cannot reach.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::kv;
 use ntp_wire::status::{AgentStatus, InterfaceStatus};
 
-use crate::{
-    clock,
-    publish::PublisherStats,
-    source::{SourceState, SourceStatus},
-};
+use crate::{clock, publish::PublisherStats, source::SourceState, supervisor::Supervisor};
 
 /// Builds the document from the shared source statuses and publisher counters.
-pub fn snapshot(agent: &str, started_ns: i64, sources: &[Arc<Mutex<SourceStatus>>], publisher: &PublisherStats) -> AgentStatus {
-    let interfaces = sources
-        .iter()
+pub fn snapshot(agent: &str, started_ns: i64, supervisor: &Supervisor, publisher: &PublisherStats) -> AgentStatus {
+    let interfaces = supervisor
+        .snapshot()
+        .into_iter()
         .map(|s| {
-            let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             InterfaceStatus {
                 name: s.interface.clone(),
                 kind: s.kind.to_string(),
@@ -53,7 +46,7 @@ pub fn snapshot(agent: &str, started_ns: i64, sources: &[Arc<Mutex<SourceStatus>
 pub async fn report(
     kv: kv::Store,
     agent: String,
-    sources: Vec<Arc<Mutex<SourceStatus>>>,
+    supervisor: Arc<Supervisor>,
     publisher: Arc<PublisherStats>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -66,7 +59,7 @@ pub async fn report(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        let doc = snapshot(&agent, started, &sources, &publisher);
+        let doc = snapshot(&agent, started, &supervisor, &publisher);
         match ntp_wire::status::encode(&doc) {
             Ok(bytes) => {
                 if let Err(e) = kv.put(key.as_str(), bytes.into()).await {

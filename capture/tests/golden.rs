@@ -32,7 +32,7 @@ fn capture(args: &[&str]) -> Run {
         .expect("run ntpscope-capture");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?} failed: {stderr}");
-    let summary_line = stderr.lines().last().unwrap_or_default();
+    let summary_line = stderr.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
     let summary: Value = serde_json::from_str(summary_line).unwrap_or_else(|e| panic!("summary {summary_line:?}: {e}"));
     let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
     let lines = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();

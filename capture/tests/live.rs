@@ -58,7 +58,10 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
             if line.contains("Capture started") {
                 let _ = ready_tx.send(());
             }
-            last = line;
+            // The summary is the last JSON line; log lines may follow it at shutdown.
+            if line.starts_with('{') {
+                last = line;
+            }
         }
         let _ = summary_tx.send(last);
     });

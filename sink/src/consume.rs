@@ -288,6 +288,7 @@ async fn apply(
     let mut fresh: Vec<&Batch> = Vec::new();
     let mut applied: Vec<(String, u64)> = Vec::new();
     let mut newest_sent = 0i64;
+    let mut sent_times = Vec::new();
     for (d, id) in batch.iter().zip(&ids) {
         delta.last_sequence = delta.last_sequence.max(d.seq);
         let n = d.decoded.as_ref().map_or(0, |b| b.records.len() as u64);
@@ -299,6 +300,9 @@ async fn apply(
         if let Ok(b) = &d.decoded {
             fresh.push(b);
             newest_sent = newest_sent.max(b.sent_ns);
+            if b.sent_ns > 0 {
+                sent_times.push(b.sent_ns);
+            }
             delta.total_processed += n;
             delta.messages_applied += 1;
         } else {
@@ -317,5 +321,8 @@ async fn apply(
     store::record_applied(&txn, &applied, now).await?;
     store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
     txn.commit().await?;
+    let committed = clock::wall_ns();
+    let lags: Vec<u32> = sent_times.iter().map(|s| u32::try_from((committed - s).max(0) / 1_000_000).unwrap_or(u32::MAX)).collect();
+    stats.add_lags(&lags);
     Ok(delta)
 }

@@ -13,6 +13,16 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection
     Ok(db)
 }
 
+/// Pragmas of the SQLite writer beyond WAL, `synchronous=NORMAL` and the busy timeout.
+///
+/// - `temp_store=memory`: multi-row upserts write statement journals; keep them off the disk.
+/// - `cache_size`: room for the hot table and its indexes (negative = KiB).
+/// - `wal_autocheckpoint`: random-key upserts dirty most pages of the table at every commit;
+///   checkpointing every 64 Ki pages instead of every 1 Ki lets successive commits of the same
+///   page collapse into one write-back (see docs/performance.md).
+pub const SQLITE_WRITER_PRAGMAS: [(&str, &str); 3] =
+    [("temp_store", "memory"), ("cache_size", "-131072"), ("wal_autocheckpoint", "65536")];
+
 /// Opens `url` for the sink: one connection for SQLite (one writer), a few for PostgreSQL.
 pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
     if let Some(path) = sqlite_path(url)
@@ -26,14 +36,11 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
     opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         opts.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            let o = o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
-                .create_if_missing(true)
-                // Multi-row upserts write statement journals; keep them in memory, and give the
-                // hot table and its indexes room in the page cache.
-                .pragma("temp_store", "memory")
-                .pragma("cache_size", "-131072")
+                .create_if_missing(true);
+            SQLITE_WRITER_PRAGMAS.iter().fold(o, |o, (k, v)| o.pragma(*k, *v))
         });
     } else {
         opts.max_connections(4);

@@ -74,6 +74,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = stop_tx.send(true);
     let _ = reporter.await;
     client.flush().await.ok();
+    if let Some((p50, p99, max)) = stats.lag_quantiles() {
+        tracing::info!(message = "Sink stopped.", lag_p50_ms = p50, lag_p99_ms = p99, lag_max_ms = max);
+    } else {
+        tracing::info!(message = "Sink stopped.");
+    }
     res.map_err(|e| anyhow::anyhow!("consumer task: {e}"))?
 }
 

@@ -18,7 +18,13 @@ struct Totals {
     queue_size: u64,
     last_commit_ns: i64,
     lag_seconds: f64,
+    /// Commit time minus the agent's send time of each applied message, milliseconds (the most
+    /// recent [`MAX_LAG_SAMPLES`]).
+    lags_ms: std::collections::VecDeque<u32>,
 }
+
+/// Lag samples kept for quantiles.
+const MAX_LAG_SAMPLES: usize = 100_000;
 
 /// Shared counters.
 #[derive(Debug, Default)]
@@ -98,6 +104,31 @@ impl SinkStats {
         });
     }
 
+    /// Records the bus-and-store lag of applied messages, in milliseconds.
+    pub fn add_lags(&self, lags_ms: &[u32]) {
+        self.with(|t| {
+            for l in lags_ms {
+                if t.lags_ms.len() == MAX_LAG_SAMPLES {
+                    t.lags_ms.pop_front();
+                }
+                t.lags_ms.push_back(*l);
+            }
+        });
+    }
+
+    /// (p50, p99, max) of the recorded lags, milliseconds.
+    pub fn lag_quantiles(&self) -> Option<(u32, u32, u32)> {
+        self.with(|t| {
+            if t.lags_ms.is_empty() {
+                return None;
+            }
+            let mut v: Vec<u32> = t.lags_ms.iter().copied().collect();
+            v.sort_unstable();
+            let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+            Some((q(0.5), q(0.99), v[v.len() - 1]))
+        })
+    }
+
     /// Counts a failed batch attempt (retried).
     pub fn add_error(&self) {
         self.with(|t| *t.counters.entry("failed_attempts").or_default() += 1);
@@ -118,6 +149,12 @@ impl SinkStats {
         self.with(|t| {
             let mut counters: BTreeMap<String, u64> = NAMES.iter().map(|n| ((*n).to_string(), t.counters.get(n).copied().unwrap_or(0))).collect();
             counters.insert("queue_size".into(), t.queue_size);
+            if !t.lags_ms.is_empty() {
+                let mut v: Vec<u32> = t.lags_ms.iter().copied().collect();
+                v.sort_unstable();
+                counters.insert("lag_p50_ms".into(), u64::from(v[(v.len() - 1) / 2]));
+                counters.insert("lag_p99_ms".into(), u64::from(v[((v.len() - 1) as f64 * 0.99).round() as usize]));
+            }
             SinkStatus {
                 consumer: consumer.to_string(),
                 updated_ns: crate::clock::wall_ns(),

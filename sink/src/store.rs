@@ -144,7 +144,7 @@ fn push_metric(v: &mut Vec<Value>, m: &Metric) {
 }
 
 /// The bound values of one row, in [`columns`] order.
-fn row_values(key: &ClientKey, d: &ClientDelta, now: i64, v: &mut Vec<Value>) {
+pub fn row_values(key: &ClientKey, d: &ClientDelta, now: i64, v: &mut Vec<Value>) {
     v.push(Value::String(Some(key.host.clone())));
     v.push(Value::String(Some(key.interface.clone())));
     v.push(Value::String(Some(key.client_ip.clone())));

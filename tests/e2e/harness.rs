@@ -44,10 +44,11 @@ pub fn agent(args: &[&str], nats_url: Option<&str>) -> Output {
     out
 }
 
-/// The agent's JSON summary from its stderr.
+/// The agent's JSON summary from its stderr (the last JSON line: log lines may follow it).
 pub fn summary(out: &Output) -> Value {
     let text = String::from_utf8_lossy(&out.stderr);
-    serde_json::from_str(text.lines().last().unwrap_or_default()).expect("summary JSON")
+    let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary JSON ({e}) in {text}"))
 }
 
 /// JSON lines of an agent run.

@@ -9,6 +9,7 @@
 //! - [`batch`]: the NATS message (many records), its encoding and its deterministic id.
 //! - [`subject`]: stream, subject, consumer and KV names; the reversible token encoding.
 //! - [`status`]: agent and sink status documents.
+//! - [`control`]: capture control requests and replies (API → agent).
 //! - [`id`]: the stable hashes behind record and message ids.
 //! - [`time`]: nanosecond Unix times, NTP timestamps, RFC 3339 formatting and parsing.
 //!
@@ -22,6 +23,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod batch;
+pub mod control;
 pub mod id;
 pub mod record;
 pub mod status;

@@ -1,0 +1,247 @@
+//! The set of running capture sources: started at launch from the command line, and at run time
+//! by control requests (start and stop capture on an interface).
+//!
+//! Each source is an OS thread with its own stop flag; all of them feed the same bounded channel
+//! towards the output. The supervisor keeps a sender of that channel while it accepts new
+//! sources; dropping it ([`Supervisor::close`]) lets the output end when the last source ends.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use capture_proto::{AnalyzerConfig, stats::Counters};
+use ntp_wire::control::{ControlErrorKind, InterfaceInfo};
+use tokio::sync::mpsc;
+
+use crate::{
+    config::{LiveConfig, SourceSpec},
+    source::{self, Batch, LoopContext, OpenError, PcapStats, SourceState, SourceStatus},
+};
+
+/// Shared status of one source.
+pub type SharedStatus = Arc<Mutex<SourceStatus>>;
+
+/// Settings every source shares.
+#[derive(Debug, Clone)]
+pub struct SourceDefaults {
+    /// Records per hand-over.
+    pub batch_records: usize,
+    /// Longest a partial batch is held.
+    pub batch_interval: Duration,
+    /// Report pending requests as unanswered when a source stops.
+    pub flush_pending: bool,
+    /// Progress bars for big files.
+    pub progress: bool,
+}
+
+/// Parameters a running capture was started with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureParams {
+    /// Server port.
+    pub port: u16,
+    /// Timeout, seconds.
+    pub timeout: f64,
+    /// BPF filter (live only).
+    pub bpf: Option<String>,
+}
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    status: SharedStatus,
+    params: CaptureParams,
+}
+
+/// A control or start-up failure, with the category the API maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    /// Category.
+    pub kind: ControlErrorKind,
+    /// Reason.
+    pub message: String,
+}
+
+impl From<OpenError> for StartError {
+    fn from(e: OpenError) -> Self {
+        let kind = match e {
+            OpenError::NoSuchInterface { .. } => ControlErrorKind::NotFound,
+            OpenError::Filter { .. } => ControlErrorKind::Invalid,
+            _ => ControlErrorKind::Failed,
+        };
+        Self { kind, message: e.to_string() }
+    }
+}
+
+/// The running sources.
+pub struct Supervisor {
+    tx: Mutex<Option<mpsc::Sender<Batch>>>,
+    shutdown: Arc<AtomicBool>,
+    defaults: SourceDefaults,
+    running: Mutex<BTreeMap<String, Running>>,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("sources", &self.lock().keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor feeding `tx`.
+    pub fn new(tx: mpsc::Sender<Batch>, defaults: SourceDefaults) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        Self {
+            tx: Mutex::new(Some(tx)),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            defaults,
+            running: Mutex::new(BTreeMap::new()),
+            // One OS draw per process; each source mixes in its name.
+            seed: RandomState::new().hash_one(0x6e74_7073u32),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens and starts a source. Fails if its interface name is already capturing.
+    pub fn start(&self, spec: &SourceSpec, mut analyzer: AnalyzerConfig, live: &LiveConfig) -> Result<(), StartError> {
+        let name = spec.interface().to_string();
+        if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
+            return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("already capturing on {name}") });
+        }
+        let Some(tx) = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() else {
+            return Err(StartError { kind: ControlErrorKind::Failed, message: "the agent is shutting down".into() });
+        };
+        let (handle, link) = source::open(spec, live)?;
+        let status = Arc::new(Mutex::new(SourceStatus {
+            interface: name.clone(),
+            kind: match spec {
+                SourceSpec::Live { .. } => "live",
+                SourceSpec::File { .. } => "file",
+            },
+            link: Some(link),
+            counters: Counters::default(),
+            pcap: PcapStats::default(),
+            records_dropped: 0,
+            pairing_bytes: 0,
+            state: SourceState::Running,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        analyzer.pairing.hash_seed = self.seed ^ ntp_wire::id::stable_hash(&[name.len() as u64, name.bytes().map(u64::from).sum()]);
+        let ctx = LoopContext {
+            interface: Arc::from(name.as_str()),
+            analyzer,
+            stop: stop.clone(),
+            shutdown: self.shutdown.clone(),
+            tx,
+            batch_records: self.defaults.batch_records,
+            batch_interval: self.defaults.batch_interval,
+            flush_pending: self.defaults.flush_pending,
+            status: status.clone(),
+            progress: self.defaults.progress,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("capture-{name}"))
+            .spawn(move || source::run(handle, link, &ctx))
+            .map_err(|e| StartError { kind: ControlErrorKind::Failed, message: format!("cannot start a thread: {e}") })?;
+        let params = CaptureParams {
+            port: analyzer.server_port,
+            timeout: analyzer.pairing.timeout_ns as f64 / 1e9,
+            bpf: matches!(spec, SourceSpec::Live { .. }).then(|| live.bpf.clone()),
+        };
+        self.lock().insert(name, Running { stop, thread: Some(thread), status, params });
+        Ok(())
+    }
+
+    /// Stops a running source and waits for its thread (blocking; call from a blocking context).
+    pub fn stop(&self, name: &str) -> Result<(), StartError> {
+        let (stop, thread) = {
+            let mut map = self.lock();
+            let Some(r) = map.get_mut(name).filter(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) else {
+                return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("not capturing on {name}") });
+            };
+            (r.stop.clone(), r.thread.take())
+        };
+        stop.store(true, Ordering::Relaxed);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    /// Stops every source (on shutdown) and stops accepting new ones.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.close();
+    }
+
+    /// Stops accepting new sources: once the running ones end, the output sees the channel close.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+
+    /// Waits for every source thread (blocking).
+    pub fn join_all(&self) {
+        let threads: Vec<JoinHandle<()>> = self.lock().values_mut().filter_map(|r| r.thread.take()).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Statuses of every source started so far, by name.
+    pub fn statuses(&self) -> Vec<SharedStatus> {
+        self.lock().values().map(|r| r.status.clone()).collect()
+    }
+
+    /// Snapshot of every source's status.
+    pub fn snapshot(&self) -> Vec<SourceStatus> {
+        self.statuses().iter().map(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()).collect()
+    }
+
+    /// The host's interfaces and the capture state on each (plus files and interfaces that have
+    /// gone away but were captured).
+    pub fn interfaces(&self) -> Vec<InterfaceInfo> {
+        let mut out: BTreeMap<String, InterfaceInfo> = BTreeMap::new();
+        if let Ok(devices) = pcap::Device::list() {
+            for d in devices {
+                out.insert(
+                    d.name.clone(),
+                    InterfaceInfo {
+                        name: d.name,
+                        description: d.desc,
+                        addresses: d.addresses.iter().map(|a| a.addr.to_string()).collect(),
+                        capturing: false,
+                        state: "idle".into(),
+                        ..InterfaceInfo::default()
+                    },
+                );
+            }
+        }
+        for (name, r) in self.lock().iter() {
+            let capturing = r.thread.as_ref().is_some_and(|t| !t.is_finished());
+            let status = r.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = out.entry(name.clone()).or_insert_with(|| InterfaceInfo { name: name.clone(), ..InterfaceInfo::default() });
+            entry.capturing = capturing;
+            entry.state = match (&status.state, capturing) {
+                (SourceState::Failed(e), _) => format!("failed: {e}"),
+                (_, true) => "running".into(),
+                (SourceState::Finished | SourceState::Running, false) => "stopped".into(),
+            };
+            if capturing {
+                entry.port = Some(r.params.port);
+                entry.timeout = Some(r.params.timeout);
+                entry.bpf.clone_from(&r.params.bpf);
+            }
+        }
+        out.into_values().collect()
+    }
+}

@@ -1,0 +1,236 @@
+//! Sink write throughput: the sea-orm path the sink uses vs raw rusqlite on the same batches.
+//!
+//! ```text
+//! cargo bench -p ntpscope-sink --bench upsert            # SQLite, batch sizes 1k / 10k / 50k
+//! cargo bench -p ntpscope-sink --bench upsert -- --pg    # also PostgreSQL (NTPSCOPE_TEST_PG_URL)
+//! ```
+//!
+//! Workload: 1,000,000 session records over 200,000 client addresses (each address 5 times,
+//! shuffled with a fixed seed), applied in stream order in batches of B records. Each batch is
+//! aggregated per client (the sink's `aggregate`) and written in one transaction. "records/s" is
+//! 1 M input records divided by the time of the write phase (aggregation excluded, reported
+//! separately). Both variants run on the same bundled SQLite 3.51, the same schema (created by the
+//! migrations), the same pragmas and the same SQL text; the raw baseline binds through rusqlite's
+//! cached prepared statements, one row per statement (its fastest form).
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
+use std::time::{Duration, Instant};
+
+use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome};
+use ntpscope_sink::{aggregate, db, store};
+use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
+
+const EVENTS: u32 = 1_000_000;
+const CLIENTS: u32 = 200_000;
+const T0: i64 = 1_767_225_600_000_000_000;
+
+fn session(i: u32, client: u32) -> Record {
+    let t = T0 + i64::from(i) * 1_000;
+    let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: u64::from(i) + 1, ..PacketSummary::default() };
+    let ip = std::net::Ipv4Addr::from(0xc612_0000u32 + client); // 198.18.0.0/15
+    Record::Session(Session {
+        id: u64::from(i),
+        outcome: if i % 10 == 9 { SessionOutcome::Unanswered } else { SessionOutcome::Answered },
+        client_ip: ip.into(),
+        client_port: 1024 + (client % 60_000) as u16,
+        server_ip: "198.19.255.1".parse().expect("ip"),
+        server_port: 123,
+        vlan_id: None,
+        inner_vlan_id: None,
+        request_time_ns: t,
+        response_time_ns: (i % 10 != 9).then_some(t + 20_000),
+        request: req.clone(),
+        response: (i % 10 != 9).then_some(PacketSummary { mode: 4, stratum: 2, root_delay: 100, reference_id: 0xc612_ff01, ..req }),
+        retransmits: 0,
+        t1_randomized: false,
+        interleaved: false,
+        client_to_server_latency_s: Some(1e-3 + f64::from(i % 97) * 1e-6),
+        server_processing_time_s: Some(1e-5),
+        total_process_time_s: Some(2e-5),
+    })
+}
+
+/// Every client 5 times, in a shuffled order (xorshift with a fixed seed).
+fn events() -> Vec<u32> {
+    let mut order: Vec<u32> = (0..EVENTS).map(|i| i % CLIENTS).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+fn batches(size: usize, order: &[u32]) -> Vec<Batch> {
+    order
+        .chunks(size)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let base = (b * size) as u32;
+            let records = chunk.iter().enumerate().map(|(j, c)| session(base + j as u32, *c)).collect();
+            Batch::new("bench", "eth0", records)
+        })
+        .collect()
+}
+
+struct Run {
+    write: Duration,
+    aggregate: Duration,
+    rows: u64,
+}
+
+async fn sea_orm_run(url: &str, batches: &[Batch]) -> Run {
+    let db = db::connect_and_migrate(url).await.expect("open");
+    let mut run = Run { write: Duration::ZERO, aggregate: Duration::ZERO, rows: 0 };
+    for (i, b) in batches.iter().enumerate() {
+        let t = Instant::now();
+        let deltas = aggregate::aggregate([b]);
+        run.aggregate += t.elapsed();
+        let t = Instant::now();
+        let txn = db.begin().await.expect("begin");
+        store::upsert(&txn, &deltas, T0 + i as i64).await.expect("upsert");
+        txn.commit().await.expect("commit");
+        run.write += t.elapsed();
+        run.rows += deltas.len() as u64;
+    }
+    check(&db).await;
+    run
+}
+
+async fn check(db: &sea_orm::DatabaseConnection) {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(session_count) AS BIGINT) FROM ntp_clients",
+        ))
+        .await
+        .expect("check")
+        .expect("row");
+    let (n, sessions): (i64, i64) = (row.try_get_by_index(0).expect("n"), row.try_get_by_index(1).expect("sum"));
+    assert_eq!((n, sessions), (i64::from(CLIENTS), i64::from(EVENTS)), "every client once, every event counted");
+}
+
+fn to_sql(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as R;
+    match v {
+        Value::Bool(b) => b.map_or(R::Null, |b| R::Integer(i64::from(b))),
+        Value::Int(i) => i.map_or(R::Null, |i| R::Integer(i64::from(i))),
+        Value::BigInt(i) => i.map_or(R::Null, R::Integer),
+        Value::Double(d) => d.map_or(R::Null, R::Real),
+        Value::String(s) => s.clone().map_or(R::Null, R::Text),
+        other => panic!("unexpected value {other:?}"),
+    }
+}
+
+fn rusqlite_run(path: &std::path::Path, batches: &[Batch]) -> Run {
+    let mut conn = rusqlite::Connection::open(path).expect("open");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000; \
+         PRAGMA temp_store=MEMORY; PRAGMA cache_size=-131072;",
+    )
+    .expect("pragmas");
+    for (k, v) in db::SQLITE_WRITER_PRAGMAS {
+        conn.execute_batch(&format!("PRAGMA {k}={v};")).expect("writer pragma");
+    }
+    // Experiments: BENCH_SQL="PRAGMA …; DROP INDEX …;" runs on the raw baseline before the load.
+    if let Ok(extra) = std::env::var("BENCH_SQL") {
+        conn.execute_batch(&extra).expect("BENCH_SQL");
+    }
+    let mut sql = store::upsert_sql(DbBackend::Sqlite, 1);
+    if std::env::var_os("BENCH_NO_GUARD").is_some() {
+        // Experiment: latest-value columns overwritten unconditionally.
+        let newer = "excluded.session_timestamp IS NOT NULL AND (ntp_clients.session_timestamp IS NULL OR excluded.session_timestamp >= ntp_clients.session_timestamp)";
+        let mut out = String::new();
+        for part in sql.split(&format!("CASE WHEN {newer} THEN ")) {
+            if out.is_empty() {
+                out.push_str(part);
+            } else {
+                let (col, rest) = part.split_once(" ELSE ").expect("else");
+                let (_, rest) = rest.split_once(" END").expect("end");
+                out.push_str(col);
+                out.push_str(rest);
+            }
+        }
+        sql = out;
+    }
+    if std::env::var_os("BENCH_NO_RETURNING").is_some() {
+        sql = sql.replace(" RETURNING created_at", " RETURNING 0");
+    }
+    let mut run = Run { write: Duration::ZERO, aggregate: Duration::ZERO, rows: 0 };
+    let mut values = Vec::with_capacity(store::columns_per_row());
+    for (i, b) in batches.iter().enumerate() {
+        let t = Instant::now();
+        let deltas = aggregate::aggregate([b]);
+        run.aggregate += t.elapsed();
+        let t = Instant::now();
+        let now = T0 + i as i64;
+        let tx = conn.transaction().expect("begin");
+        {
+            let mut stmt = tx.prepare(&sql).expect("prepare");
+            for (k, d) in &deltas {
+                values.clear();
+                store::row_values(k, d, now, &mut values);
+                let params: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
+                let _created: i64 = stmt.query_row(rusqlite::params_from_iter(params), |r| r.get(0)).expect("upsert");
+            }
+        }
+        tx.commit().expect("commit");
+        run.write += t.elapsed();
+        run.rows += deltas.len() as u64;
+    }
+    let size: i64 = conn.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0)).unwrap_or(0);
+    println!("  (raw database: {:.0} MB)", size as f64 / 1e6);
+    let (n, sessions): (i64, i64) = conn
+        .query_row("SELECT COUNT(*), SUM(session_count) FROM ntp_clients", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("check");
+    assert_eq!((n, sessions), (i64::from(CLIENTS), i64::from(EVENTS)));
+    run
+}
+
+fn rate(run: &Run) -> f64 {
+    f64::from(EVENTS) / run.write.as_secs_f64()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let pg = std::env::args().any(|a| a == "--pg");
+    let order = events();
+    println!("# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} columns per row", store::columns_per_row());
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .ok()
+        .map_or_else(|| vec![1_000, 10_000, 50_000], |v| v.split(',').filter_map(|s| s.parse().ok()).collect());
+    let raw_only = std::env::var_os("BENCH_RAW_ONLY").is_some();
+    for size in sizes {
+        let batches = batches(size, &order);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("seaorm.db").display());
+        let sea = if raw_only { Run { write: Duration::from_secs(1), aggregate: Duration::ZERO, rows: 0 } } else { sea_orm_run(&url, &batches).await };
+        // The raw baseline gets the identical schema from the migrations.
+        let raw_path = dir.path().join("raw.db");
+        drop(db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", raw_path.display())).await.expect("schema"));
+        let raw = rusqlite_run(&raw_path, &batches);
+        println!(
+            "B = {size:>6}: sea-orm {:>7.0} records/s ({:.2} s write, {:.2} s aggregate, {} rows) | rusqlite {:>7.0} records/s ({:.2} s) | sea-orm = {:.0} % of rusqlite",
+            rate(&sea),
+            sea.write.as_secs_f64(),
+            sea.aggregate.as_secs_f64(),
+            sea.rows,
+            rate(&raw),
+            raw.write.as_secs_f64(),
+            100.0 * rate(&sea) / rate(&raw)
+        );
+        if pg {
+            let base = std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let schema = format!("ntpscope_bench_{}", std::process::id());
+            let admin = sea_orm::Database::connect(&base).await.expect("pg");
+            admin.execute_unprepared(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.expect("schema");
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let run = sea_orm_run(&format!("{base}{sep}options=-c%20search_path%3D{schema}"), &batches).await;
+            admin.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop");
+            println!("B = {size:>6}: PostgreSQL sea-orm {:>7.0} records/s ({:.2} s write)", rate(&run), run.write.as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! End-to-end throughput: pcap → agent → nats-server → sink → committed SQLite rows, all three
+//! processes (release builds) on this machine at once.
+//!
+//! ```text
+//! cargo bench -p e2e --bench pipeline              # 2 M sessions over 200 k clients
+//! cargo bench -p e2e --bench pipeline -- 500000    # fewer sessions
+//! ```
+//!
+//! Throughput is sessions divided by the time from the agent's start to the commit that makes
+//! the table hold every session. Latency is, per applied message, the sink's commit time minus
+//! the time the agent handed the message to NATS (the sink logs p50/p99/max on exit); the agent
+//! adds at most its batching interval (100 ms) before that. Peak RSS comes from
+//! `/proc/<pid>/status` (VmHWM) of each process just before it exits.
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn release_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("bench exe");
+    exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("target/release")
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn sessions_stored(db: &Path) -> i64 {
+    let out = Command::new("sqlite3").arg(db).arg("SELECT COALESCE(SUM(session_count),0) FROM ntp_clients").output();
+    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+}
+
+fn term(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+fn main() {
+    let requests: u32 = std::env::args().find_map(|a| a.parse().ok()).unwrap_or(2_000_000);
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "ntpscope-capture", "-p", "ntpscope-sink"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("pipeline.pcap");
+    let spec = netlab::pcapgen::Spec { requests, clients: 200_000, ..netlab::pcapgen::Spec::default() };
+    let (answered, unanswered) = netlab::pcapgen::write(&pcap, &spec).expect("pcap");
+    let total = i64::try_from(answered + unanswered).expect("count");
+    let nats = netlab::NatsServer::start().expect("nats-server");
+    let db = dir.path().join("ntp_clients.db");
+    let sink_log = dir.path().join("sink.log");
+    let mut sink = Command::new(release_bin("ntpscope-sink"))
+        .args(["--db-path", db.to_str().expect("path"), "--batch-size", "100000", "--batch-interval", "1", "--ack-wait", "60"])
+        .env("NTPSCOPE_NATS_URL", &nats.url)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&sink_log).expect("log"))
+        .spawn()
+        .expect("sink");
+    std::thread::sleep(Duration::from_secs(2));
+    let start = Instant::now();
+    let agent = Command::new(release_bin("ntpscope-capture"))
+        .args(["-r", pcap.to_str().expect("path"), "--output", "nats", "--nats-url", &nats.url, "--flush-pending", "--summary", "none"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let agent_pid = agent.id();
+    let mut agent_rss = 0.0f64;
+    let mut agent = agent;
+    let mut agent_done = None;
+    loop {
+        if agent_done.is_none() {
+            agent_rss = agent_rss.max(peak_rss_mib(agent_pid));
+            if let Ok(Some(s)) = agent.try_wait() {
+                assert!(s.success(), "agent failed");
+                agent_done = Some(start.elapsed());
+            }
+        }
+        if sessions_stored(&db) >= total {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1200), "pipeline did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    let sink_rss = peak_rss_mib(sink.id());
+    term(&mut sink);
+    let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
+    let lag = log.lines().find(|l| l.contains("Sink stopped")).unwrap_or("(no lag line)").to_string();
+    println!("# pipeline benchmark: {total} sessions ({answered} answered, {unanswered} unanswered), 200000 clients");
+    println!(
+        "pcap → committed rows: {:.2} s = {:.0} sessions/s (agent finished publishing after {:.2} s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        agent_done.map_or(f64::NAN, |d| d.as_secs_f64())
+    );
+    println!("peak RSS: agent {agent_rss:.0} MiB (sampled), sink {sink_rss:.0} MiB");
+    println!("sink: {}", lag.split("Sink stopped.").nth(1).unwrap_or(&lag).trim());
+    drop(nats);
+}
