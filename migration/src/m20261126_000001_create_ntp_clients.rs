@@ -40,6 +40,9 @@ impl MigrationTrait for Migration {
             .col(ColumnDef::new("host").string().not_null())
             .col(ColumnDef::new("interface_name").string().not_null())
             .col(ColumnDef::new("client_ip").string().not_null())
+            // The address as 16 bytes (IPv4 mapped into IPv6), so CIDR filters are ranges and
+            // addresses sort numerically.
+            .col(ColumnDef::new("client_ip_bin").binary())
             .col(ColumnDef::new("client_port").integer())
             .col(ColumnDef::new("server_ip").string())
             .col(ColumnDef::new("server_port").integer())
@@ -81,10 +84,11 @@ impl MigrationTrait for Migration {
         // Every index on a column the upsert changes costs write throughput (an index on
         // (host, interface_name, last_seen) cost a quarter of it); filters on host and interface
         // use the unique key's prefix instead. See docs/performance.md.
-        let indexes: [(&str, &[&str], bool); 3] = [
+        let indexes: [(&str, &[&str], bool); 4] = [
             ("ux_ntp_clients_key", &["host", "interface_name", "client_ip"], true),
             ("ix_ntp_clients_last_seen", &["last_seen", "id"], false),
             ("ix_ntp_clients_client_ip", &["client_ip"], false),
+            ("ix_ntp_clients_client_ip_bin", &["client_ip_bin"], false),
         ];
         for (name, cols, unique) in indexes {
             let mut i = Index::create();

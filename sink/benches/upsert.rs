@@ -121,6 +121,7 @@ fn to_sql(v: &Value) -> rusqlite::types::Value {
         Value::BigInt(i) => i.map_or(R::Null, R::Integer),
         Value::Double(d) => d.map_or(R::Null, R::Real),
         Value::String(s) => s.clone().map_or(R::Null, R::Text),
+        Value::Bytes(b) => b.clone().map_or(R::Null, R::Blob),
         other => panic!("unexpected value {other:?}"),
     }
 }

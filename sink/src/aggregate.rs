@@ -20,6 +20,14 @@ pub struct ClientKey {
     pub client_ip: String,
 }
 
+/// An address as 16 bytes, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`): numeric order, CIDR ranges.
+pub fn ip_bytes(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// Count, sum, min and max of one metric, so averages stay exact across batches.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Metric {

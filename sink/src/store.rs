@@ -50,7 +50,7 @@ const METRICS: [&str; 3] = ["latency", "processing", "turnaround"];
 
 /// Every inserted column, in bind order.
 fn columns() -> Vec<String> {
-    let mut c: Vec<String> = ["host", "interface_name", "client_ip"].iter().map(|s| (*s).to_string()).collect();
+    let mut c: Vec<String> = ["host", "interface_name", "client_ip", "client_ip_bin"].iter().map(|s| (*s).to_string()).collect();
     c.extend(LATEST_COLUMNS.iter().map(|s| (*s).to_string()));
     c.extend(["first_seen", "last_seen", "last_kiss_code", "last_mode"].iter().map(|s| (*s).to_string()));
     c.extend(COUNTER_COLUMNS.iter().map(|s| (*s).to_string()));
@@ -148,6 +148,7 @@ pub fn row_values(key: &ClientKey, d: &ClientDelta, now: i64, v: &mut Vec<Value>
     v.push(Value::String(Some(key.host.clone())));
     v.push(Value::String(Some(key.interface.clone())));
     v.push(Value::String(Some(key.client_ip.clone())));
+    v.push(Value::Bytes(key.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec())));
     match &d.latest {
         Some(l) => {
             v.push(Value::Int(Some(l.client_port)));

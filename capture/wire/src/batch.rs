@@ -23,7 +23,7 @@ pub struct Batch {
     pub interface: String,
     /// Wall-clock time the agent handed the batch to the bus, Unix nanoseconds (0: unknown).
     /// Lets the sink measure bus-and-store latency; not part of the message id.
-    #[serde(default)]
+    #[serde(rename = "sent", default)]
     pub sent_ns: i64,
     /// The records, in capture order.
     pub records: Vec<Record>,

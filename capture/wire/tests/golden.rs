@@ -176,7 +176,9 @@ fn named_fields_let_schemas_evolve_both_ways() {
     // An older agent lacks optional fields: defaults fill them.
     let mut value = serde_json::to_value(fixed_batch()).expect("to value");
     let first = value["records"][0].as_object_mut().expect("object");
-    for optional in ["vlan_id", "retransmits", "t1_randomized", "interleaved", "client_to_server_latency_s"] {
+    // Wire keys: vl = vlan_id, rt = retransmits, t1r = t1_randomized, il = interleaved,
+    // lat = client_to_server_latency_s.
+    for optional in ["vl", "rt", "t1r", "il", "lat"] {
         first.remove(optional);
     }
     let older = rmp_serde::to_vec_named(&value).expect("encode");

@@ -15,6 +15,8 @@ pub struct Model {
     pub interface_name: String,
     /// Client address (canonical text).
     pub client_ip: String,
+    /// Client address as 16 bytes, IPv4 mapped into IPv6 (for CIDR ranges and numeric order).
+    pub client_ip_bin: Option<Vec<u8>>,
     /// Client port of the newest session.
     pub client_port: Option<i32>,
     /// Server address of the newest session.

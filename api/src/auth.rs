@@ -1,0 +1,188 @@
+//! Bearer tokens: several may be configured; comparison is constant-time, and no token (nor a
+//! prefix of one) ever reaches a log line.
+//!
+//! Tokens are compared through a keyed 64-bit SipHash with per-process random keys: every
+//! configured token is checked (no early exit), each on fixed-size digests, so neither the
+//! position of the first differing byte nor the length of a token shows in the timing.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+};
+
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response, http::StatusCode};
+use poem_openapi::{SecurityScheme, auth::Bearer};
+
+/// The configured tokens, as keyed digests.
+#[derive(Debug)]
+pub struct Tokens {
+    keys: RandomState,
+    digests: Vec<u64>,
+    /// Read endpoints need a token too.
+    pub protect_reads: bool,
+    /// Export needs a token.
+    pub protect_export: bool,
+}
+
+impl Tokens {
+    /// From the configured tokens.
+    pub fn new(tokens: &[String], protect_reads: bool, protect_export: bool) -> Self {
+        let keys = RandomState::new();
+        let digests = tokens.iter().map(|t| keys.hash_one(t.as_bytes())).collect();
+        Self { keys, digests, protect_reads, protect_export }
+    }
+
+    /// Whether `candidate` is one of the tokens.
+    pub fn verify(&self, candidate: &str) -> bool {
+        let d = self.keys.hash_one(candidate.as_bytes());
+        let mut ok = 0u8;
+        for t in &self.digests {
+            let diff = t ^ d;
+            // 1 when equal, 0 otherwise, without a data-dependent branch.
+            ok |= u8::from(diff == 0);
+        }
+        ok == 1 && !self.digests.is_empty()
+    }
+
+    /// Whether any token is configured.
+    pub fn configured(&self) -> bool {
+        !self.digests.is_empty()
+    }
+}
+
+/// Bearer authentication for mutating endpoints (cleanup, capture start/stop, export when so
+/// configured): no token → 401, a wrong token → 403.
+#[derive(Debug, SecurityScheme)]
+#[oai(ty = "bearer", rename = "bearerAuth", bearer_format = "opaque token", checker = "check")]
+pub struct TokenAuth(pub ());
+
+#[allow(clippy::unused_async)] // poem-openapi checkers are async
+async fn check(req: &Request, bearer: Bearer) -> poem::Result<()> {
+    let Some(tokens) = req.data::<Arc<Tokens>>() else {
+        return Err(poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR));
+    };
+    if tokens.verify(&bearer.token) {
+        Ok(())
+    } else {
+        tracing::warn!(message = "Rejected an API token.", path = %req.uri().path(), remote = %req.remote_addr());
+        Err(poem::Error::from_string("invalid bearer token", StatusCode::FORBIDDEN))
+    }
+}
+
+/// Checks the `Authorization` header of a request by hand (for endpoints whose protection is
+/// optional): `Ok` when allowed.
+pub fn check_header(req: &Request, tokens: &Tokens) -> Result<(), StatusCode> {
+    let header = req.headers().get(poem::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match header.and_then(|h| h.strip_prefix("Bearer ")) {
+        None => Err(StatusCode::UNAUTHORIZED),
+        Some(t) if tokens.verify(t.trim()) => Ok(()),
+        Some(_) => {
+            tracing::warn!(message = "Rejected an API token.", path = %req.uri().path(), remote = %req.remote_addr());
+            Err(StatusCode::FORBIDDEN)
+        }
+    }
+}
+
+/// With `--protect-reads`, every `GET` under `/api/` except health needs a token.
+#[derive(Debug, Clone)]
+pub struct ProtectReads(pub Arc<Tokens>);
+
+impl<E: Endpoint> Middleware<E> for ProtectReads {
+    type Output = ProtectReadsEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        ProtectReadsEndpoint { inner: ep, tokens: self.0.clone() }
+    }
+}
+
+/// The endpoint [`ProtectReads`] wraps.
+#[derive(Debug)]
+pub struct ProtectReadsEndpoint<E> {
+    inner: E,
+    tokens: Arc<Tokens>,
+}
+
+impl<E: Endpoint> Endpoint for ProtectReadsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
+        let path = req.uri().path();
+        let guarded = self.tokens.protect_reads
+            && req.method() == poem::http::Method::GET
+            && path.starts_with("/api/")
+            && path != "/api/ntp/history/health";
+        if guarded && let Err(status) = check_header(&req, &self.tokens) {
+            let msg = if status == StatusCode::UNAUTHORIZED { "bearer token required" } else { "invalid bearer token" };
+            return Err(poem::Error::from_string(msg, status));
+        }
+        self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_tokens_pass() {
+        let t = Tokens::new(&["a-very-long-token-one".into(), "another-long-token-two".into()], false, false);
+        assert!(t.verify("a-very-long-token-one"));
+        assert!(t.verify("another-long-token-two"));
+        assert!(!t.verify("a-very-long-token-on"));
+        assert!(!t.verify(""));
+        assert!(!Tokens::new(&[], false, false).verify(""));
+    }
+}
+
+/// Request bodies larger than the limit are refused with 413: by `Content-Length` when the client
+/// sends one, and by counting while reading when it streams (chunked), so no body can grow
+/// without bound in memory. Requests without a body pass (poem's `SizeLimit` would demand a
+/// `Content-Length` even on `GET`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+impl<E: Endpoint> Middleware<E> for BodyLimit {
+    type Output = BodyLimitEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        BodyLimitEndpoint { inner: ep, limit: self.0 }
+    }
+}
+
+/// The endpoint [`BodyLimit`] wraps.
+#[derive(Debug)]
+pub struct BodyLimitEndpoint<E> {
+    inner: E,
+    limit: usize,
+}
+
+impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
+        use futures_util::StreamExt as _;
+        let declared = req
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.limit) {
+            return Err(poem::Error::from_string(format!("request body larger than {} bytes", self.limit), StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        if declared.is_none() {
+            let limit = self.limit;
+            let mut seen = 0usize;
+            let stream = req.take_body().into_bytes_stream().map(move |chunk| {
+                let chunk = chunk?;
+                seen += chunk.len();
+                if seen > limit {
+                    Err(std::io::Error::other(format!("request body larger than {limit} bytes")))
+                } else {
+                    Ok(chunk)
+                }
+            });
+            req.set_body(poem::Body::from_bytes_stream(stream));
+        }
+        self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+}

@@ -1,0 +1,210 @@
+//! `ntpscope-api`: the REST API over ntpscope's per-client history, with generated OpenAPI and
+//! Swagger UI. `openapi.yaml` at the repository root is the committed contract.
+//!
+//! # Layout
+//! - [`config`]: flags and environment → [`Config`].
+//! - [`routes`]: the operations (thin); [`dto`]: their types; [`error`]: the one error shape.
+//! - [`query`]: read queries, keyset paging, counts, aggregates, cleanup.
+//! - [`export`]: streaming CSV/NDJSON/JSON.
+//! - [`agents`]: status documents and capture control over NATS; [`health`]: the health report.
+//! - [`auth`]: bearer tokens; [`state`]: shared state and caches; [`clock`]: clock reads.
+//!
+//! The API never migrates: it refuses to start on a schema whose newest migration is not
+//! `migration::LATEST`. Its only write is cleanup, in short chunks.
+#![deny(clippy::unwrap_used)]
+
+pub mod agents;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod dto;
+pub mod error;
+pub mod export;
+pub mod health;
+pub mod query;
+pub mod routes;
+pub mod state;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use poem::{
+    Endpoint, EndpointExt, Route,
+    listener::{Listener, TcpListener},
+    middleware::Tracing,
+};
+use poem_openapi::OpenApiService;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+
+pub use crate::config::{Cli, Config};
+use crate::{
+    auth::{BodyLimit, ProtectReads, Tokens},
+    routes::{HistoryApi, InterfacesApi},
+    state::AppState,
+};
+
+/// The OpenAPI service (also used to generate `openapi.yaml` without a socket).
+pub fn openapi() -> OpenApiService<(HistoryApi, InterfacesApi), ()> {
+    OpenApiService::new((HistoryApi, InterfacesApi), "ntpscope", env!("CARGO_PKG_VERSION")).description(
+        "Per-client NTP history, statistics, search, export, cleanup, health and capture control for ntpscope. \
+         Errors are JSON: {\"error\": {\"status\", \"code\", \"message\", \"field\"}}. Mutating operations need a \
+         bearer token; read operations need one too when the server runs with --protect-reads.",
+    )
+}
+
+/// The committed contract's text.
+pub fn spec_yaml() -> String {
+    openapi().spec_yaml()
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> impl Endpoint {
+    let svc = openapi();
+    let ui = svc.swagger_ui();
+    let json = svc.spec_endpoint();
+    let yaml = svc.spec_endpoint_yaml();
+    let tokens = state.tokens.clone();
+    Route::new()
+        .nest("/", svc)
+        .nest("/docs", ui)
+        .at("/openapi.json", json)
+        .at("/openapi.yaml", yaml)
+        .with(ProtectReads(tokens.clone()))
+        .data(tokens)
+        .data(state)
+        .with(BodyLimit(1 << 20))
+        .catch_all_error(error::json_errors)
+        .with(Tracing)
+}
+
+/// Opens the database read-mostly and checks the schema.
+pub async fn open_database(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.sqlx_logging(false).max_connections(8).acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        opts.map_sqlx_sqlite_opts(|o| {
+            o.busy_timeout(Duration::from_secs(10)).pragma("cache_size", "-65536").pragma("mmap_size", "268435456")
+        });
+    }
+    let db = Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1"))
+        .await
+        .map_err(|e| anyhow::anyhow!("the database has no ntpscope schema (start the sink or run ntpscope-migrate up): {e}"))?;
+    let version: String = row.and_then(|r| r.try_get_by_index(0).ok()).unwrap_or_default();
+    if version != migration::LATEST {
+        anyhow::bail!(
+            "the database schema is {version:?}, this API knows {:?}: upgrade the API, or run the matching sink/ntpscope-migrate first",
+            migration::LATEST
+        );
+    }
+    Ok(db)
+}
+
+/// Builds an [`AppState`] (for `run`, tests and embedding).
+#[derive(Debug)]
+pub struct AppStateBuilder {
+    state: AppState,
+}
+
+impl AppStateBuilder {
+    /// Defaults: no tokens, 5 M export rows, 5 s control timeout, the default consumer, no NATS.
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            state: AppState {
+                db,
+                bus: Arc::default(),
+                tokens: Arc::new(Tokens::new(&[], false, false)),
+                max_export_rows: 5_000_000,
+                control_timeout: Duration::from_secs(5),
+                consumer: ntp_wire::subject::DEFAULT_CONSUMER.to_string(),
+                total: Arc::default(),
+                interface_stats: Arc::default(),
+            },
+        }
+    }
+
+    /// Accepted tokens and what they protect.
+    #[must_use]
+    pub fn tokens(self, tokens: &[String], protect_reads: bool, protect_export: bool) -> Self {
+        self.tokens_from(Arc::new(Tokens::new(tokens, protect_reads, protect_export)))
+    }
+
+    /// Accepted tokens, already built.
+    #[must_use]
+    pub fn tokens_from(mut self, tokens: Arc<Tokens>) -> Self {
+        self.state.tokens = tokens;
+        self
+    }
+
+    /// Export row cap.
+    #[must_use]
+    pub fn max_export_rows(mut self, n: u64) -> Self {
+        self.state.max_export_rows = n;
+        self
+    }
+
+    /// Control request timeout.
+    #[must_use]
+    pub fn control_timeout(mut self, t: Duration) -> Self {
+        self.state.control_timeout = t;
+        self
+    }
+
+    /// Sink consumer whose state is reported.
+    #[must_use]
+    pub fn consumer(mut self, name: &str) -> Self {
+        self.state.consumer = name.to_string();
+        self
+    }
+
+    /// Connects to NATS in the background.
+    #[must_use]
+    pub fn nats(self, cfg: ntpscope_bus::NatsConfig) -> Self {
+        state::connect_bus_in_background(cfg, self.state.bus.clone());
+        self
+    }
+
+    /// The state.
+    pub fn build(self) -> AppState {
+        self.state
+    }
+}
+
+/// Runs the API until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let db = open_database(&config.database_url).await?;
+    let tokens = Arc::new(Tokens::new(&config.tokens, config.protect_reads, config.protect_export));
+    if !tokens.configured() {
+        tracing::warn!(message = "No API token configured: cleanup and capture control are refused (401).");
+    }
+    let state = AppStateBuilder::new(db)
+        .tokens_from(tokens)
+        .max_export_rows(config.max_export_rows)
+        .control_timeout(config.control_timeout)
+        .consumer(&config.consumer)
+        .nats(config.nats.clone())
+        .build();
+    let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;
+    tracing::info!(message = "API listening.", address = %config.listen, docs = %format!("http://{}/docs", config.listen));
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
+        .await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,37 @@
+//! `ntpscope-api` binary: flags and environment, logging, run, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ntpscope_api::{Cli, run, shutdown_signal};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NTPSCOPE_LOG").unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ntpscope-api: configuration error: {e}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ntpscope-api: cannot start the runtime: {e}");
+            return ExitCode::from(71); // EX_OSERR
+        }
+    };
+    match runtime.block_on(run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ntpscope-api: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

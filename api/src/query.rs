@@ -1,0 +1,487 @@
+//! Read queries over `ntp_clients`, as free functions taking the connection.
+//!
+//! Lists use keyset paging: the cursor carries the last row's sort value and id, so a page deep
+//! in millions of rows costs what the first one does (with the default sort, which an index
+//! serves). `page`/`page_size` (OFFSET) remain for compatibility with the seed and are fine for
+//! shallow pages. Totals never scan the table per request: the unfiltered count is cached and
+//! refreshed in the background, and filtered counts stop at [`COUNT_CAP`].
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use entity::ntp_clients::{self, Column as C, Entity as Clients};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, Select, Statement, Value,
+    sea_query::{Expr, ExprTrait, SimpleExpr},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dto::{Filters, SortKey, SortOrder},
+    error::ApiError,
+};
+
+/// Filtered counts stop here; the response then says the total is a lower bound.
+pub const COUNT_CAP: u64 = 10_000;
+
+/// Validated filters.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    client_ips: Vec<String>,
+    interface_names: Vec<String>,
+    hosts: Vec<String>,
+    search_ip: Option<String>,
+    cidr: Option<(Vec<u8>, Vec<u8>)>,
+    since: Option<i64>,
+    until: Option<i64>,
+    ntp_version: Option<i32>,
+    min_sessions: Option<i64>,
+    has_kod: Option<bool>,
+    has_unanswered: Option<bool>,
+}
+
+impl Parsed {
+    /// No filter at all (the cached total applies).
+    pub fn is_empty(&self) -> bool {
+        self.client_ips.is_empty()
+            && self.interface_names.is_empty()
+            && self.hosts.is_empty()
+            && self.search_ip.is_none()
+            && self.cidr.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+            && self.ntp_version.is_none()
+            && self.min_sessions.is_none()
+            && self.has_kod.is_none()
+            && self.has_unanswered.is_none()
+    }
+}
+
+/// Canonical text of an address in any valid textual form.
+pub fn canonical_ip(field: &str, text: &str) -> Result<IpAddr, ApiError> {
+    let t = text.trim();
+    let t = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+    t.parse::<IpAddr>().map_err(|_| ApiError::bad_request(field, format!("{text:?} is not an IPv4 or IPv6 address")))
+}
+
+/// 16-byte form, IPv4 mapped into IPv6 (as the sink stores `client_ip_bin`).
+pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A CIDR block as an inclusive byte range.
+pub fn parse_cidr(field: &str, text: &str) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    let bad = || ApiError::bad_request(field, format!("{text:?} is not a CIDR block like 198.18.0.0/16 or 2001:db8::/32"));
+    let (addr, len) = text.trim().split_once('/').ok_or_else(bad)?;
+    let ip = canonical_ip(field, addr).map_err(|_| bad())?;
+    let len: u32 = len.parse().map_err(|_| bad())?;
+    let (bits, max) = match ip {
+        IpAddr::V4(_) => (len + 96, 32),
+        IpAddr::V6(_) => (len, 128),
+    };
+    if len > max {
+        return Err(bad());
+    }
+    let base = u128::from_be_bytes(ip_bytes(ip));
+    let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+    let lo = base & mask;
+    let hi = lo | !mask;
+    Ok((lo.to_be_bytes().to_vec(), hi.to_be_bytes().to_vec()))
+}
+
+fn time(field: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
+    v.map(|s| {
+        ntp_wire::time::parse_rfc3339(s).ok_or_else(|| ApiError::bad_request(field, format!("{s:?} is not an RFC 3339 date-time")))
+    })
+    .transpose()
+}
+
+fn names(field: &str, v: &[String]) -> Result<Vec<String>, ApiError> {
+    v.iter()
+        .map(|n| {
+            if n.is_empty() || n.len() > 253 || n.chars().any(char::is_control) {
+                Err(ApiError::bad_request(field, format!("invalid name {n:?}")))
+            } else {
+                Ok(n.clone())
+            }
+        })
+        .collect()
+}
+
+/// Validates filters, naming the field at fault.
+pub fn parse(f: &Filters) -> Result<Parsed, ApiError> {
+    let client_ips = f
+        .client_ips
+        .iter()
+        .map(|ip| canonical_ip("client_ips", ip).map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let search_ip = match &f.search_ip {
+        Some(s) if !s.trim().is_empty() => {
+            let s = s.trim().to_ascii_lowercase();
+            if !s.chars().all(|c| c.is_ascii_hexdigit() || c == '.' || c == ':') {
+                return Err(ApiError::bad_request("search_ip", "search_ip is an address prefix: digits, hex letters, '.' and ':'"));
+            }
+            Some(s)
+        }
+        _ => None,
+    };
+    let cidr = f.cidr.as_ref().filter(|c| !c.trim().is_empty()).map(|c| parse_cidr("cidr", c)).transpose()?;
+    let since = time("since", f.since.as_ref())?;
+    let until = time("until", f.until.as_ref())?;
+    if let (Some(a), Some(b)) = (since, until)
+        && a > b
+    {
+        return Err(ApiError::bad_request("until", "until is before since"));
+    }
+    Ok(Parsed {
+        client_ips,
+        interface_names: names("interface_names", &f.interface_names)?,
+        hosts: names("hosts", &f.hosts)?,
+        search_ip,
+        cidr,
+        since,
+        until,
+        ntp_version: f.ntp_version,
+        min_sessions: f.min_sessions,
+        has_kod: f.has_kod,
+        has_unanswered: f.has_unanswered,
+    })
+}
+
+/// The WHERE clause of the filters.
+pub fn condition(p: &Parsed) -> Condition {
+    let mut c = Condition::all();
+    if !p.client_ips.is_empty() {
+        c = c.add(C::ClientIp.is_in(p.client_ips.clone()));
+    }
+    if !p.interface_names.is_empty() {
+        c = c.add(C::InterfaceName.is_in(p.interface_names.clone()));
+    }
+    if !p.hosts.is_empty() {
+        c = c.add(C::Host.is_in(p.hosts.clone()));
+    }
+    if let Some(prefix) = &p.search_ip {
+        // A range, so the client_ip index serves it (LIKE would not, being case-insensitive).
+        c = c.add(C::ClientIp.gte(prefix.clone())).add(C::ClientIp.lt(format!("{prefix}\u{7f}")));
+    }
+    if let Some((lo, hi)) = &p.cidr {
+        c = c.add(C::ClientIpBin.gte(lo.clone())).add(C::ClientIpBin.lte(hi.clone()));
+    }
+    if let Some(t) = p.since {
+        c = c.add(C::LastSeen.gte(t));
+    }
+    if let Some(t) = p.until {
+        c = c.add(C::LastSeen.lt(t));
+    }
+    if let Some(v) = p.ntp_version {
+        c = c.add(C::NtpVersion.eq(v));
+    }
+    if let Some(n) = p.min_sessions {
+        c = c.add(C::SessionCount.gte(n));
+    }
+    match p.has_kod {
+        Some(true) => c = c.add(C::KodCount.gt(0)),
+        Some(false) => c = c.add(C::KodCount.eq(0)),
+        None => {}
+    }
+    match p.has_unanswered {
+        Some(true) => c = c.add(C::UnansweredCount.gt(0)),
+        Some(false) => c = c.add(C::UnansweredCount.eq(0)),
+        None => {}
+    }
+    c
+}
+
+/// The sort value of a row, as carried in cursors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum SortValue {
+    Int(i64),
+    Float(f64),
+    Bytes(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    /// Sort key.
+    k: String,
+    /// Order.
+    o: String,
+    /// Sort value of the last row.
+    v: SortValue,
+    /// Id of the last row.
+    id: i64,
+}
+
+fn key_name(k: SortKey) -> &'static str {
+    match k {
+        SortKey::LastSeen => "last_seen",
+        SortKey::FirstSeen => "first_seen",
+        SortKey::SessionCount => "session_count",
+        SortKey::UnansweredCount => "unanswered_count",
+        SortKey::KodCount => "kod_count",
+        SortKey::ClientIp => "client_ip",
+        SortKey::AvgLatency => "avg_latency",
+        SortKey::AvgProcessingTime => "avg_processing_time",
+    }
+}
+
+fn order_name(o: SortOrder) -> &'static str {
+    match o {
+        SortOrder::Asc => "asc",
+        SortOrder::Desc => "desc",
+    }
+}
+
+fn avg(count: C, sum: C) -> SimpleExpr {
+    Expr::case(Expr::col(count).gt(0), Expr::col(sum).div(Expr::col(count))).finally(Expr::val(-1.0)).into()
+}
+
+fn sort_expr(k: SortKey) -> SimpleExpr {
+    match k {
+        SortKey::LastSeen => Expr::col(C::LastSeen),
+        SortKey::FirstSeen => Expr::col(C::FirstSeen),
+        SortKey::SessionCount => Expr::col(C::SessionCount),
+        SortKey::UnansweredCount => Expr::col(C::UnansweredCount),
+        SortKey::KodCount => Expr::col(C::KodCount),
+        SortKey::ClientIp => Expr::col(C::ClientIpBin),
+        SortKey::AvgLatency => avg(C::LatencyCount, C::LatencySum),
+        SortKey::AvgProcessingTime => avg(C::ProcessingCount, C::ProcessingSum),
+    }
+}
+
+fn sort_value(k: SortKey, m: &ntp_clients::Model) -> SortValue {
+    let avg = |count: i64, sum: f64| if count > 0 { sum / count as f64 } else { -1.0 };
+    match k {
+        SortKey::LastSeen => SortValue::Int(m.last_seen),
+        SortKey::FirstSeen => SortValue::Int(m.first_seen),
+        SortKey::SessionCount => SortValue::Int(m.session_count),
+        SortKey::UnansweredCount => SortValue::Int(m.unanswered_count),
+        SortKey::KodCount => SortValue::Int(m.kod_count),
+        SortKey::ClientIp => SortValue::Bytes(m.client_ip_bin.as_deref().map(hex).unwrap_or_default()),
+        SortKey::AvgLatency => SortValue::Float(avg(m.latency_count, m.latency_sum)),
+        SortKey::AvgProcessingTime => SortValue::Float(avg(m.processing_count, m.processing_sum)),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
+        s.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
+        s
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn sort_value_expr(v: &SortValue) -> Option<Value> {
+    Some(match v {
+        SortValue::Int(i) => Value::BigInt(Some(*i)),
+        SortValue::Float(f) => Value::Double(Some(*f)),
+        SortValue::Bytes(h) => Value::Bytes(Some(unhex(h)?)),
+    })
+}
+
+/// The opaque cursor after `m`.
+pub fn encode_cursor(k: SortKey, o: SortOrder, m: &ntp_clients::Model) -> String {
+    let c = Cursor { k: key_name(k).into(), o: order_name(o).into(), v: sort_value(k, m), id: m.id };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
+}
+
+/// The keyset condition of a cursor.
+pub fn cursor_condition(k: SortKey, o: SortOrder, cursor: &str) -> Result<Condition, ApiError> {
+    let bad = |why: &str| ApiError::bad_request("cursor", format!("invalid cursor: {why}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| bad("not base64url"))?;
+    let c: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad("not a cursor"))?;
+    if c.k != key_name(k) || c.o != order_name(o) {
+        return Err(bad("it belongs to another sort or order; start again without a cursor"));
+    }
+    let v = sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?;
+    let e = sort_expr(k);
+    Ok(match o {
+        SortOrder::Desc => Condition::any()
+            .add(e.clone().lt(Expr::val(v.clone())))
+            .add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id))),
+        SortOrder::Asc => Condition::any()
+            .add(e.clone().gt(Expr::val(v.clone())))
+            .add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id))),
+    })
+}
+
+/// `SELECT … WHERE filters ORDER BY sort, id`.
+pub fn select(p: &Parsed, k: SortKey, o: SortOrder) -> Select<Clients> {
+    let order = match o {
+        SortOrder::Asc => Order::Asc,
+        SortOrder::Desc => Order::Desc,
+    };
+    Clients::find().filter(condition(p)).order_by(sort_expr(k), order.clone()).order_by(C::Id, order)
+}
+
+/// One page: rows plus the cursor for the next one (if more rows exist).
+pub async fn page(
+    db: &DatabaseConnection,
+    p: &Parsed,
+    k: SortKey,
+    o: SortOrder,
+    cursor: Option<&str>,
+    offset: u64,
+    size: u64,
+) -> Result<(Vec<ntp_clients::Model>, Option<String>), ApiError> {
+    let mut q = select(p, k, o);
+    match cursor {
+        Some(c) => q = q.filter(cursor_condition(k, o, c)?),
+        None if offset > 0 => q = q.offset(offset),
+        None => {}
+    }
+    let mut rows = q.limit(size + 1).all(db).await?;
+    let more = rows.len() as u64 > size;
+    rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    let next = if more { rows.last().map(|m| encode_cursor(k, o, m)) } else { None };
+    Ok((rows, next))
+}
+
+/// Count of matching rows, stopping at [`COUNT_CAP`] + 1.
+pub async fn capped_count(db: &DatabaseConnection, p: &Parsed) -> Result<u64, ApiError> {
+    let inner = Clients::find().select_only().column(C::Id).filter(condition(p)).limit(COUNT_CAP + 1);
+    let backend = db.get_database_backend();
+    let st = inner.build(backend);
+    let wrapped = format!("SELECT COUNT(*) FROM ({}) AS capped", st.sql);
+    let values = st.values.map(|v| v.0).unwrap_or_default();
+    let row = db.query_one_raw(Statement::from_sql_and_values(backend, wrapped, values)).await?;
+    Ok(row.and_then(|r| r.try_get_by_index::<i64>(0).ok()).and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+}
+
+/// `COUNT(*)` of the whole table (callers cache it).
+pub async fn total_count(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let row = db.query_one_raw(Statement::from_string(backend, "SELECT COUNT(*) FROM ntp_clients")).await?;
+    Ok(row.and_then(|r| r.try_get_by_index::<i64>(0).ok()).and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+}
+
+/// Every row of one address.
+pub async fn by_ip(db: &DatabaseConnection, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
+    Ok(Clients::find()
+        .filter(C::ClientIp.eq(ip))
+        .order_by_desc(C::LastSeen)
+        .order_by_asc(C::Id)
+        .limit(10_000)
+        .all(db)
+        .await?)
+}
+
+/// Aggregates per host and interface.
+#[derive(Debug, Clone, Default)]
+pub struct InterfaceAggregate {
+    /// Host.
+    pub host: String,
+    /// Interface.
+    pub interface_name: String,
+    /// Clients, sessions, answered, unanswered, kod, observations.
+    pub counts: [i64; 6],
+    /// (count, sum, min, max) of latency, processing, turnaround.
+    pub metrics: [(i64, f64, Option<f64>, Option<f64>); 3],
+    /// First and last activity.
+    pub first_seen: Option<i64>,
+    /// Last activity.
+    pub last_seen: Option<i64>,
+}
+
+/// `GROUP BY host, interface_name` over the table.
+pub async fn interface_aggregates(db: &DatabaseConnection) -> Result<Vec<InterfaceAggregate>, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let sum_int = |c: &str| format!("CAST(COALESCE(SUM({c}), 0) AS BIGINT)");
+    let mut cols = vec!["host".to_string(), "interface_name".to_string(), "CAST(COUNT(*) AS BIGINT)".to_string()];
+    for c in ["session_count", "answered_count", "unanswered_count", "kod_count", "observation_count"] {
+        cols.push(sum_int(c));
+    }
+    for m in ["latency", "processing", "turnaround"] {
+        cols.push(sum_int(&format!("{m}_count")));
+        cols.push(format!("CAST(COALESCE(SUM({m}_sum), 0) AS DOUBLE PRECISION)"));
+        cols.push(format!("MIN({m}_min)"));
+        cols.push(format!("MAX({m}_max)"));
+    }
+    cols.push("MIN(first_seen)".into());
+    cols.push("MAX(last_seen)".into());
+    let sql = format!(
+        "SELECT {} FROM ntp_clients GROUP BY host, interface_name ORDER BY host, interface_name",
+        cols.join(", ")
+    );
+    let sql = if backend == DbBackend::Sqlite { sql.replace("DOUBLE PRECISION", "REAL") } else { sql };
+    let rows = db.query_all_raw(Statement::from_string(backend, sql)).await?;
+    rows.into_iter()
+        .map(|r| {
+            let mut a = InterfaceAggregate {
+                host: r.try_get_by_index(0)?,
+                interface_name: r.try_get_by_index(1)?,
+                ..InterfaceAggregate::default()
+            };
+            for (i, slot) in a.counts.iter_mut().enumerate() {
+                *slot = r.try_get_by_index(2 + i)?;
+            }
+            for (i, m) in a.metrics.iter_mut().enumerate() {
+                let base = 8 + i * 4;
+                *m = (
+                    r.try_get_by_index(base)?,
+                    r.try_get_by_index(base + 1)?,
+                    r.try_get_by_index(base + 2)?,
+                    r.try_get_by_index(base + 3)?,
+                );
+            }
+            a.first_seen = r.try_get_by_index(20)?;
+            a.last_seen = r.try_get_by_index(21)?;
+            Ok(a)
+        })
+        .collect()
+}
+
+/// Deletes rows last seen before `cutoff`, in chunks so the writer is never blocked for long.
+pub async fn delete_older_than(db: &DatabaseConnection, cutoff: i64) -> Result<u64, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "DELETE FROM ntp_clients WHERE id IN (SELECT id FROM ntp_clients WHERE last_seen < $1 LIMIT 5000)",
+        _ => "DELETE FROM ntp_clients WHERE id IN (SELECT id FROM ntp_clients WHERE last_seen < ? LIMIT 5000)",
+    };
+    let mut total = 0;
+    loop {
+        let res = db.execute_raw(Statement::from_sql_and_values(backend, sql, [Value::BigInt(Some(cutoff))])).await?;
+        total += res.rows_affected();
+        if res.rows_affected() == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_blocks_become_byte_ranges() {
+        let (lo, hi) = parse_cidr("cidr", "198.18.0.0/15").unwrap();
+        assert_eq!(lo, ip_bytes("198.18.0.0".parse().unwrap()));
+        assert_eq!(hi, ip_bytes("198.19.255.255".parse().unwrap()));
+        let (lo, hi) = parse_cidr("cidr", "2001:db8::/32").unwrap();
+        assert_eq!(lo, ip_bytes("2001:db8::".parse().unwrap()));
+        assert_eq!(hi, ip_bytes("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()));
+        for bad in ["198.18.0.0", "198.18.0.0/33", "x/8", "2001:db8::/129", "/8"] {
+            assert!(parse_cidr("cidr", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn any_textual_address_is_canonicalised() {
+        assert_eq!(canonical_ip("ip", "2001:DB8:0:0::1").unwrap().to_string(), "2001:db8::1");
+        assert_eq!(canonical_ip("ip", "[::1]").unwrap().to_string(), "::1");
+        assert!(canonical_ip("ip", "198.18.0.256").is_err());
+        assert!(canonical_ip("ip", "' OR 1=1 --").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! Shared state of the API: the database, the (optional, reconnecting) NATS connection, tokens,
+//! and the caches that keep expensive aggregates off the request path.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream;
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::{auth::Tokens, clock, dto::InterfaceStatisticsList, query};
+
+/// The NATS side, once connected.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    /// Core client (control requests).
+    pub client: async_nats::Client,
+    /// JetStream (stream and consumer state).
+    pub js: jetstream::Context,
+    /// Status bucket.
+    pub kv: Option<jetstream::kv::Store>,
+}
+
+/// Everything handlers need.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Database (read pool; cleanup writes in short chunks).
+    pub db: DatabaseConnection,
+    /// NATS, when reachable.
+    pub bus: Arc<RwLock<Option<Bus>>>,
+    /// Tokens.
+    pub tokens: Arc<Tokens>,
+    /// Export row cap.
+    pub max_export_rows: u64,
+    /// Control timeout.
+    pub control_timeout: Duration,
+    /// Sink consumer name.
+    pub consumer: String,
+    /// Cached `COUNT(*)`.
+    pub total: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// Cached interface statistics.
+    pub interface_stats: Arc<Mutex<Option<(Instant, InterfaceStatisticsList)>>>,
+}
+
+/// How long cached aggregates live.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+impl AppState {
+    /// The bus, if connected.
+    pub async fn bus(&self) -> Option<Bus> {
+        self.bus.read().await.clone()
+    }
+
+    /// The table's row count, at most [`CACHE_TTL`] old.
+    pub async fn total_clients(&self) -> Result<u64, sea_orm::DbErr> {
+        let mut cache = self.total.lock().await;
+        if let Some((at, n)) = *cache
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(n);
+        }
+        let n = query::total_count(&self.db).await?;
+        *cache = Some((clock::monotonic(), n));
+        Ok(n)
+    }
+}
+
+/// Connects to NATS in the background and keeps trying until it succeeds; the API serves
+/// history without NATS meanwhile (control and bus statistics report it as unavailable).
+pub fn connect_bus_in_background(cfg: ntpscope_bus::NatsConfig, slot: Arc<RwLock<Option<Bus>>>) {
+    tokio::spawn(async move {
+        let mut cfg = cfg;
+        cfg.connect_timeout = Duration::from_secs(3);
+        loop {
+            match ntpscope_bus::connect(&cfg).await {
+                Ok(client) => {
+                    let js = jetstream::new(client.clone());
+                    let kv = js.get_key_value(ntp_wire::subject::STATUS_BUCKET).await.ok();
+                    *slot.write().await = Some(Bus { client, js, kv });
+                    tracing::info!(message = "Connected to NATS.", url = %cfg.url);
+                    // The bucket may appear later (first agent or sink); look again while absent.
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        let mut guard = slot.write().await;
+                        if let Some(bus) = guard.as_mut()
+                            && bus.kv.is_none()
+                        {
+                            bus.kv = bus.js.get_key_value(ntp_wire::subject::STATUS_BUCKET).await.ok();
+                        } else {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(message = "NATS not reachable; retrying.", error = %e);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        }
+    });
+}
