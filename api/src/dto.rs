@@ -10,6 +10,7 @@ use poem_openapi::{Enum, Object};
 
 /// One client as seen by one capture interface of one host (a row of the seed's `ntp_clients`).
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClientRecord {
     /// Row id.
     pub id: i64,
@@ -113,6 +114,7 @@ pub struct ClientRecord {
 
 /// Count, average, minimum and maximum of a metric, seconds.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct MetricStats {
     /// Values.
     pub count: i64,
@@ -227,6 +229,7 @@ pub enum SortOrder {
 
 /// A page of clients.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClientPage {
     /// The clients.
     pub clients: Vec<ClientRecord>,
@@ -250,6 +253,7 @@ pub struct ClientPage {
 
 /// Every client row of one address, across hosts and interfaces.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ClientDetail {
     /// The address as given, canonicalised.
     pub client_ip: String,
@@ -265,6 +269,7 @@ pub struct ClientDetail {
 
 /// Filters shared by list, search and export.
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Filters {
     /// Exact client addresses (any textual form).
     #[oai(default, validator(max_items = 1000))]
@@ -301,6 +306,7 @@ pub struct Filters {
 
 /// Paging of a search.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Pagination {
     /// Page number, 1-based.
     #[oai(default = "one", validator(minimum(value = "1"), maximum(value = "1000000")))]
@@ -329,6 +335,7 @@ impl Default for Pagination {
 
 /// Body of `POST /api/ntp/history/search` (the seed's body, extended).
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SearchRequest {
     /// Filters.
     #[oai(default)]
@@ -359,6 +366,7 @@ pub enum ExportFormat {
 
 /// Body of `POST /api/ntp/history/export`.
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ExportRequest {
     /// Format.
     #[oai(default)]
@@ -379,6 +387,7 @@ pub struct ExportRequest {
 
 /// Body of `POST /api/ntp/history/cleanup`: one of the two cut-offs.
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CleanupRequest {
     /// Delete clients last seen more than this many days ago.
     #[oai(validator(minimum(value = "0"), maximum(value = "36500")))]
@@ -390,6 +399,7 @@ pub struct CleanupRequest {
 
 /// Result of a cleanup.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CleanupResult {
     /// Rows deleted.
     pub deleted: u64,
@@ -399,6 +409,7 @@ pub struct CleanupResult {
 
 /// Per host and interface statistics.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InterfaceStatistics {
     /// Host (agent id).
     pub host: String,
@@ -436,6 +447,7 @@ pub struct InterfaceStatistics {
 
 /// Response of the interface statistics endpoint.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InterfaceStatisticsList {
     /// One entry per host and interface.
     pub interfaces: Vec<InterfaceStatistics>,
@@ -445,6 +457,7 @@ pub struct InterfaceStatisticsList {
 
 /// The sink's counters (seed names) and state.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SinkStatistics {
     /// Durable consumer name.
     pub consumer: String,
@@ -478,6 +491,7 @@ pub struct SinkStatistics {
 
 /// One agent's publisher and capture counters.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AgentStatistics {
     /// Agent id.
     pub agent: String,
@@ -495,6 +509,7 @@ pub struct AgentStatistics {
 
 /// One capture source of an agent.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AgentInterfaceCounters {
     /// Interface.
     pub name: String,
@@ -512,6 +527,7 @@ pub struct AgentInterfaceCounters {
 
 /// Stream and consumer state from JetStream.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StreamStatistics {
     /// Stream name.
     pub stream: String,
@@ -533,6 +549,7 @@ pub struct StreamStatistics {
 
 /// Response of the service statistics endpoint.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ServiceStatistics {
     /// The sink (from its database row, readable even when it is down).
     pub sink: Option<SinkStatistics>,
@@ -546,6 +563,7 @@ pub struct ServiceStatistics {
 
 /// One component's health.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ComponentHealth {
     /// Component (`database`, `nats`, `stream`, `consumer`, `sink`, `agents`).
     pub name: String,
@@ -557,6 +575,7 @@ pub struct ComponentHealth {
 
 /// Health report.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Health {
     /// `healthy`, `degraded` (agents offline) or `unhealthy`.
     pub status: String,
@@ -568,6 +587,7 @@ pub struct Health {
 
 /// An interface of an agent's host.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InterfaceState {
     /// Agent id.
     pub agent: String,
@@ -591,6 +611,7 @@ pub struct InterfaceState {
 
 /// Every agent's interfaces.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InterfaceList {
     /// Interfaces, by agent.
     pub interfaces: Vec<InterfaceState>,
@@ -602,6 +623,7 @@ pub struct InterfaceList {
 
 /// Body of the capture start endpoint (the seed's body, extended).
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StartCapture {
     /// NTP server port.
     #[oai(default = "default_port", validator(minimum(value = "1"), maximum(value = "65535")))]
@@ -627,6 +649,7 @@ fn default_timeout() -> f64 {
 
 /// Body of the capture stop endpoint.
 #[derive(Debug, Clone, Default, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StopCapture {
     /// Agent (optional when only one is connected).
     #[oai(validator(max_length = 253))]
@@ -635,6 +658,7 @@ pub struct StopCapture {
 
 /// Result of a start or stop.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CaptureChange {
     /// Agent that carried it out.
     pub agent: String,

@@ -42,6 +42,12 @@ pub enum ApiError {
     /// Conflicts with the current state.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is too large.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The request body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Unexpected failure (logged).
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -141,6 +147,16 @@ pub async fn json_errors(err: poem::Error) -> Response {
         out.headers_mut().insert(poem::http::header::WWW_AUTHENTICATE, poem::http::HeaderValue::from_static("Bearer"));
     }
     out
+}
+
+/// The methods a path supports, for the `Allow` header of a 405 (RFC 9110).
+pub fn allowed_methods(path: &str) -> &'static str {
+    let post = ["/api/ntp/history/search", "/api/ntp/history/export", "/api/ntp/history/cleanup"];
+    if post.contains(&path) || (path.starts_with("/api/ntp/interfaces/") && (path.ends_with("/start") || path.ends_with("/stop"))) {
+        "POST"
+    } else {
+        "GET, HEAD"
+    }
 }
 
 /// poem-openapi names the parameter in backticks: "failed to parse parameter `page_size`: …".

@@ -73,6 +73,14 @@ pub fn app(state: AppState) -> impl Endpoint {
         .data(state)
         .with(BodyLimit(1 << 20))
         .catch_all_error(error::json_errors)
+        .around(|ep, req| async move {
+            let path = req.uri().path().to_string();
+            let mut resp = ep.call(req).await?;
+            if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+                resp.headers_mut().insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static(error::allowed_methods(&path)));
+            }
+            Ok(resp)
+        })
         .with(Tracing)
 }
 

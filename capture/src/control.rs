@@ -45,18 +45,22 @@ pub async fn serve(
             _ = stop.changed() => break,
         };
         let Some(reply) = msg.reply.clone() else { continue };
-        let response = match control::decode::<ControlRequest>(&msg.payload) {
-            Ok(req) => handle(&agent, &supervisor, &defaults, req).await,
-            Err(e) => error(&agent, ControlErrorKind::Invalid, format!("bad control request: {e}")),
-        };
-        match control::encode(&response) {
-            Ok(bytes) => {
-                if let Err(e) = client.publish(reply, bytes.into()).await {
-                    tracing::warn!(message = "Control reply not sent.", error = %e);
+        // Each request on its own task: a slow start or stop never delays the others.
+        let (client, agent, supervisor, defaults) = (client.clone(), agent.clone(), supervisor.clone(), defaults.clone());
+        tokio::spawn(async move {
+            let response = match control::decode::<ControlRequest>(&msg.payload) {
+                Ok(req) => handle(&agent, &supervisor, &defaults, req).await,
+                Err(e) => error(&agent, ControlErrorKind::Invalid, format!("bad control request: {e}")),
+            };
+            match control::encode(&response) {
+                Ok(bytes) => {
+                    if let Err(e) = client.publish(reply, bytes.into()).await {
+                        tracing::warn!(message = "Control reply not sent.", error = %e);
+                    }
                 }
+                Err(e) => tracing::error!(message = "Cannot encode a control reply.", error = %e),
             }
-            Err(e) => tracing::error!(message = "Cannot encode a control reply.", error = %e),
-        }
+        });
     }
     let _ = sub.unsubscribe().await;
 }

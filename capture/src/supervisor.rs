@@ -24,6 +24,21 @@ use crate::{
     source::{self, Batch, LoopContext, OpenError, PcapStats, SourceState, SourceStatus},
 };
 
+/// How long a stop request waits for its capture thread.
+const STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Live capture is for network interfaces (and `any`): libpcap's other devices (nfqueue, nflog,
+/// usbmon, bluetooth, dbus) are not NTP traffic, and some of them block in reads that
+/// `pcap_breakloop` cannot interrupt, so they could never be stopped.
+fn is_network_interface(name: &str) -> bool {
+    name == "any"
+        || (!name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', '\0'])
+            && std::path::Path::new("/sys/class/net").join(name).exists())
+}
+
 /// Shared status of one source.
 pub type SharedStatus = Arc<Mutex<SourceStatus>>;
 
@@ -72,8 +87,11 @@ impl From<OpenError> for StartError {
     fn from(e: OpenError) -> Self {
         let kind = match e {
             OpenError::NoSuchInterface { .. } => ControlErrorKind::NotFound,
-            OpenError::Filter { .. } => ControlErrorKind::Invalid,
-            _ => ControlErrorKind::Failed,
+            // A bad filter, or an interface whose link type ntpscope cannot decode.
+            OpenError::Filter { .. } | OpenError::UnsupportedLink { .. } => ControlErrorKind::Invalid,
+            // The device exists but cannot be captured now (down, busy).
+            OpenError::Other { .. } => ControlErrorKind::Conflict,
+            OpenError::Permission { .. } | OpenError::Unreadable { .. } | OpenError::NotACapture { .. } => ControlErrorKind::Failed,
         };
         Self { kind, message: e.to_string() }
     }
@@ -115,6 +133,12 @@ impl Supervisor {
     /// Opens and starts a source. Fails if its interface name is already capturing.
     pub fn start(&self, spec: &SourceSpec, mut analyzer: AnalyzerConfig, live: &LiveConfig) -> Result<(), StartError> {
         let name = spec.interface().to_string();
+        if matches!(spec, SourceSpec::Live { .. }) && !is_network_interface(&name) {
+            return Err(StartError {
+                kind: ControlErrorKind::NotFound,
+                message: format!("{name} is not a network interface of this host (see /sys/class/net)"),
+            });
+        }
         if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
             return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("already capturing on {name}") });
         }
@@ -162,20 +186,34 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops a running source and waits for its thread (blocking; call from a blocking context).
+    /// Stops a running source and waits up to [`STOP_WAIT`] for its thread (blocking; call from a
+    /// blocking context). A thread that does not end in time keeps stopping in the background.
     pub fn stop(&self, name: &str) -> Result<(), StartError> {
         let (stop, thread) = {
             let mut map = self.lock();
             let Some(r) = map.get_mut(name).filter(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) else {
                 return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("not capturing on {name}") });
             };
+            if r.stop.load(Ordering::Relaxed) {
+                return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("{name} is already stopping") });
+            }
             (r.stop.clone(), r.thread.take())
         };
         stop.store(true, Ordering::Relaxed);
-        if let Some(t) = thread {
-            let _ = t.join();
+        let Some(thread) = thread else { return Ok(()) };
+        let deadline = crate::clock::monotonic() + STOP_WAIT;
+        while !thread.is_finished() && crate::clock::monotonic() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+        if thread.is_finished() {
+            let _ = thread.join();
+            Ok(())
+        } else {
+            if let Some(r) = self.lock().get_mut(name) {
+                r.thread = Some(thread);
+            }
+            Err(StartError { kind: ControlErrorKind::Conflict, message: format!("{name} is still stopping; ask again shortly") })
+        }
     }
 
     /// Stops every source (on shutdown) and stops accepting new ones.
@@ -212,7 +250,7 @@ impl Supervisor {
     pub fn interfaces(&self) -> Vec<InterfaceInfo> {
         let mut out: BTreeMap<String, InterfaceInfo> = BTreeMap::new();
         if let Ok(devices) = pcap::Device::list() {
-            for d in devices {
+            for d in devices.into_iter().filter(|d| is_network_interface(&d.name)) {
                 out.insert(
                     d.name.clone(),
                     InterfaceInfo {

@@ -6,6 +6,7 @@
 //! - [`pipeline`]: agent → NATS → sink → SQLite/PostgreSQL against the agent's JSON lines; crash,
 //!   restart and cut-off faults.
 //! - [`bus`]: dead letters, old servers, stream configuration drift.
+//! - [`schemathesis`]: the API fuzzed against `openapi.yaml`, the stack in its own namespace.
 //! - [`live`]: a live capture cut off from NATS (needs root, namespaces, tcpreplay).
 //!
 //! Every test starts its own nats-server (random port, temporary store) and its own database.
@@ -17,4 +18,5 @@ mod bus;
 mod harness;
 mod live;
 mod pipeline;
+mod schemathesis;
 mod tidy;

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
+    netns: Option<String>,
     dir: tempfile::TempDir,
     config: PathBuf,
     /// Client port.
@@ -60,8 +61,17 @@ impl NatsServer {
         Self::start_with("")
     }
 
+    /// Starts one inside a network namespace (its loopback).
+    pub fn start_in_netns(netns: &str) -> anyhow::Result<Self> {
+        Self::start_inner("", Some(netns.to_string()))
+    }
+
     /// Starts one with extra configuration text (accounts, users, TLS, …).
     pub fn start_with(extra_config: &str) -> anyhow::Result<Self> {
+        Self::start_inner(extra_config, None)
+    }
+
+    fn start_inner(extra_config: &str, netns: Option<String>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ntpscope-nats").tempdir()?;
         let config = dir.path().join("nats.conf");
         std::fs::write(
@@ -71,7 +81,7 @@ impl NatsServer {
                 dir.path().join("js").display()
             ),
         )?;
-        let mut server = Self { child: None, dir, config, port: 0, url: String::new() };
+        let mut server = Self { child: None, netns, dir, config, port: 0, url: String::new() };
         server.spawn(None)?;
         Ok(server)
     }
@@ -81,7 +91,16 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log"))?;
-        let child = Command::new(nats_server_bin()?)
+        let bin = nats_server_bin()?;
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&self.config)
             .args(["-a", "127.0.0.1", "-p"])
