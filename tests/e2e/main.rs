@@ -5,6 +5,7 @@
 //! - [`tidy`]: every Rust file starts with a `//!` comment saying what it is for.
 //! - [`pipeline`]: agent → NATS → sink → SQLite/PostgreSQL against the agent's JSON lines; crash,
 //!   restart and cut-off faults.
+//! - [`api`]: the API over the real pipeline; remote start/stop of a live capture.
 //! - [`bus`]: dead letters, old servers, stream configuration drift.
 //! - [`schemathesis`]: the API fuzzed against `openapi.yaml`, the stack in its own namespace.
 //! - [`live`]: a live capture cut off from NATS (needs root, namespaces, tcpreplay).
@@ -13,6 +14,7 @@
 
 #![allow(clippy::disallowed_methods)] // end-to-end tests wait on real processes in real time
 
+mod api;
 mod architecture;
 mod bus;
 mod harness;

@@ -1,0 +1,151 @@
+//! The API on top of the real pipeline: its answers match the agent's own JSON lines, and it
+//! starts and stops live capture on a real agent, whose clients then appear in the history.
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use netlab::{Lab, NatsServer, require_tools};
+use poem::test::TestClient;
+use serde_json::Value;
+
+use crate::harness::{self, Sink, agent, fixture, lines, open, stored_records, wait_until};
+
+const TOKEN: &str = "e2e-api-token-0123456789";
+
+type Client = TestClient<poem::endpoint::BoxEndpoint<'static>>;
+
+async fn api(database_url: &str, nats_url: &str) -> Client {
+    let db = ntpscope_api::open_database(database_url).await.expect("open database");
+    let cfg = ntpscope_bus::NatsConfig { url: nats_url.to_string(), ..Default::default() };
+    let state = ntpscope_api::AppStateBuilder::new(db).tokens(&[TOKEN.to_string()], false, false).nats(cfg).build();
+    TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(ntpscope_api::app(state))))
+}
+
+async fn get(cli: &Client, path: &str) -> (u16, Value) {
+    let r = cli.get(path).send().await;
+    let status = r.0.status().as_u16();
+    (status, serde_json::from_str(&r.0.into_body().into_string().await.expect("body")).expect("JSON"))
+}
+
+async fn post(cli: &Client, path: &str, body: &Value, token: bool) -> (u16, Value) {
+    let mut r = cli.post(path).body_json(body);
+    if token {
+        r = r.header("Authorization", format!("Bearer {TOKEN}"));
+    }
+    let r = r.send().await;
+    let status = r.0.status().as_u16();
+    (status, serde_json::from_str(&r.0.into_body().into_string().await.expect("body")).expect("JSON"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_what_the_agent_saw() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &[]);
+    let mut truth = Vec::new();
+    for name in ["zeek-ntp.pcap", "tcpdump-ntp.pcap", "leapsecond-ntp.pcap", "zeek-ntpmode67.pcap"] {
+        let file = fixture(name);
+        let args = ["-r", file.to_str().expect("path"), "--agent-id", "api-host", "--flush-pending"];
+        truth.extend(lines(&agent(&args, None)));
+        agent(&args, Some(&nats.url));
+    }
+    let db = open(&url).await;
+    let total = truth.len() as i64;
+    assert!(wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await);
+    let cli = api(&url, &nats.url).await;
+    // Per address: sessions across interfaces.
+    let mut sessions: BTreeMap<String, i64> = BTreeMap::new();
+    for l in truth.iter().filter(|l| l["record_type"] == "session") {
+        *sessions.entry(l["client_ip"].as_str().expect("ip").to_string()).or_default() += 1;
+    }
+    for (ip, n) in &sessions {
+        let (s, b) = get(&cli, &format!("/api/ntp/history/clients/{ip}")).await;
+        assert_eq!(s, 200, "{ip}: {b}");
+        assert_eq!(b["total_sessions"].as_i64(), Some(*n), "{ip}");
+    }
+    // Per interface: sessions, unanswered, kiss-o'-death.
+    let (s, b) = get(&cli, "/api/ntp/history/interfaces/statistics").await;
+    assert_eq!(s, 200, "{b}");
+    for iface in b["interfaces"].as_array().expect("interfaces") {
+        let name = iface["interface_name"].as_str().expect("name");
+        let of = |pred: &dyn Fn(&Value) -> bool| {
+            truth.iter().filter(|l| l["interface_name"] == name && l["record_type"] == "session" && pred(l)).count() as i64
+        };
+        assert_eq!(iface["sessions"].as_i64(), Some(of(&|_| true)), "{name}");
+        assert_eq!(iface["unanswered"].as_i64(), Some(of(&|l| l["outcome"] == "unanswered")), "{name}");
+        assert_eq!(iface["kod"].as_i64(), Some(of(&|l| !l["kiss_code"].is_null())), "{name}");
+    }
+    let (s, b) = get(&cli, "/api/ntp/history/service/statistics").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["sink"]["total_processed"].as_i64(), Some(total));
+    assert!(b["stream"]["messages"].as_u64().is_some_and(|m| m >= 4), "{b}");
+    assert!(b["agents"].as_array().is_some_and(|a| a.iter().any(|x| x["agent"] == "api-host")), "{b}");
+    // NATS, stream, consumer, sink all up: 200 (degraded at worst: the replay agents have exited).
+    let healthy = wait_until(Duration::from_secs(20), || async { get(&cli, "/api/ntp/history/health").await.0 == 200 }).await;
+    assert!(healthy, "{:?}", get(&cli, "/api/ntp/history/health").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_starts_and_stops_live_capture_on_an_agent() {
+    require_tools(&["ip", "chronyd", "ntpdig"]).expect("live test prerequisites");
+    let mut lab = Lab::new().expect("lab");
+    lab.start_chrony_server().expect("chronyd");
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &[]);
+    let mut daemon = Command::new(harness::bin("ntpscope-capture"))
+        .args(["--daemon", "--output", "nats", "--nats-url", &nats.url, "--agent-id", "lab-agent", "--status-interval", "0.5"])
+        .env("NTPSCOPE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
+        .spawn()
+        .expect("agent");
+    // The sink creates the schema; the API refuses to start before it exists.
+    let db = open(&url).await;
+    assert!(wait_until(Duration::from_secs(30), || async { ntpscope_api::open_database(&url).await.is_ok() }).await);
+    let cli = api(&url, &nats.url).await;
+    let iface = lab.server_if.clone();
+    let listed = wait_until(Duration::from_secs(30), || {
+        let (cli, iface) = (&cli, iface.clone());
+        async move {
+            let (s, b) = get(cli, "/api/ntp/interfaces").await;
+            s == 200
+                && b["interfaces"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|i| i["agent"] == "lab-agent" && i["name"] == iface.as_str() && i["capturing"] == false))
+        }
+    })
+    .await;
+    assert!(listed, "{:?}", get(&cli, "/api/ntp/interfaces").await);
+    let start = format!("/api/ntp/interfaces/{iface}/start");
+    let stop = format!("/api/ntp/interfaces/{iface}/stop");
+    let body = serde_json::json!({"port": 123, "timeout": 1.0});
+    assert_eq!(post(&cli, &start, &body, false).await.0, 401, "a token is needed");
+    let (s, b) = post(&cli, &start, &body, true).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!((b["agent"].as_str(), b["interface"]["capturing"].as_bool(), b["interface"]["port"].as_u64()), (Some("lab-agent"), Some(true), Some(123)));
+    assert_eq!(post(&cli, &start, &body, true).await.0, 409, "already capturing");
+    assert_eq!(post(&cli, "/api/ntp/interfaces/nosuch0/start", &body, true).await.0, 404);
+    let other = serde_json::json!({"port": 123, "agent": "no-such-agent"});
+    assert_eq!(post(&cli, &start, &other, true).await.0, 404, "unknown agent");
+    for server in [lab.server_v4.to_string(), lab.server_v6.to_string()] {
+        assert!(lab.ntpdig(&server, 2).expect("ntpdig").status.success());
+    }
+    assert!(lab.chrony_client(&lab.server_v4.to_string()).expect("chronyd -Q").status.success());
+    let path = format!("/api/ntp/history/clients?interface_name={iface}");
+    let seen = wait_until(Duration::from_secs(30), || async { get(&cli, &path).await.1["total"].as_u64() == Some(3) }).await;
+    assert!(seen, "{:?}", get(&cli, &path).await);
+    let (_, b) = get(&cli, &path).await;
+    let ips: Vec<&str> = b["clients"].as_array().expect("clients").iter().filter_map(|c| c["client_ip"].as_str()).collect();
+    for ip in [lab.client_v4.to_string(), lab.client2_v4.to_string(), lab.client_v6.to_string()] {
+        assert!(ips.contains(&ip.as_str()), "{ip} missing from {ips:?}");
+    }
+    let (s, b) = post(&cli, &stop, &serde_json::json!({}), true).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["interface"]["capturing"], false);
+    assert_eq!(post(&cli, &stop, &serde_json::json!({}), true).await.0, 409, "not capturing");
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    assert!(daemon.wait().expect("agent exit").success());
+    drop(db);
+}
