@@ -21,6 +21,7 @@ run: build
 	IFACE=$(IFACE) PORT=$(PORT) scripts/run.sh
 
 lint: deps
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 test: deps lint

@@ -161,11 +161,8 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Self::Output> {
         use futures_util::StreamExt as _;
-        let declared = req
-            .headers()
-            .get(poem::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
+        let declared =
+            req.headers().get(poem::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > self.limit) {
             return Err(poem::Error::from_string(format!("request body larger than {} bytes", self.limit), StatusCode::PAYLOAD_TOO_LARGE));
         }
@@ -175,11 +172,7 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
             let stream = req.take_body().into_bytes_stream().map(move |chunk| {
                 let chunk = chunk?;
                 seen += chunk.len();
-                if seen > limit {
-                    Err(std::io::Error::other(format!("request body larger than {limit} bytes")))
-                } else {
-                    Ok(chunk)
-                }
+                if seen > limit { Err(std::io::Error::other(format!("request body larger than {limit} bytes"))) } else { Ok(chunk) }
             });
             req.set_body(poem::Body::from_bytes_stream(stream));
         }

@@ -77,8 +77,8 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut tokens: Vec<String> = Vec::new();
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("cannot read --token-file {}: {e}", path.display())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read --token-file {}: {e}", path.display())))?;
             tokens.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
         }
         if let Ok(env) = std::env::var("NTPSCOPE_API_TOKENS") {

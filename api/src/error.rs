@@ -63,9 +63,7 @@ pub enum ApiError {
 }
 
 fn body(status: u16, code: &str, message: impl Into<String>, field: Option<&str>) -> Json<ErrorBody> {
-    Json(ErrorBody {
-        error: ErrorDetail { status, code: code.to_string(), message: message.into(), field: field.map(str::to_string) },
-    })
+    Json(ErrorBody { error: ErrorDetail { status, code: code.to_string(), message: message.into(), field: field.map(str::to_string) } })
 }
 
 impl ApiError {

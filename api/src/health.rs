@@ -20,10 +20,8 @@ fn component(name: &str, ok: bool, detail: impl Into<String>) -> ComponentHealth
 pub async fn check(state: &AppState) -> Health {
     let mut c = Vec::new();
     let backend = state.db.get_database_backend();
-    let schema = state
-        .db
-        .query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1"))
-        .await;
+    let schema =
+        state.db.query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1")).await;
     c.push(match schema {
         Ok(Some(row)) => {
             let v: String = row.try_get_by_index(0).unwrap_or_default();
@@ -34,7 +32,9 @@ pub async fn check(state: &AppState) -> Health {
     });
     let sink = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await.ok().flatten();
     c.push(match &sink {
-        Some(s) if agents::is_fresh(s.updated_at) => component("sink", true, format!("last update {}", ntp_wire::time::format_rfc3339(s.updated_at))),
+        Some(s) if agents::is_fresh(s.updated_at) => {
+            component("sink", true, format!("last update {}", ntp_wire::time::format_rfc3339(s.updated_at)))
+        }
         Some(s) => component("sink", false, format!("no update since {}", ntp_wire::time::format_rfc3339(s.updated_at))),
         None => component("sink", false, format!("consumer {} has never reported", state.consumer)),
     });
@@ -51,7 +51,11 @@ pub async fn check(state: &AppState) -> Health {
                         Err(e) => c.push(component("stream", false, e.to_string())),
                     }
                     match stream.consumer_info(&state.consumer).await {
-                        Ok(ci) => c.push(component("consumer", true, format!("{} pending, {} unacknowledged", ci.num_pending, ci.num_ack_pending))),
+                        Ok(ci) => c.push(component(
+                            "consumer",
+                            true,
+                            format!("{} pending, {} unacknowledged", ci.num_pending, ci.num_ack_pending),
+                        )),
                         Err(e) => c.push(component("consumer", false, format!("{}: {e}", state.consumer))),
                     }
                 }

@@ -195,9 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .build();
     let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;
     tracing::info!(message = "API listening.", address = %config.listen, docs = %format!("http://{}/docs", config.listen));
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10)))
-        .await?;
+    poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10))).await?;
     Ok(())
 }
 

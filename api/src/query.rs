@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use entity::ntp_clients::{self, Column as C, Entity as Clients};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Select, Statement, Value,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Select, Statement, Value,
     sea_query::{Expr, ExprTrait, SimpleExpr},
 };
 use serde::{Deserialize, Serialize};
@@ -94,10 +94,8 @@ pub fn parse_cidr(field: &str, text: &str) -> Result<(Vec<u8>, Vec<u8>), ApiErro
 }
 
 fn time(field: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
-    v.map(|s| {
-        ntp_wire::time::parse_rfc3339(s).ok_or_else(|| ApiError::bad_request(field, format!("{s:?} is not an RFC 3339 date-time")))
-    })
-    .transpose()
+    v.map(|s| ntp_wire::time::parse_rfc3339(s).ok_or_else(|| ApiError::bad_request(field, format!("{s:?} is not an RFC 3339 date-time"))))
+        .transpose()
 }
 
 fn names(field: &str, v: &[String]) -> Result<Vec<String>, ApiError> {
@@ -114,11 +112,7 @@ fn names(field: &str, v: &[String]) -> Result<Vec<String>, ApiError> {
 
 /// Validates filters, naming the field at fault.
 pub fn parse(f: &Filters) -> Result<Parsed, ApiError> {
-    let client_ips = f
-        .client_ips
-        .iter()
-        .map(|ip| canonical_ip("client_ips", ip).map(|a| a.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let client_ips = f.client_ips.iter().map(|ip| canonical_ip("client_ips", ip).map(|a| a.to_string())).collect::<Result<Vec<_>, _>>()?;
     let search_ip = match &f.search_ip {
         Some(s) if !s.trim().is_empty() => {
             let s = s.trim().to_ascii_lowercase();
@@ -308,12 +302,12 @@ pub fn cursor_condition(k: SortKey, o: SortOrder, cursor: &str) -> Result<Condit
     let v = sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?;
     let e = sort_expr(k);
     Ok(match o {
-        SortOrder::Desc => Condition::any()
-            .add(e.clone().lt(Expr::val(v.clone())))
-            .add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id))),
-        SortOrder::Asc => Condition::any()
-            .add(e.clone().gt(Expr::val(v.clone())))
-            .add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id))),
+        SortOrder::Desc => {
+            Condition::any().add(e.clone().lt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id)))
+        }
+        SortOrder::Asc => {
+            Condition::any().add(e.clone().gt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id)))
+        }
     })
 }
 
@@ -369,13 +363,7 @@ pub async fn total_count(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr>
 
 /// Every row of one address.
 pub async fn by_ip(db: &DatabaseConnection, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
-    Ok(Clients::find()
-        .filter(C::ClientIp.eq(ip))
-        .order_by_desc(C::LastSeen)
-        .order_by_asc(C::Id)
-        .limit(10_000)
-        .all(db)
-        .await?)
+    Ok(Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(10_000).all(db).await?)
 }
 
 /// Aggregates per host and interface.
@@ -411,10 +399,7 @@ pub async fn interface_aggregates(db: &DatabaseConnection) -> Result<Vec<Interfa
     }
     cols.push("MIN(first_seen)".into());
     cols.push("MAX(last_seen)".into());
-    let sql = format!(
-        "SELECT {} FROM ntp_clients GROUP BY host, interface_name ORDER BY host, interface_name",
-        cols.join(", ")
-    );
+    let sql = format!("SELECT {} FROM ntp_clients GROUP BY host, interface_name ORDER BY host, interface_name", cols.join(", "));
     let sql = if backend == DbBackend::Sqlite { sql.replace("DOUBLE PRECISION", "REAL") } else { sql };
     let rows = db.query_all_raw(Statement::from_string(backend, sql)).await?;
     rows.into_iter()

@@ -2,22 +2,21 @@
 //! `query`/`agents`, map to DTOs.
 
 use poem::web::Data;
-use sea_orm::EntityTrait;
 use poem_openapi::{
     ApiResponse, OpenApi, Tags,
     param::{Path, Query},
     payload::Json,
 };
+use sea_orm::EntityTrait;
 
 use crate::{
     agents,
     auth::{TokenAuth, check_header},
     clock,
     dto::{
-        AgentInterfaceCounters, AgentStatistics, CaptureChange, CleanupRequest, CleanupResult, ClientDetail, ClientPage,
-        ClientRecord, ExportFormat, ExportRequest, Filters, Health, InterfaceList, InterfaceState, InterfaceStatistics,
-        InterfaceStatisticsList, MetricStats, SearchRequest, ServiceStatistics, SinkStatistics, SortKey, SortOrder,
-        StartCapture, StopCapture, StreamStatistics,
+        AgentInterfaceCounters, AgentStatistics, CaptureChange, CleanupRequest, CleanupResult, ClientDetail, ClientPage, ClientRecord,
+        ExportFormat, ExportRequest, Filters, Health, InterfaceList, InterfaceState, InterfaceStatistics, InterfaceStatisticsList,
+        MetricStats, SearchRequest, ServiceStatistics, SinkStatistics, SortKey, SortOrder, StartCapture, StopCapture, StreamStatistics,
     },
     error::ApiError,
     export, query,
@@ -116,7 +115,15 @@ pub enum HealthResponse {
     Unhealthy(Json<Health>),
 }
 
-async fn list(state: &AppState, filters: &Filters, sort: SortKey, order: SortOrder, page: u32, page_size: u32, cursor: Option<&str>) -> Result<ClientPage, ApiError> {
+async fn list(
+    state: &AppState,
+    filters: &Filters,
+    sort: SortKey,
+    order: SortOrder,
+    page: u32,
+    page_size: u32,
+    cursor: Option<&str>,
+) -> Result<ClientPage, ApiError> {
     let parsed = query::parse(filters)?;
     let offset = if cursor.is_some() { 0 } else { u64::from(page.saturating_sub(1)) * u64::from(page_size) };
     let (rows, next) = query::page(&state.db, &parsed, sort, order, cursor, offset, u64::from(page_size)).await?;
@@ -248,9 +255,7 @@ impl HistoryApi {
     #[oai(path = "/history/search", method = "post", operation_id = "search_clients")]
     async fn search(&self, state: Data<&AppState>, body: Json<SearchRequest>) -> Result<Json<ClientPage>, ApiError> {
         let b = body.0;
-        list(&state, &b.filters, b.sort, b.order, b.pagination.page, b.pagination.page_size, b.pagination.cursor.as_deref())
-            .await
-            .map(Json)
+        list(&state, &b.filters, b.sort, b.order, b.pagination.page, b.pagination.page_size, b.pagination.cursor.as_deref()).await.map(Json)
     }
 
     /// Export clients
@@ -480,7 +485,10 @@ async fn pick_agent(state: &AppState, bus: &crate::state::Bus, named: Option<Str
     match online.as_slice() {
         [] => Err(ApiError::not_found("no agent is connected")),
         [one] => Ok(one.clone()),
-        many => Err(ApiError::bad_request("agent", format!("{} agents are connected ({}); choose one with `agent`", many.len(), many.join(", ")))),
+        many => Err(ApiError::bad_request(
+            "agent",
+            format!("{} agents are connected ({}); choose one with `agent`", many.len(), many.join(", ")),
+        )),
     }
 }
 

@@ -15,12 +15,7 @@ const TOKEN: &str = "route-test-token-0123456789";
 
 fn session(ip: &str, t: i64, answered: bool, refid: [u8; 4], kod: bool) -> Record {
     let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: t as u64, ..PacketSummary::default() };
-    let resp = PacketSummary {
-        mode: 4,
-        stratum: u8::from(!kod),
-        reference_id: u32::from_be_bytes(refid),
-        ..req.clone()
-    };
+    let resp = PacketSummary { mode: 4, stratum: u8::from(!kod), reference_id: u32::from_be_bytes(refid), ..req.clone() };
     Record::Session(Session {
         id: t as u64,
         outcome: if answered { SessionOutcome::Answered } else { SessionOutcome::Unanswered },
@@ -232,9 +227,11 @@ async fn detail_search_and_statistics(f: &Fixture) {
     let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&body).send().await).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["total"], 2);
-    let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&serde_json::json!({"filters": {"client_ips": ["nope"]}})).send().await).await;
+    let (s, b) =
+        json(f.cli.post("/api/ntp/history/search").body_json(&serde_json::json!({"filters": {"client_ips": ["nope"]}})).send().await).await;
     assert_error(s, &b, 400, Some("client_ips"));
-    let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&serde_json::json!({"pagination": {"page_size": 5000}})).send().await).await;
+    let (s, b) =
+        json(f.cli.post("/api/ntp/history/search").body_json(&serde_json::json!({"pagination": {"page_size": 5000}})).send().await).await;
     assert_error(s, &b, 400, None);
     let (s, b) = json(f.cli.post("/api/ntp/history/search").content_type("application/json").body("{not json").send().await).await;
     assert_error(s, &b, 400, None);
@@ -268,7 +265,12 @@ async fn export_streams(f: &Fixture) {
     assert!(text.starts_with("\u{feff}id,host,interface_name,client_ip"));
     assert_eq!(text.lines().count(), 301, "header + 300 rows");
     assert!(text.contains(",\"'=HYP\","), "formula-like reference id neutralised");
-    let resp = f.cli.post("/api/ntp/history/export").body_json(&serde_json::json!({"format": "ndjson", "limit": 7, "filters": {"hosts": ["ntp2"]}})).send().await;
+    let resp = f
+        .cli
+        .post("/api/ntp/history/export")
+        .body_json(&serde_json::json!({"format": "ndjson", "limit": 7, "filters": {"hosts": ["ntp2"]}}))
+        .send()
+        .await;
     let text = resp.0.into_body().into_string().await.expect("ndjson");
     assert_eq!(text.lines().count(), 7);
     assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["host"] == "ntp2")));
@@ -283,10 +285,14 @@ async fn cleanup_needs_a_token(f: &Fixture) {
     let body = serde_json::json!({"before": "2026-01-01T00:01:00Z"});
     let (s, b) = json(f.cli.post("/api/ntp/history/cleanup").body_json(&body).send().await).await;
     assert_error(s, &b, 401, None);
-    let (s, b) = json(f.cli.post("/api/ntp/history/cleanup").header("Authorization", "Bearer wrong-token-wrong-token").body_json(&body).send().await).await;
+    let (s, b) = json(
+        f.cli.post("/api/ntp/history/cleanup").header("Authorization", "Bearer wrong-token-wrong-token").body_json(&body).send().await,
+    )
+    .await;
     assert_error(s, &b, 403, None);
     let auth = format!("Bearer {TOKEN}");
-    let (s, b) = json(f.cli.post("/api/ntp/history/cleanup").header("Authorization", &auth).body_json(&serde_json::json!({})).send().await).await;
+    let (s, b) =
+        json(f.cli.post("/api/ntp/history/cleanup").header("Authorization", &auth).body_json(&serde_json::json!({})).send().await).await;
     assert_error(s, &b, 400, Some("older_than_days"));
     let (s, b) = json(f.cli.post("/api/ntp/history/cleanup").header("Authorization", &auth).body_json(&body).send().await).await;
     assert_eq!(s, 200, "{b}");
@@ -335,7 +341,10 @@ async fn the_api_refuses_an_unknown_schema() {
     assert!(err.contains("no ntpscope schema"), "{err}");
     let writer = ntpscope_sink::db::connect_and_migrate(&url).await.expect("migrate");
     writer
-        .execute_unprepared(&format!("UPDATE seaql_migrations SET version = 'm20990101_000001_from_the_future' WHERE version = '{}'", migration::LATEST))
+        .execute_unprepared(&format!(
+            "UPDATE seaql_migrations SET version = 'm20990101_000001_from_the_future' WHERE version = '{}'",
+            migration::LATEST
+        ))
         .await
         .expect("pretend a newer schema");
     let err = ntpscope_api::open_database(&url).await.expect_err("newer schema").to_string();

@@ -66,7 +66,11 @@ fn main() {
             runs.iter().map(|r| format!("{:.3}", r.0)).collect::<Vec<_>>()
         );
         let agent = timed(Command::new(agent_bin()).args(["-r"]).arg(&path).args(["--output", "none", "--summary", "none"]));
-        println!("agent binary end to end (`ntpscope-capture -r FILE --output none`): {:.3} s = {:.2} M packets/s", agent, f64::from(2 * PAIRS) / agent / 1e6);
+        println!(
+            "agent binary end to end (`ntpscope-capture -r FILE --output none`): {:.3} s = {:.2} M packets/s",
+            agent,
+            f64::from(2 * PAIRS) / agent / 1e6
+        );
         if quick {
             continue;
         }

@@ -7,9 +7,7 @@
 /// Current wall-clock time in Unix nanoseconds.
 #[allow(clippy::disallowed_methods)] // the one sanctioned clock read, see the module docs
 pub fn wall_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// A monotonic instant, for batching intervals and status cadence (never for record times).

@@ -3,11 +3,7 @@
 //! [`Cli`] is what the operator types; [`Config`] is the checked, typed form that [`crate::run`]
 //! takes. Validation happens once, here, so the rest of the agent never sees a bad value.
 
-use std::{
-    num::NonZeroUsize,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use capture_proto::{AnalyzerConfig, pairing::PairingConfig};
 use clap::{Parser, ValueEnum};
@@ -323,12 +319,12 @@ impl Cli {
         if agent_id.is_empty() || agent_id.len() > 253 || agent_id.chars().any(char::is_control) {
             return Err(ConfigError(format!("invalid agent id {agent_id:?}")));
         }
-        let mut sources: Vec<SourceSpec> =
-            self.interfaces.iter().map(|i| SourceSpec::Live { interface: i.clone() }).collect();
+        let mut sources: Vec<SourceSpec> = self.interfaces.iter().map(|i| SourceSpec::Live { interface: i.clone() }).collect();
         for path in &self.read {
-            let interface = self.interface_name.clone().unwrap_or_else(|| {
-                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
-            });
+            let interface = self
+                .interface_name
+                .clone()
+                .unwrap_or_else(|| path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()));
             sources.push(SourceSpec::File { path: path.clone(), interface });
         }
         let bus = self.nats.into_config(&agent_id)?;

@@ -182,8 +182,7 @@ impl PacketLine {
             origin_timestamp: ts(p.origin_ts),
             receive_timestamp: ts(p.receive_ts),
             transmit_timestamp: ts(p.transmit_ts),
-            timestamps_raw: [p.reference_ts, p.origin_ts, p.receive_ts, p.transmit_ts]
-                .map(|v| format!("{v:016x}")),
+            timestamps_raw: [p.reference_ts, p.origin_ts, p.receive_ts, p.transmit_ts].map(|v| format!("{v:016x}")),
             extensions: p
                 .extensions
                 .iter()

@@ -145,8 +145,7 @@ fn spawn_writer(config: &Config, rx: mpsc::Receiver<source::Batch>) -> OutputTas
     let host = config.agent_id.clone();
     let (kind, observations) = (config.output, config.observations);
     tokio::task::spawn_blocking(move || {
-        output::drain(rx, kind, observations, &host, io::BufWriter::with_capacity(1 << 16, io::stdout().lock()))
-            .context("writing records")
+        output::drain(rx, kind, observations, &host, io::BufWriter::with_capacity(1 << 16, io::stdout().lock())).context("writing records")
     })
 }
 

@@ -34,8 +34,7 @@ pub fn drain(
     while let Some(batch) = rx.blocking_recv() {
         let ctx = LineContext { host, interface: &batch.interface };
         for r in &batch.records {
-            let keep = kind == OutputKind::Jsonl
-                && (observations || matches!(r, ntp_wire::Record::Session(_)));
+            let keep = kind == OutputKind::Jsonl && (observations || matches!(r, ntp_wire::Record::Session(_)));
             if keep {
                 json::write_record(&mut w, ctx, r)?;
                 stats.written += 1;

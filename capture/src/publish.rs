@@ -116,17 +116,21 @@ fn encode_batch(cfg: &PublishConfig, b: source::Batch, stats: &PublisherStats) -
     out
 }
 
-fn encode_chunk(cfg: &PublishConfig, subject: &str, interface: &str, records: Vec<Record>, stats: &PublisherStats, out: &mut Vec<Outgoing>) {
+fn encode_chunk(
+    cfg: &PublishConfig,
+    subject: &str,
+    interface: &str,
+    records: Vec<Record>,
+    stats: &PublisherStats,
+    out: &mut Vec<Outgoing>,
+) {
     let n = records.len();
     let mut wire = Batch::new(cfg.agent.clone(), interface, records);
     wire.sent_ns = clock::wall_ns();
     match batch::encode(&wire) {
-        Ok(bytes) if bytes.len() <= cfg.max_message_bytes || n == 1 => out.push(Outgoing {
-            subject: subject.to_string(),
-            id: wire.message_id(),
-            payload: Bytes::from(bytes),
-            records: n as u64,
-        }),
+        Ok(bytes) if bytes.len() <= cfg.max_message_bytes || n == 1 => {
+            out.push(Outgoing { subject: subject.to_string(), id: wire.message_id(), payload: Bytes::from(bytes), records: n as u64 })
+        }
         Ok(_) => {
             // Too big for one message: halve and retry.
             let mut first = wire.records;
@@ -179,14 +183,17 @@ pub async fn run(js: jetstream::Context, cfg: PublishConfig, mut rx: mpsc::Recei
             && tokio::time::Instant::from_std(clock::monotonic()) >= deadline
         {
             let left: u64 = queue.iter().map(|m| m.records).sum::<u64>();
-            tracing::error!(message = "Shutdown drain timed out; unacknowledged records dropped.", records = left, in_flight = inflight.len());
+            tracing::error!(
+                message = "Shutdown drain timed out; unacknowledged records dropped.",
+                records = left,
+                in_flight = inflight.len()
+            );
             stats.records_dropped.fetch_add(left, Ordering::Relaxed);
             break;
         }
         let can_take = input_open && buffered < cfg.buffer_bytes;
-        let wake = pause_until.or(drain_deadline).unwrap_or_else(|| {
-            tokio::time::Instant::from_std(clock::monotonic()) + Duration::from_hours(1)
-        });
+        let wake =
+            pause_until.or(drain_deadline).unwrap_or_else(|| tokio::time::Instant::from_std(clock::monotonic()) + Duration::from_hours(1));
         tokio::select! {
             Some((msg, res)) = inflight.next(), if !inflight.is_empty() => match res {
                 Ok(ack) => {

@@ -192,9 +192,8 @@ fn open_live(name: &str, cfg: &LiveConfig) -> Result<(Handle, LinkType), OpenErr
                 return Err(OpenError::Permission { name: name.to_string(), detail });
             }
             if lower.contains("no such device") || lower.contains("doesn't exist") {
-                let available = pcap::Device::list()
-                    .map(|l| l.into_iter().map(|d| d.name).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default();
+                let available =
+                    pcap::Device::list().map(|l| l.into_iter().map(|d| d.name).collect::<Vec<_>>().join(", ")).unwrap_or_default();
                 return Err(OpenError::NoSuchInterface { name: name.to_string(), available });
             }
             return Err(OpenError::Other { name: name.to_string(), detail });
@@ -202,11 +201,7 @@ fn open_live(name: &str, cfg: &LiveConfig) -> Result<(Handle, LinkType), OpenErr
     };
     let dlt = cap.get_datalink().0;
     let link = LinkType::from_dlt(dlt).ok_or(OpenError::UnsupportedLink { name: name.to_string(), dlt })?;
-    cap.filter(&cfg.bpf, true).map_err(|e| OpenError::Filter {
-        name: name.to_string(),
-        expr: cfg.bpf.clone(),
-        detail: e.to_string(),
-    })?;
+    cap.filter(&cfg.bpf, true).map_err(|e| OpenError::Filter { name: name.to_string(), expr: cfg.bpf.clone(), detail: e.to_string() })?;
     Ok((Handle::Live(cap), link))
 }
 
@@ -284,9 +279,7 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
         Handle::File(cap, len) => {
             let bar = (ctx.progress && len > 64 << 20 && std::io::stderr().is_terminal()).then(|| {
                 let bar = indicatif::ProgressBar::new(len);
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
-                ) {
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}") {
                     bar.set_style(style);
                 }
                 bar
@@ -388,20 +381,10 @@ fn send(ctx: &LoopContext, out: &mut Vec<Record>, live: bool, dropped: &mut u64)
     }
 }
 
-fn publish_status<T: Activated + ?Sized>(
-    ctx: &LoopContext,
-    analyzer: &Analyzer,
-    cap: &mut Capture<T>,
-    live: bool,
-    dropped: u64,
-) {
+fn publish_status<T: Activated + ?Sized>(ctx: &LoopContext, analyzer: &Analyzer, cap: &mut Capture<T>, live: bool, dropped: u64) {
     let pcap_stats = if live {
         cap.stats()
-            .map(|s| PcapStats {
-                received: u64::from(s.received),
-                dropped: u64::from(s.dropped),
-                if_dropped: u64::from(s.if_dropped),
-            })
+            .map(|s| PcapStats { received: u64::from(s.received), dropped: u64::from(s.dropped), if_dropped: u64::from(s.if_dropped) })
             .unwrap_or_default()
     } else {
         PcapStats::default()

@@ -14,22 +14,20 @@ pub fn snapshot(agent: &str, started_ns: i64, supervisor: &Supervisor, publisher
     let interfaces = supervisor
         .snapshot()
         .into_iter()
-        .map(|s| {
-            InterfaceStatus {
-                name: s.interface.clone(),
-                kind: s.kind.to_string(),
-                state: match &s.state {
-                    SourceState::Running => "running".to_string(),
-                    SourceState::Finished => "finished".to_string(),
-                    SourceState::Failed(e) => format!("failed: {e}"),
-                },
-                link_type: s.link.map(|l| format!("{l:?}")).unwrap_or_default(),
-                counters: s.counters.entries().into_iter().collect(),
-                pcap_received: s.pcap.received,
-                pcap_dropped: s.pcap.dropped,
-                pcap_if_dropped: s.pcap.if_dropped,
-                records_dropped: s.records_dropped,
-            }
+        .map(|s| InterfaceStatus {
+            name: s.interface.clone(),
+            kind: s.kind.to_string(),
+            state: match &s.state {
+                SourceState::Running => "running".to_string(),
+                SourceState::Finished => "finished".to_string(),
+                SourceState::Failed(e) => format!("failed: {e}"),
+            },
+            link_type: s.link.map(|l| format!("{l:?}")).unwrap_or_default(),
+            counters: s.counters.entries().into_iter().collect(),
+            pcap_received: s.pcap.received,
+            pcap_dropped: s.pcap.dropped,
+            pcap_if_dropped: s.pcap.if_dropped,
+            records_dropped: s.records_dropped,
         })
         .collect();
     AgentStatus {

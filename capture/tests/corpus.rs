@@ -47,12 +47,8 @@ fn read_tsv(path: &Path) -> HashMap<u64, Row> {
     let header: Vec<&str> = lines.next().expect("header line").split('\t').collect();
     let mut rows = HashMap::new();
     for line in lines {
-        let row: Row = header
-            .iter()
-            .zip(line.split('\t'))
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| ((*k).to_string(), v.to_string()))
-            .collect();
+        let row: Row =
+            header.iter().zip(line.split('\t')).filter(|(_, v)| !v.is_empty()).map(|(k, v)| ((*k).to_string(), v.to_string())).collect();
         let n: u64 = row["frame.number"].parse().expect("frame number");
         rows.insert(n, row);
     }
@@ -111,8 +107,7 @@ fn num(row: &Row, k: &str) -> u64 {
 fn check_file(dir: &Path, pcap_name: &str) -> usize {
     let stem = pcap_name.rsplit_once('.').map_or(pcap_name, |(s, _)| s);
     let rows = read_tsv(&dir.join("tshark-fields").join(format!("{stem}.tsv")));
-    let mut cap = pcap::Capture::from_file_with_precision(dir.join("pcaps").join(pcap_name), pcap::Precision::Nano)
-        .expect("open capture");
+    let mut cap = pcap::Capture::from_file_with_precision(dir.join("pcaps").join(pcap_name), pcap::Precision::Nano).expect("open capture");
     let link = LinkType::from_dlt(cap.get_datalink().0).expect("supported link type");
     let mut frame_no = 0u64;
     let mut ntp_frames = 0usize;

@@ -57,9 +57,7 @@ fn golden_outputs_match() {
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
         .expect("fixtures")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| {
-            Path::new(n).extension().is_some_and(|e| e.eq_ignore_ascii_case("pcap") || e.eq_ignore_ascii_case("pcapng"))
-        })
+        .filter(|n| Path::new(n).extension().is_some_and(|e| e.eq_ignore_ascii_case("pcap") || e.eq_ignore_ascii_case("pcapng")))
         .collect();
     names.sort();
     assert!(names.len() >= 16, "fixtures missing: {names:?}");
@@ -140,16 +138,14 @@ fn kiss_codes_macs_and_nts_are_reported() {
     assert_eq!(kod.len(), 1);
     assert_eq!(kod[0]["response"]["mac"]["key_id"], 0);
     assert_eq!(kod[0]["response"]["mac"]["digest_len"], 0);
-    let digests: Vec<u64> =
-        answered.iter().filter_map(|s| s["request"]["mac"]["digest_len"].as_u64()).collect();
+    let digests: Vec<u64> = answered.iter().filter_map(|s| s["request"]["mac"]["digest_len"].as_u64()).collect();
     assert!(digests.contains(&20) && digests.contains(&16), "{digests:?}");
     assert_eq!(total(&run, "kiss_of_death"), 1);
     // SOURCES.md: NTS unique id, cookie, placeholder and authenticator in tcpdump-ntp-time-ef.pcap.
     let run = fixture("tcpdump-ntp-time-ef.pcap");
     let s = &sessions(&run, "answered")[0];
     assert_eq!(s["nts"], true);
-    let names: Vec<&str> =
-        s["request"]["extensions"].as_array().expect("extensions").iter().filter_map(|e| e["name"].as_str()).collect();
+    let names: Vec<&str> = s["request"]["extensions"].as_array().expect("extensions").iter().filter_map(|e| e["name"].as_str()).collect();
     assert_eq!(names, ["unique_identifier", "nts_cookie", "nts_cookie_placeholder", "nts_authenticator"]);
 }
 

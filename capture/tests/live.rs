@@ -83,18 +83,13 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
     let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
     let status = agent.wait().expect("agent exit");
     assert!(status.success(), "agent exited with {status}");
-    let summary: Value = serde_json::from_str(&summary_rx.recv_timeout(Duration::from_secs(5)).expect("summary"))
-        .expect("summary is JSON");
+    let summary: Value = serde_json::from_str(&summary_rx.recv_timeout(Duration::from_secs(5)).expect("summary")).expect("summary is JSON");
     let witness = witness_counts(&witness.finish().expect("witness capture"));
 
-    let lines: Vec<Value> = std::fs::read_to_string(&out_path)
-        .expect("agent output")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    let by_client = |ip: &str, outcome: &str| -> Vec<&Value> {
-        lines.iter().filter(|l| l["client_ip"] == ip && l["outcome"] == outcome).collect()
-    };
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&out_path).expect("agent output").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let by_client =
+        |ip: &str, outcome: &str| -> Vec<&Value> { lines.iter().filter(|l| l["client_ip"] == ip && l["outcome"] == outcome).collect() };
     let (c4, c4b, c6) = (lab.client_v4.to_string(), lab.client2_v4.to_string(), lab.client_v6.to_string());
     for client in [&c4, &c4b, &c6] {
         let (requests, responses) = witness.get(client.as_str()).copied().unwrap_or_default();

@@ -26,9 +26,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261126_000001_create_ntp_clients::Migration),
-            Box::new(m20261126_000002_create_sink_state::Migration),
-        ]
+        vec![Box::new(m20261126_000001_create_ntp_clients::Migration), Box::new(m20261126_000002_create_sink_state::Migration)]
     }
 }

@@ -78,8 +78,7 @@ impl MigrationTrait for Migration {
             t.col(ColumnDef::new(format!("{m}_min")).double());
             t.col(ColumnDef::new(format!("{m}_max")).double());
         }
-        t.col(ColumnDef::new("created_at").big_integer().not_null())
-            .col(ColumnDef::new("updated_at").big_integer().not_null());
+        t.col(ColumnDef::new("created_at").big_integer().not_null()).col(ColumnDef::new("updated_at").big_integer().not_null());
         manager.create_table(t).await?;
         // Every index on a column the upsert changes costs write throughput (an index on
         // (host, interface_name, last_seen) cost a quarter of it); filters on host and interface

@@ -52,12 +52,7 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .name("ix_applied_batches_applied_at")
-                    .table("applied_batches")
-                    .col("applied_at")
-                    .if_not_exists()
-                    .to_owned(),
+                Index::create().name("ix_applied_batches_applied_at").table("applied_batches").col("applied_at").if_not_exists().to_owned(),
             )
             .await
     }

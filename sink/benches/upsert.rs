@@ -182,11 +182,11 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch]) -> Run {
         run.write += t.elapsed();
         run.rows += deltas.len() as u64;
     }
-    let size: i64 = conn.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0)).unwrap_or(0);
+    let size: i64 =
+        conn.query_row("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()", [], |r| r.get(0)).unwrap_or(0);
     println!("  (raw database: {:.0} MB)", size as f64 / 1e6);
-    let (n, sessions): (i64, i64) = conn
-        .query_row("SELECT COUNT(*), SUM(session_count) FROM ntp_clients", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("check");
+    let (n, sessions): (i64, i64) =
+        conn.query_row("SELECT COUNT(*), SUM(session_count) FROM ntp_clients", [], |r| Ok((r.get(0)?, r.get(1)?))).expect("check");
     assert_eq!((n, sessions), (i64::from(CLIENTS), i64::from(EVENTS)));
     run
 }
@@ -208,7 +208,11 @@ async fn main() {
         let batches = batches(size, &order);
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("seaorm.db").display());
-        let sea = if raw_only { Run { write: Duration::from_secs(1), aggregate: Duration::ZERO, rows: 0 } } else { sea_orm_run(&url, &batches).await };
+        let sea = if raw_only {
+            Run { write: Duration::from_secs(1), aggregate: Duration::ZERO, rows: 0 }
+        } else {
+            sea_orm_run(&url, &batches).await
+        };
         // The raw baseline gets the identical schema from the migrations.
         let raw_path = dir.path().join("raw.db");
         drop(db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", raw_path.display())).await.expect("schema"));

@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 /// Wall-clock Unix nanoseconds.
 #[allow(clippy::disallowed_methods)] // the sink's sanctioned clock read
 pub fn wall_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 static LAST: AtomicI64 = AtomicI64::new(0);

@@ -109,10 +109,7 @@ impl Cli {
             Some(url) => url,
             None => format!("sqlite://{}?mode=rwc", self.db_path),
         };
-        let nats = self
-            .nats
-            .into_config(&format!("ntpscope-sink/{}", self.consumer))
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let nats = self.nats.into_config(&format!("ntpscope-sink/{}", self.consumer)).map_err(|e| ConfigError(e.to_string()))?;
         Ok(Config {
             database_url,
             batch_size: self.batch_size,

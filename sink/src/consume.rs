@@ -66,11 +66,7 @@ pub struct LoopConfig {
 /// table makes the ones that were committed after all harmless. Without an existing consumer
 /// (first start, or deleted by hand) delivery starts after what the database says was applied.
 /// One sink runs per consumer name.
-pub async fn ensure_consumer(
-    js: &jetstream::Context,
-    cfg: &crate::Config,
-    db_hint: Option<u64>,
-) -> anyhow::Result<PullConsumer> {
+pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config, db_hint: Option<u64>) -> anyhow::Result<PullConsumer> {
     let stream = loop {
         match js.get_stream(subject::STREAM).await {
             Ok(s) => break s,
@@ -91,10 +87,7 @@ pub async fn ensure_consumer(
                 unacknowledged = info.num_ack_pending,
                 pending = info.num_pending
             );
-            stream
-                .delete_consumer(&cfg.consumer)
-                .await
-                .map_err(|e| anyhow::anyhow!("resetting consumer {}: {e}", cfg.consumer))?;
+            stream.delete_consumer(&cfg.consumer).await.map_err(|e| anyhow::anyhow!("resetting consumer {}: {e}", cfg.consumer))?;
             Some(floor + 1)
         }
         Err(_) => db_hint,
@@ -121,10 +114,7 @@ fn decode(msg: &jetstream::Message) -> Result<Batch, WireError> {
     let b = batch::decode(&msg.payload)?;
     let (agent, interface) = subject::parse_sessions(msg.subject.as_str())?;
     if agent != b.agent || interface != b.interface {
-        return Err(WireError::Decode(format!(
-            "batch says {}/{} but arrived on the subject of {agent}/{interface}",
-            b.agent, b.interface
-        )));
+        return Err(WireError::Decode(format!("batch says {}/{} but arrived on the subject of {agent}/{interface}", b.agent, b.interface)));
     }
     Ok(b)
 }

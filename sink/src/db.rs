@@ -20,8 +20,7 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection
 /// - `wal_autocheckpoint`: random-key upserts dirty most pages of the table at every commit;
 ///   checkpointing every 64 Ki pages instead of every 1 Ki lets successive commits of the same
 ///   page collapse into one write-back (see docs/performance.md).
-pub const SQLITE_WRITER_PRAGMAS: [(&str, &str); 3] =
-    [("temp_store", "memory"), ("cache_size", "-131072"), ("wal_autocheckpoint", "65536")];
+pub const SQLITE_WRITER_PRAGMAS: [(&str, &str); 3] = [("temp_store", "memory"), ("cache_size", "-131072"), ("wal_autocheckpoint", "65536")];
 
 /// Opens `url` for the sink: one connection for SQLite (one writer), a few for PostgreSQL.
 pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
@@ -29,14 +28,14 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the database directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create the database directory {}: {e}", dir.display()))?;
     }
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         opts.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
-            let o = o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            let o = o
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
                 .create_if_missing(true);

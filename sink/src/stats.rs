@@ -147,7 +147,8 @@ impl SinkStats {
     /// A status document.
     pub fn status(&self, consumer: &str) -> SinkStatus {
         self.with(|t| {
-            let mut counters: BTreeMap<String, u64> = NAMES.iter().map(|n| ((*n).to_string(), t.counters.get(n).copied().unwrap_or(0))).collect();
+            let mut counters: BTreeMap<String, u64> =
+                NAMES.iter().map(|n| ((*n).to_string(), t.counters.get(n).copied().unwrap_or(0))).collect();
             counters.insert("queue_size".into(), t.queue_size);
             if !t.lags_ms.is_empty() {
                 let mut v: Vec<u32> = t.lags_ms.iter().copied().collect();

@@ -120,12 +120,8 @@ pub fn upsert_sql(backend: DbBackend, rows: usize) -> String {
     for m in METRICS {
         set.push(format!("{m}_count = {t}.{m}_count + excluded.{m}_count"));
         set.push(format!("{m}_sum = {t}.{m}_sum + excluded.{m}_sum"));
-        set.push(format!(
-            "{m}_min = {least}(COALESCE({t}.{m}_min, excluded.{m}_min), COALESCE(excluded.{m}_min, {t}.{m}_min))"
-        ));
-        set.push(format!(
-            "{m}_max = {greatest}(COALESCE({t}.{m}_max, excluded.{m}_max), COALESCE(excluded.{m}_max, {t}.{m}_max))"
-        ));
+        set.push(format!("{m}_min = {least}(COALESCE({t}.{m}_min, excluded.{m}_min), COALESCE(excluded.{m}_min, {t}.{m}_min))"));
+        set.push(format!("{m}_max = {greatest}(COALESCE({t}.{m}_max, excluded.{m}_max), COALESCE(excluded.{m}_max, {t}.{m}_max))"));
     }
     set.push("updated_at = excluded.updated_at".into());
     format!(
@@ -308,9 +304,7 @@ pub async fn record_applied<C: ConnectionTrait>(conn: &C, applied: &[(String, u6
 /// as applied (everything from there on is either remembered or new).
 pub async fn resume_hint<C: ConnectionTrait>(conn: &C) -> Result<Option<u64>, DbErr> {
     let backend = conn.get_database_backend();
-    let row = conn
-        .query_one_raw(Statement::from_string(backend, "SELECT MIN(stream_sequence) FROM applied_batches"))
-        .await?;
+    let row = conn.query_one_raw(Statement::from_string(backend, "SELECT MIN(stream_sequence) FROM applied_batches")).await?;
     Ok(row.and_then(|r| r.try_get_by_index::<Option<i64>>(0).ok().flatten()).and_then(|v| u64::try_from(v).ok()))
 }
 

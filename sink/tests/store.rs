@@ -86,26 +86,15 @@ fn deltas(records: Vec<Record>) -> BTreeMap<ClientKey, ClientDelta> {
 }
 
 async fn row(db: &DatabaseConnection, ip: &str) -> ntp_clients::Model {
-    ntp_clients::Entity::find()
-        .filter(ntp_clients::Column::ClientIp.eq(ip))
-        .one(db)
-        .await
-        .expect("query")
-        .expect("row exists")
+    ntp_clients::Entity::find().filter(ntp_clients::Column::ClientIp.eq(ip)).one(db).await.expect("query").expect("row exists")
 }
 
 async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) {
-    let first = deltas(vec![
-        session("198.18.0.2", T0 + 2_000, true, 2, Some(0.003)),
-        session("198.18.0.3", T0, false, 0, None),
-    ]);
+    let first = deltas(vec![session("198.18.0.2", T0 + 2_000, true, 2, Some(0.003)), session("198.18.0.3", T0, false, 0, None)]);
     let c = store::upsert(db, &first, T0 + 10).await.expect("first upsert");
     assert_eq!((c.inserted, c.updated), (2, 0));
     // An older session arrives later (a late replay): counts add, latest values stay.
-    let second = deltas(vec![
-        session("198.18.0.2", T0 + 1_000, true, 5, Some(0.001)),
-        session("198.18.0.2", T0 + 500, false, 0, None),
-    ]);
+    let second = deltas(vec![session("198.18.0.2", T0 + 1_000, true, 5, Some(0.001)), session("198.18.0.2", T0 + 500, false, 0, None)]);
     let c = store::upsert(db, &second, T0 + 20).await.expect("second upsert");
     assert_eq!((c.inserted, c.updated), (0, 1));
     let r = row(db, "198.18.0.2").await;
@@ -150,7 +139,14 @@ async fn applied_ids_and_state(db: &DatabaseConnection) {
     assert_eq!(found.len(), 600);
     assert_eq!(store::prune_applied(db, T0 + 1).await.expect("prune"), 600);
     assert!(store::applied_ids(db, &ids).await.expect("lookup").is_empty());
-    let d = StateDelta { last_sequence: 10, total_received: 5, total_processed: 4, dead_lettered: 1, total_inserted: 3, ..StateDelta::default() };
+    let d = StateDelta {
+        last_sequence: 10,
+        total_received: 5,
+        total_processed: 4,
+        dead_lettered: 1,
+        total_inserted: 3,
+        ..StateDelta::default()
+    };
     store::update_state(db, "sink-a", "NTP", &d, T0).await.expect("state 1");
     let d2 = StateDelta { last_sequence: 7, total_received: 2, total_processed: 2, total_updated: 2, ..StateDelta::default() };
     store::update_state(db, "sink-a", "NTP", &d2, T0 + 1).await.expect("state 2");
@@ -189,11 +185,10 @@ async fn postgres_store() {
 #[tokio::test]
 async fn sqlite_is_in_wal_mode_so_readers_never_block_the_writer() {
     let t = TestDb::sqlite().await;
-    let mode = t
-        .db
-        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA journal_mode"))
-        .await
-        .expect("pragma")
-        .expect("row");
+    let mode =
+        t.db.query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA journal_mode"))
+            .await
+            .expect("pragma")
+            .expect("row");
     assert_eq!(mode.try_get_by_index::<String>(0).expect("text"), "wal");
 }

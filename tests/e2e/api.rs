@@ -124,7 +124,10 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     assert_eq!(post(&cli, &start, &body, false).await.0, 401, "a token is needed");
     let (s, b) = post(&cli, &start, &body, true).await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!((b["agent"].as_str(), b["interface"]["capturing"].as_bool(), b["interface"]["port"].as_u64()), (Some("lab-agent"), Some(true), Some(123)));
+    assert_eq!(
+        (b["agent"].as_str(), b["interface"]["capturing"].as_bool(), b["interface"]["port"].as_u64()),
+        (Some("lab-agent"), Some(true), Some(123))
+    );
     assert_eq!(post(&cli, &start, &body, true).await.0, 409, "already capturing");
     assert_eq!(post(&cli, "/api/ntp/interfaces/nosuch0/start", &body, true).await.0, 404);
     let other = serde_json::json!({"port": 123, "agent": "no-such-agent"});

@@ -39,11 +39,7 @@ async fn garbage_is_dead_lettered_and_the_good_messages_around_it_are_stored() {
         (subj.clone(), batch::encode(&mismatched).expect("encode")),
     ];
     for (s, bytes) in &poison {
-        js.send_publish(s.clone(), PublishMessage::build().payload(bytes.clone().into()))
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+        js.send_publish(s.clone(), PublishMessage::build().payload(bytes.clone().into())).await.expect("publish").await.expect("ack");
     }
     // … and after it.
     agent(&["-r", path, "--agent-id", "good-2"], Some(&nats.url));
@@ -59,10 +55,7 @@ async fn garbage_is_dead_lettered_and_the_good_messages_around_it_are_stored() {
     // The copies are on the dead-letter subject with the reason.
     let stream = js.get_stream(subject::STREAM).await.expect("stream");
     let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: subject::DEADLETTER_FILTER.into(),
-            ..Default::default()
-        })
+        .create_consumer(jetstream::consumer::pull::Config { filter_subject: subject::DEADLETTER_FILTER.into(), ..Default::default() })
         .await
         .expect("dlq consumer");
     let mut msgs = consumer.fetch().max_messages(10).expires(Duration::from_secs(2)).messages().await.expect("fetch");
@@ -105,11 +98,8 @@ async fn fake_old_server() -> (u16, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_older_than_2_10_are_refused_with_a_clear_error() {
     let (port, task) = fake_old_server().await;
-    let cfg = ntpscope_bus::NatsConfig {
-        url: format!("nats://127.0.0.1:{port}"),
-        connect_timeout: Duration::from_secs(5),
-        ..Default::default()
-    };
+    let cfg =
+        ntpscope_bus::NatsConfig { url: format!("nats://127.0.0.1:{port}"), connect_timeout: Duration::from_secs(5), ..Default::default() };
     let err = ntpscope_bus::connect(&cfg).await.expect_err("2.9 must be refused").to_string();
     assert!(err.contains("2.9.10") && err.contains("2.10 or newer"), "{err}");
     // The agent says the same and exits non-zero before capturing anything.

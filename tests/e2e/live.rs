@@ -41,11 +41,7 @@ async fn a_live_agent_cut_off_from_nats_keeps_what_fits_and_counts_the_rest() {
     let started = (0..200).any(|_| line_rx.recv_timeout(Duration::from_millis(100)).is_ok_and(|l| l.contains("Capture started")));
     assert!(started, "agent did not start");
     nats.kill();
-    let replay = Lab::in_ns(&lab.client_ns, "tcpreplay")
-        .args(["-i", "eth0", "--topspeed", "-q"])
-        .arg(&pcap)
-        .output()
-        .expect("tcpreplay");
+    let replay = Lab::in_ns(&lab.client_ns, "tcpreplay").args(["-i", "eth0", "--topspeed", "-q"]).arg(&pcap).output().expect("tcpreplay");
     assert!(replay.status.success(), "tcpreplay: {}", String::from_utf8_lossy(&replay.stderr));
     // Let the capture finish pairing (timeout 1 s), then bring NATS back and let the buffer drain.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -62,7 +58,9 @@ async fn a_live_agent_cut_off_from_nats_keeps_what_fits_and_counts_the_rest() {
     }
     let summary: serde_json::Value = serde_json::from_str(&last).expect("summary JSON");
     let totals = &summary["totals"];
-    let produced = totals["answered"].as_u64().unwrap_or(0) + totals["unanswered"].as_u64().unwrap_or(0) + totals["observations"].as_u64().unwrap_or(0);
+    let produced = totals["answered"].as_u64().unwrap_or(0)
+        + totals["unanswered"].as_u64().unwrap_or(0)
+        + totals["observations"].as_u64().unwrap_or(0);
     let channel_dropped = summary["sources"][0]["records_dropped"].as_u64().unwrap_or(0);
     let publisher = &summary["publisher"];
     let acked = publisher["records_acked"].as_u64().unwrap_or(0);

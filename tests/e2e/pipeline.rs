@@ -192,12 +192,16 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     let truth = lines(&agent(&args, None));
     agent(&args, Some(&nats.url));
     // A batch that only closes on shutdown: huge size, long interval.
-    let mut sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "100000", "--batch-interval", "60", "--ack-wait", "300"]);
+    let mut sink = Sink::start(
+        &url,
+        &nats.url,
+        &dir.path().join("sink.log"),
+        &["--batch-size", "100000", "--batch-interval", "60", "--ack-wait", "300"],
+    );
     let db = open(&url).await;
     // Wait until the sink is consuming (its state row appears with the queue size).
     let ready = wait_until(Duration::from_secs(30), || async {
-        entity::sink_state::Entity::find().all(&db).await.is_ok_and(|r| !r.is_empty())
-            || sink.log_text().contains("Sink started")
+        entity::sink_state::Entity::find().all(&db).await.is_ok_and(|r| !r.is_empty()) || sink.log_text().contains("Sink started")
     })
     .await;
     assert!(ready);

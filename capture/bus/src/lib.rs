@@ -203,20 +203,17 @@ pub fn read_secret(path: &std::path::Path) -> Result<String, BusError> {
 pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
     let url = cfg.url.clone();
     let conn_err = |detail: String| BusError::Connect { url: url.clone(), detail };
-    let mut opts = ConnectOptions::new()
-        .name(&cfg.name)
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(None)
-        .retry_on_initial_connect();
+    let mut opts =
+        ConnectOptions::new().name(&cfg.name).connection_timeout(Duration::from_secs(5)).max_reconnects(None).retry_on_initial_connect();
     opts = match &cfg.auth {
         Auth::None => opts,
         Auth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
         Auth::Token(t) => opts.token(t.clone()),
         Auth::NKey(seed) => opts.nkey(seed.clone()),
-        Auth::CredsFile(path) => opts.credentials_file(path).await.map_err(|e| BusError::Credentials {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?,
+        Auth::CredsFile(path) => opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| BusError::Credentials { path: path.display().to_string(), detail: e.to_string() })?,
     };
     if let Some(ca) = &cfg.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
@@ -265,12 +262,7 @@ pub struct StreamSettings {
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self {
-            max_age: Duration::from_hours(7 * 24),
-            max_bytes: 8 << 30,
-            duplicate_window: Duration::from_mins(10),
-            replicas: 1,
-        }
+        Self { max_age: Duration::from_hours(7 * 24), max_bytes: 8 << 30, duplicate_window: Duration::from_mins(10), replicas: 1 }
     }
 }
 

@@ -42,12 +42,7 @@ pub struct Analyzer {
 impl Analyzer {
     /// Creates an analyzer for frames of the given link type.
     pub fn new(link: LinkType, cfg: AnalyzerConfig) -> Self {
-        Self {
-            link,
-            server_port: cfg.server_port,
-            pairer: Pairer::new(cfg.pairing),
-            counters: Counters::default(),
-        }
+        Self { link, server_port: cfg.server_port, pairer: Pairer::new(cfg.pairing), counters: Counters::default() }
     }
 
     /// Counters so far (with `pending` filled in).
@@ -114,12 +109,7 @@ impl Analyzer {
             (3, Body::Header(h)) => {
                 let pkt = Packet {
                     time_ns,
-                    flow: Flow {
-                        client_ip: d.src_ip,
-                        client_port: d.src_port,
-                        server_ip: d.dst_ip,
-                        server_port: d.dst_port,
-                    },
+                    flow: Flow { client_ip: d.src_ip, client_port: d.src_port, server_ip: d.dst_ip, server_port: d.dst_port },
                     vlan: d.vlan,
                     payload: d.payload,
                     header: h,
@@ -130,12 +120,7 @@ impl Analyzer {
             (4, Body::Header(h)) => {
                 let pkt = Packet {
                     time_ns,
-                    flow: Flow {
-                        client_ip: d.dst_ip,
-                        client_port: d.dst_port,
-                        server_ip: d.src_ip,
-                        server_port: d.src_port,
-                    },
+                    flow: Flow { client_ip: d.dst_ip, client_port: d.dst_port, server_ip: d.src_ip, server_port: d.src_port },
                     vlan: d.vlan,
                     payload: d.payload,
                     header: h,
@@ -164,12 +149,9 @@ impl Analyzer {
 
     fn observe(&mut self, time_ns: i64, d: &UdpDatagram<'_>, p: &NtpPacket<'_>, out: &mut Vec<Record>) {
         let (from_client, header, control, private) = match &p.body {
-            Body::Header(h) => (
-                !matches!(p.mode, 2 | 4),
-                Some(summary::from_header(p.len, d.payload[0], h, p.defect.is_some())),
-                None,
-                None,
-            ),
+            Body::Header(h) => {
+                (!matches!(p.mode, 2 | 4), Some(summary::from_header(p.len, d.payload[0], h, p.defect.is_some())), None, None)
+            }
             Body::Control(c) => (
                 !c.response,
                 None,
@@ -206,11 +188,8 @@ impl Analyzer {
         if private.is_some_and(|m| m.is_monlist()) {
             self.counters.monlist += 1;
         }
-        let ((client_ip, client_port), (server_ip, server_port)) = if from_client {
-            ((d.src_ip, d.src_port), (d.dst_ip, d.dst_port))
-        } else {
-            ((d.dst_ip, d.dst_port), (d.src_ip, d.src_port))
-        };
+        let ((client_ip, client_port), (server_ip, server_port)) =
+            if from_client { ((d.src_ip, d.src_port), (d.dst_ip, d.dst_port)) } else { ((d.dst_ip, d.dst_port), (d.src_ip, d.src_port)) };
         let mut h = Fnv64::default();
         h.bytes(&time_ns.to_be_bytes());
         h.ip(d.src_ip);

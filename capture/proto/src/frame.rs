@@ -14,9 +14,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{
-    EtherType, LaxNetSlice, LaxSlicedPacket, NetSlice, SlicedPacket, TransportSlice, VlanId,
-};
+use etherparse::{EtherType, LaxNetSlice, LaxSlicedPacket, NetSlice, SlicedPacket, TransportSlice, VlanId};
 
 /// The capture's link-layer header type, from the pcap `DLT_*`/`LINKTYPE_*` number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,11 +124,7 @@ pub fn decode_general(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, S
     match strict {
         Ok(sliced) => from_strict(&sliced),
         Err(etherparse::err::packet::SliceError::Len(_)) => decode_lax(link, frame),
-        Err(etherparse::err::packet::SliceError::Ip(_))
-            if matches!(link, LinkType::RawIp | LinkType::Loopback) =>
-        {
-            Err(Skip::NotIp)
-        }
+        Err(etherparse::err::packet::SliceError::Ip(_)) if matches!(link, LinkType::RawIp | LinkType::Loopback) => Err(Skip::NotIp),
         Err(_) => Err(Skip::Malformed),
     }
 }
@@ -204,24 +198,17 @@ fn sll2_split(frame: &[u8]) -> Option<(EtherType, &[u8])> {
 }
 
 fn vlan_of(ids: &[VlanId]) -> Vlan {
-    Vlan {
-        outer: ids.first().map(|v| v.value()),
-        inner: ids.get(1).map(|v| v.value()),
-    }
+    Vlan { outer: ids.first().map(|v| v.value()), inner: ids.get(1).map(|v| v.value()) }
 }
 
 fn from_strict<'a>(s: &SlicedPacket<'a>) -> Result<UdpDatagram<'a>, Skip> {
     let (src_ip, dst_ip, fragmented) = match &s.net {
-        Some(NetSlice::Ipv4(v4)) => (
-            IpAddr::V4(v4.header().source_addr()),
-            IpAddr::V4(v4.header().destination_addr()),
-            v4.is_payload_fragmented(),
-        ),
-        Some(NetSlice::Ipv6(v6)) => (
-            IpAddr::V6(v6.header().source_addr()),
-            IpAddr::V6(v6.header().destination_addr()),
-            v6.is_payload_fragmented(),
-        ),
+        Some(NetSlice::Ipv4(v4)) => {
+            (IpAddr::V4(v4.header().source_addr()), IpAddr::V4(v4.header().destination_addr()), v4.is_payload_fragmented())
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            (IpAddr::V6(v6.header().source_addr()), IpAddr::V6(v6.header().destination_addr()), v6.is_payload_fragmented())
+        }
         Some(NetSlice::Arp(_)) | None => return Err(Skip::NotIp),
     };
     if fragmented {
@@ -255,21 +242,15 @@ fn decode_lax(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
             LaxSlicedPacket::from_ether_type(ether_type, rest)
         }
         LinkType::RawIp => LaxSlicedPacket::from_ip(frame).map_err(|_| Skip::Truncated)?,
-        LinkType::Loopback => {
-            LaxSlicedPacket::from_ip(frame.get(4..).ok_or(Skip::Truncated)?).map_err(|_| Skip::Truncated)?
-        }
+        LinkType::Loopback => LaxSlicedPacket::from_ip(frame.get(4..).ok_or(Skip::Truncated)?).map_err(|_| Skip::Truncated)?,
     };
     let (src_ip, dst_ip, fragmented) = match &lax.net {
-        Some(LaxNetSlice::Ipv4(v4)) => (
-            IpAddr::V4(v4.header().source_addr()),
-            IpAddr::V4(v4.header().destination_addr()),
-            v4.is_payload_fragmented(),
-        ),
-        Some(LaxNetSlice::Ipv6(v6)) => (
-            IpAddr::V6(v6.header().source_addr()),
-            IpAddr::V6(v6.header().destination_addr()),
-            v6.is_payload_fragmented(),
-        ),
+        Some(LaxNetSlice::Ipv4(v4)) => {
+            (IpAddr::V4(v4.header().source_addr()), IpAddr::V4(v4.header().destination_addr()), v4.is_payload_fragmented())
+        }
+        Some(LaxNetSlice::Ipv6(v6)) => {
+            (IpAddr::V6(v6.header().source_addr()), IpAddr::V6(v6.header().destination_addr()), v6.is_payload_fragmented())
+        }
         Some(LaxNetSlice::Arp(_)) => return Err(Skip::NotIp),
         None => return Err(Skip::Truncated),
     };
@@ -322,7 +303,11 @@ mod tests {
         let mut out = Vec::new();
         PacketBuilder::ethernet2([1; 6], [2; 6])
             .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(7).unwrap())
-            .ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64)
+            .ipv6(
+                [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                64,
+            )
             .udp(123, 123)
             .write(&mut out, &[0x1b; 48])
             .unwrap();
@@ -395,7 +380,15 @@ mod tests {
     fn built_frame(v6: bool, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let b = PacketBuilder::ethernet2([1; 6], [2; 6]);
-        let b = if v6 { b.ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64) } else { b.ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64) };
+        let b = if v6 {
+            b.ipv6(
+                [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                64,
+            )
+        } else {
+            b.ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+        };
         b.udp(sport, dport).write(&mut out, payload).unwrap();
         out
     }

@@ -304,8 +304,7 @@ fn parse_control(p: &[u8]) -> (Body<'_>, Option<BodyDefect>) {
         offset: be16(p, 8),
         count: be16(p, 10),
     };
-    let defect = (CONTROL_HEADER_LEN + usize::from(h.count) > p.len())
-        .then_some(BodyDefect::ControlCountOverrun);
+    let defect = (CONTROL_HEADER_LEN + usize::from(h.count) > p.len()).then_some(BodyDefect::ControlCountOverrun);
     (Body::Control(h), defect)
 }
 
@@ -323,8 +322,7 @@ fn parse_private(p: &[u8]) -> (Body<'_>, Option<BodyDefect>) {
         item_size: be16(p, 6) & 0x0fff,
     };
     let data = usize::from(h.items) * usize::from(h.item_size);
-    let defect =
-        (PRIVATE_HEADER_LEN + data > p.len()).then_some(BodyDefect::PrivateItemsOverrun);
+    let defect = (PRIVATE_HEADER_LEN + data > p.len()).then_some(BodyDefect::PrivateItemsOverrun);
     (Body::Private(h), defect)
 }
 

@@ -82,11 +82,7 @@ impl Flow {
             IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1 << 127),
             IpAddr::V6(v6) => u128::from(v6),
         };
-        (
-            ip(self.client_ip),
-            ip(self.server_ip),
-            (u32::from(self.client_port) << 16) | u32::from(self.server_port),
-        )
+        (ip(self.client_ip), ip(self.server_ip), (u32::from(self.client_port) << 16) | u32::from(self.server_port))
     }
 }
 
@@ -262,9 +258,7 @@ impl Pairer {
             length: u16::try_from(p.payload.len()).unwrap_or(u16::MAX),
             vlan: [p.vlan.outer.unwrap_or(NO_VLAN), p.vlan.inner.unwrap_or(NO_VLAN)],
             retransmits: 0,
-            flags: (u8::from(has_side) * FLAG_SIDE)
-                | (u8::from(p.bad_trailer) * FLAG_BAD_TRAILER)
-                | (u8::from(t1_random) * FLAG_T1_RANDOM),
+            flags: (u8::from(has_side) * FLAG_SIDE) | (u8::from(p.bad_trailer) * FLAG_BAD_TRAILER) | (u8::from(t1_random) * FLAG_T1_RANDOM),
             flow_next: self.find_flow(hash, &p.flow).unwrap_or(NIL),
             prev: self.tail,
             next: NIL,
@@ -473,11 +467,9 @@ impl Pairer {
             session.interleaved = interleaved;
             // An interleaved reply echoes the request's receive field, so T2 - T1 must use the
             // request's own T1 rather than the reply's origin.
-            session.client_to_server_latency_s = (!t1_random && resp.receive_ts != 0).then(|| {
-                if interleaved { time::ntp_diff_seconds(resp.receive_ts, s.t1()) } else { t2_minus_t1 }
-            });
-            session.server_processing_time_s =
-                (!interleaved && resp.receive_ts != 0 && resp.transmit_ts != 0).then_some(t3_minus_t2);
+            session.client_to_server_latency_s = (!t1_random && resp.receive_ts != 0)
+                .then(|| if interleaved { time::ntp_diff_seconds(resp.receive_ts, s.t1()) } else { t2_minus_t1 });
+            session.server_processing_time_s = (!interleaved && resp.receive_ts != 0 && resp.transmit_ts != 0).then_some(t3_minus_t2);
             session.total_process_time_s = Some((p.time_ns - turnaround) as f64 / 1e9);
             session.response = Some(resp);
         }
@@ -489,15 +481,7 @@ impl Pairer {
 /// the request capture time.
 pub fn session_id(flow: &Flow, t1: u64, first_ns: i64) -> u64 {
     let (a, b, ports) = flow.words();
-    stable_hash(&[
-        a as u64,
-        (a >> 64) as u64,
-        b as u64,
-        (b >> 64) as u64,
-        u64::from(ports),
-        t1,
-        first_ns as u64,
-    ])
+    stable_hash(&[a as u64, (a >> 64) as u64, b as u64, (b >> 64) as u64, u64::from(ports), t1, first_ns as u64])
 }
 
 /// Size of one pending-request slot in bytes (for benchmarks and docs).

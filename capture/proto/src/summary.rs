@@ -9,9 +9,7 @@ pub fn extensions(h: &Header<'_>) -> Vec<Extension> {
     if h.extension_bytes.is_empty() {
         return Vec::new();
     }
-    ntp::extensions(h.extension_bytes)
-        .map(|(field_type, length)| Extension { field_type, length })
-        .collect()
+    ntp::extensions(h.extension_bytes).map(|(field_type, length)| Extension { field_type, length }).collect()
 }
 
 /// The MAC trailer of a header.
@@ -43,13 +41,7 @@ pub fn from_header(len: usize, first_byte: u8, h: &Header<'_>, bad_trailer: bool
 }
 
 /// Rebuilds a summary from a stored raw 48-byte header.
-pub fn from_raw_header(
-    raw: &[u8; HEADER_LEN],
-    len: u16,
-    extensions: Vec<Extension>,
-    mac: Option<Mac>,
-    bad_trailer: bool,
-) -> PacketSummary {
+pub fn from_raw_header(raw: &[u8; HEADER_LEN], len: u16, extensions: Vec<Extension>, mac: Option<Mac>, bad_trailer: bool) -> PacketSummary {
     let be32 = |at: usize| u32::from_be_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     let be64 = |at: usize| (u64::from(be32(at)) << 32) | u64::from(be32(at + 4));
     PacketSummary {

@@ -31,10 +31,7 @@ pub mod subject;
 pub mod time;
 
 pub use batch::Batch;
-pub use record::{
-    Control, Extension, Mac, Observation, PacketSummary, Private, Record, SCHEMA_VERSION, Session,
-    SessionOutcome,
-};
+pub use record::{Control, Extension, Mac, Observation, PacketSummary, Private, Record, SCHEMA_VERSION, Session, SessionOutcome};
 
 /// Errors at the wire boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -195,11 +195,7 @@ impl PacketSummary {
 
     /// The kiss code when this is a kiss-o'-death packet (mode 4 or 2, stratum 0).
     pub fn kiss_code(&self) -> Option<String> {
-        if self.stratum == 0 && matches!(self.mode, 2 | 4) {
-            Some(ascii_id(self.reference_id))
-        } else {
-            None
-        }
+        if self.stratum == 0 && matches!(self.mode, 2 | 4) { Some(ascii_id(self.reference_id)) } else { None }
     }
 
     /// The reference id as operators read it: ASCII for stratum 0 (kiss code) and 1 (reference
@@ -216,10 +212,7 @@ impl PacketSummary {
 
     /// `receive - origin` and `transmit - receive` in seconds (T2 - T1, T3 - T2 of a response).
     pub fn server_intervals_s(&self) -> (f64, f64) {
-        (
-            ntp_diff_seconds(self.receive_ts, self.origin_ts),
-            ntp_diff_seconds(self.transmit_ts, self.receive_ts),
-        )
+        (ntp_diff_seconds(self.receive_ts, self.origin_ts), ntp_diff_seconds(self.transmit_ts, self.receive_ts))
     }
 }
 
@@ -464,12 +457,7 @@ mod tests {
 
     #[test]
     fn kiss_codes_only_on_stratum_zero_replies() {
-        let mut p = PacketSummary {
-            mode: 4,
-            stratum: 0,
-            reference_id: u32::from_be_bytes(*b"DENY"),
-            ..PacketSummary::default()
-        };
+        let mut p = PacketSummary { mode: 4, stratum: 0, reference_id: u32::from_be_bytes(*b"DENY"), ..PacketSummary::default() };
         assert_eq!(p.kiss_code().as_deref(), Some("DENY"));
         p.mode = 3;
         assert_eq!(p.kiss_code(), None);

@@ -86,12 +86,9 @@ pub fn sessions(agent: &str, interface: &str) -> Result<String, WireError> {
 
 /// Splits a sessions subject back into (agent, interface).
 pub fn parse_sessions(subject: &str) -> Result<(String, String), WireError> {
-    let rest = subject
-        .strip_prefix(SESSIONS)
-        .ok_or_else(|| WireError::Subject(format!("not a sessions subject: {subject:?}")))?;
-    let (agent, iface) = rest
-        .split_once('.')
-        .ok_or_else(|| WireError::Subject(format!("sessions subject without interface: {subject:?}")))?;
+    let rest = subject.strip_prefix(SESSIONS).ok_or_else(|| WireError::Subject(format!("not a sessions subject: {subject:?}")))?;
+    let (agent, iface) =
+        rest.split_once('.').ok_or_else(|| WireError::Subject(format!("sessions subject without interface: {subject:?}")))?;
     Ok((decode_token(agent)?, decode_token(iface)?))
 }
 

@@ -26,9 +26,7 @@ pub fn ntp_to_unix_ns(ts: u64, pivot_ns: i64) -> i64 {
     // Pick the era so that the result lies within half an era of the pivot.
     let era = (pivot_ntp_secs - secs_in_era + ERA_SECS / 2).div_euclid(ERA_SECS);
     let ntp_secs = era * ERA_SECS + secs_in_era;
-    (ntp_secs - NTP_UNIX_OFFSET_SECS)
-        .saturating_mul(NANOS_PER_SEC)
-        .saturating_add(frac_ns)
+    (ntp_secs - NTP_UNIX_OFFSET_SECS).saturating_mul(NANOS_PER_SEC).saturating_add(frac_ns)
 }
 
 /// Converts Unix nanoseconds to a 32.32 NTP timestamp (era dropped, as on the wire).
@@ -59,12 +57,7 @@ pub fn format_rfc3339(ns: i64) -> String {
     let days = secs.div_euclid(SECS_PER_DAY);
     let sod = secs.rem_euclid(SECS_PER_DAY);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{sub:09}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{sub:09}Z", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
 /// Parses an RFC 3339 date-time (`2024-01-02T03:04:05Z`, optional fraction up to nanoseconds,
@@ -76,11 +69,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
     };
     if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -90,8 +79,7 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60
-    {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
     let mut idx = 19;
@@ -172,10 +160,7 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         // 2019-05-30T20:03:34.027454Z is frame 1 of zeek-ntp.pcap (tshark frame.time_epoch).
-        assert_eq!(
-            format_rfc3339(1_559_246_614_027_454_000),
-            "2019-05-30T20:03:34.027454000Z"
-        );
+        assert_eq!(format_rfc3339(1_559_246_614_027_454_000), "2019-05-30T20:03:34.027454000Z");
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
         // Leap day.
         assert_eq!(format_rfc3339(951_782_400 * NANOS_PER_SEC), "2000-02-29T00:00:00.000000000Z");
@@ -186,10 +171,7 @@ mod tests {
         for ns in [0, 1_559_246_614_027_454_000, -1, 4_102_444_800_123_456_789] {
             assert_eq!(parse_rfc3339(&format_rfc3339(ns)), Some(ns));
         }
-        assert_eq!(
-            parse_rfc3339("2019-05-30T22:03:34.5+02:00"),
-            Some(1_559_246_614_500_000_000)
-        );
+        assert_eq!(parse_rfc3339("2019-05-30T22:03:34.5+02:00"), Some(1_559_246_614_500_000_000));
         assert_eq!(parse_rfc3339("2019-05-30T20:03:34Z"), Some(1_559_246_614_000_000_000));
         for bad in [
             "",

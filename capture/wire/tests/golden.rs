@@ -6,10 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ntp_wire::{
-    Batch, Control, Extension, Mac, Observation, PacketSummary, Private, Record, Session, SessionOutcome,
-    WireError, batch,
-};
+use ntp_wire::{Batch, Control, Extension, Mac, Observation, PacketSummary, Private, Record, Session, SessionOutcome, WireError, batch};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")

@@ -35,10 +35,7 @@ pub fn require_tools(tools: &[&str]) -> anyhow::Result<()> {
 /// Finds a program on PATH or in the sbin directories.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"])
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
+    path.split(':').chain(["/usr/sbin", "/sbin", "/usr/bin"]).map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
@@ -191,10 +188,7 @@ impl Lab {
 
     /// One `ntpdig` query from the client namespace.
     pub fn ntpdig(&self, server: &str, timeout_s: u32) -> anyhow::Result<Output> {
-        Self::in_ns(&self.client_ns, "ntpdig")
-            .args(["-t", &timeout_s.to_string(), server])
-            .output()
-            .context("running ntpdig")
+        Self::in_ns(&self.client_ns, "ntpdig").args(["-t", &timeout_s.to_string(), server]).output().context("running ntpdig")
     }
 
     /// `chronyd -Q` (measure, never set the clock) with `iburst` from the second client address.
