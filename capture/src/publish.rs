@@ -129,7 +129,7 @@ fn encode_chunk(
     wire.sent_ns = clock::wall_ns();
     match batch::encode(&wire) {
         Ok(bytes) if bytes.len() <= cfg.max_message_bytes || n == 1 => {
-            out.push(Outgoing { subject: subject.to_string(), id: wire.message_id(), payload: Bytes::from(bytes), records: n as u64 })
+            out.push(Outgoing { subject: subject.to_string(), id: wire.message_id(), payload: Bytes::from(bytes), records: n as u64 });
         }
         Ok(_) => {
             // Too big for one message: halve and retry.
