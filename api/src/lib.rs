@@ -128,6 +128,7 @@ impl AppStateBuilder {
                 consumer: ntp_wire::subject::DEFAULT_CONSUMER.to_string(),
                 total: Arc::default(),
                 interface_stats: Arc::default(),
+                health: Arc::default(),
             },
         }
     }

@@ -408,10 +408,11 @@ impl HistoryApi {
     /// Health
     ///
     /// Database, NATS, stream, consumer, sink liveness and agents. 200 when healthy (or
-    /// degraded: some agents offline), 503 with the reasons otherwise.
+    /// degraded: some agents offline), 503 with the reasons otherwise. The checks run at most
+    /// once a second; faster polls get the last report.
     #[oai(path = "/history/health", method = "get", operation_id = "health")]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
-        let h = crate::health::check(&state).await;
+        let h = state.health().await;
         if h.status == "unhealthy" { HealthResponse::Unhealthy(Json(h)) } else { HealthResponse::Ok(Json(h)) }
     }
 }

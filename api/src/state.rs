@@ -10,7 +10,12 @@ use async_nats::jetstream;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::{auth::Tokens, clock, dto::InterfaceStatisticsList, query};
+use crate::{
+    auth::Tokens,
+    clock,
+    dto::{Health, InterfaceStatisticsList},
+    query,
+};
 
 /// The NATS side, once connected.
 #[derive(Clone, Debug)]
@@ -42,10 +47,17 @@ pub struct AppState {
     pub total: Arc<Mutex<Option<(Instant, u64)>>>,
     /// Cached interface statistics.
     pub interface_stats: Arc<Mutex<Option<(Instant, InterfaceStatisticsList)>>>,
+    /// Cached health report.
+    pub health: Arc<Mutex<Option<(Instant, Health)>>>,
 }
 
 /// How long cached aggregates live.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a health report is reused. Probes may poll as fast as they like: the checks (a
+/// database query, three NATS round trips) run at most once per period, by one request at a
+/// time, while the others wait for its answer.
+pub const HEALTH_TTL: Duration = Duration::from_secs(1);
 
 impl AppState {
     /// The bus, if connected.
@@ -64,6 +76,19 @@ impl AppState {
         let n = query::total_count(&self.db).await?;
         *cache = Some((clock::monotonic(), n));
         Ok(n)
+    }
+
+    /// The health report, at most [`HEALTH_TTL`] old.
+    pub async fn health(&self) -> Health {
+        let mut cache = self.health.lock().await;
+        if let Some((at, h)) = &*cache
+            && at.elapsed() < HEALTH_TTL
+        {
+            return h.clone();
+        }
+        let h = crate::health::check(self).await;
+        *cache = Some((clock::monotonic(), h.clone()));
+        h
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub settings: ntpscope_bus::settings::SettingsArgs,
 }
 
 /// NATS settings (used with `--output nats`). Secrets come from files or the environment,

@@ -46,6 +46,8 @@ pub struct Cli {
     pub status_interval: f64,
     #[command(flatten)]
     pub nats: ntpscope_bus::ConnectArgs,
+    #[command(flatten)]
+    pub settings: ntpscope_bus::settings::SettingsArgs,
 }
 
 /// A configuration error, reported with exit code 78.

@@ -107,7 +107,7 @@ async fn report_status(
             stats.set_queue_size(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0));
         }
         let now = clock::wall_ns();
-        if let Err(e) = store::update_queue_size(&db, &name, stats.queue_size(), now).await {
+        if let Err(e) = store::heartbeat(&db, &name, ntp_wire::subject::STREAM, stats.queue_size(), now).await {
             tracing::debug!(message = "Queue size not persisted.", error = %e);
         }
         if last_prune.elapsed() > Duration::from_mins(5) {

@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ntpscope_sink::{Cli, run, shutdown_signal};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = ntpscope_bus::settings::from_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NTPSCOPE_LOG").unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),

@@ -421,17 +421,21 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
     Ok(())
 }
 
-/// Updates the last known queue size without counting a batch.
-pub async fn update_queue_size<C: ConnectionTrait>(conn: &C, consumer: &str, queue_size: u64, now: i64) -> Result<(), DbErr> {
+/// The sink's heartbeat: the last known queue size and the time, without counting a batch. It
+/// creates the consumer's row when there is none yet, so a sink that has not applied anything
+/// (no traffic so far) is still seen alive.
+pub async fn heartbeat<C: ConnectionTrait>(conn: &C, consumer: &str, stream: &str, queue_size: u64, now: i64) -> Result<(), DbErr> {
     let backend = conn.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => "UPDATE sink_state SET queue_size = $1, updated_at = $2 WHERE consumer = $3",
-        _ => "UPDATE sink_state SET queue_size = ?, updated_at = ? WHERE consumer = ?",
-    };
+    let sql = format!(
+        "INSERT INTO sink_state (consumer, stream, queue_size, updated_at) VALUES {} \
+         ON CONFLICT (consumer) DO UPDATE SET queue_size = excluded.queue_size, updated_at = excluded.updated_at",
+        placeholders(backend, 1, 4)
+    );
     let values = [
+        Value::String(Some(consumer.to_string())),
+        Value::String(Some(stream.to_string())),
         Value::BigInt(Some(i64::try_from(queue_size).unwrap_or(i64::MAX))),
         Value::BigInt(Some(now)),
-        Value::String(Some(consumer.to_string())),
     ];
     conn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
     Ok(())

@@ -150,11 +150,15 @@ async fn applied_ids_and_state(db: &DatabaseConnection) {
     store::update_state(db, "sink-a", "NTP", &d, T0).await.expect("state 1");
     let d2 = StateDelta { last_sequence: 7, total_received: 2, total_processed: 2, total_updated: 2, ..StateDelta::default() };
     store::update_state(db, "sink-a", "NTP", &d2, T0 + 1).await.expect("state 2");
-    store::update_queue_size(db, "sink-a", 42, T0 + 2).await.expect("queue");
+    store::heartbeat(db, "sink-a", "NTP", 42, T0 + 2).await.expect("queue");
     let s = sink_state::Entity::find_by_id("sink-a".to_string()).one(db).await.expect("q").expect("row");
     assert_eq!((s.last_sequence, s.total_received, s.total_processed, s.batches), (10, 7, 6, 2));
     assert_eq!((s.total_inserted, s.total_updated, s.dead_lettered, s.queue_size), (3, 2, 1, 42));
-    assert_eq!(s.last_commit_at, Some(T0 + 1));
+    assert_eq!((s.last_commit_at, s.updated_at), (Some(T0 + 1), T0 + 2));
+    // A sink that has applied nothing yet still leaves a heartbeat.
+    store::heartbeat(db, "sink-b", "NTP", 0, T0 + 3).await.expect("first heartbeat");
+    let s = sink_state::Entity::find_by_id("sink-b".to_string()).one(db).await.expect("q").expect("row");
+    assert_eq!((s.batches, s.total_processed, s.last_commit_at, s.updated_at), (0, 0, None, T0 + 3));
 }
 
 #[tokio::test]

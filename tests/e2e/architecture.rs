@@ -118,3 +118,15 @@ fn the_sink_stays_out_of_capture_and_http_and_migrations_out_of_entities() {
     let bus = g.closure("ntpscope-bus");
     assert!(!bus.contains("sea-orm") && !bus.contains("pcap"), "the bus crate is NATS only");
 }
+
+#[test]
+fn the_api_reads_the_contracts_but_not_the_capture_code() {
+    let g = graph();
+    let api = g.closure("ntpscope-api");
+    for forbidden in ["capture-proto", "ntpscope-capture", "ntpscope-sink", "pcap"] {
+        assert!(!api.contains(forbidden), "ntpscope-api reaches {forbidden}");
+    }
+    for needed in ["ntp-wire", "entity", "ntpscope-bus"] {
+        assert!(api.contains(needed), "ntpscope-api should share {needed}, not redefine it");
+    }
+}

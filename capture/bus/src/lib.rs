@@ -7,8 +7,11 @@
 //! - [`StreamSettings`] and [`ensure_stream`]: create the `NTP` stream, or converge an existing
 //!   one to the configured limits and say what changed.
 //! - [`status_store`]: the `ntpscope_status` KV bucket.
+//! - [`settings`]: `--config FILE` (TOML) and `--print-config` for every service.
 //!
 //! Subject and stream names come from `ntp_wire::subject`; nothing here invents a name.
+
+pub mod settings;
 
 use std::{path::PathBuf, time::Duration};
 
