@@ -114,18 +114,8 @@ pub struct Cli {
 pub struct NatsArgs {
     #[command(flatten)]
     pub connect: ntpscope_bus::ConnectArgs,
-    /// Stream `NTP`: oldest message kept, seconds.
-    #[arg(long, default_value_t = 7 * 24 * 3600)]
-    pub stream_max_age: u64,
-    /// Stream `NTP`: most bytes kept (-1: unlimited).
-    #[arg(long, default_value_t = 8 << 30, allow_negative_numbers = true)]
-    pub stream_max_bytes: i64,
-    /// Stream `NTP`: duplicate window for message ids, seconds.
-    #[arg(long, default_value_t = 600)]
-    pub stream_duplicate_window: u64,
-    /// Stream `NTP`: replicas (3 in a cluster).
-    #[arg(long, default_value_t = 1)]
-    pub stream_replicas: usize,
+    #[command(flatten)]
+    pub stream: ntpscope_bus::StreamArgs,
     /// Memory for messages not yet acknowledged, in MiB; beyond it live records are dropped and counted.
     #[arg(long, default_value_t = 256)]
     pub publish_buffer_mib: usize,
@@ -246,15 +236,6 @@ pub struct BusConfig {
 
 impl NatsArgs {
     fn into_config(self, agent_id: &str) -> Result<BusConfig, ConfigError> {
-        if self.stream_duplicate_window == 0 || self.stream_duplicate_window > self.stream_max_age {
-            return Err(ConfigError(format!(
-                "--stream-duplicate-window ({} s) must be between 1 and --stream-max-age ({} s)",
-                self.stream_duplicate_window, self.stream_max_age
-            )));
-        }
-        if !(1..=5).contains(&self.stream_replicas) {
-            return Err(ConfigError("--stream-replicas must be between 1 and 5".into()));
-        }
         if self.publish_buffer_mib == 0 || self.publish_inflight == 0 {
             return Err(ConfigError("--publish-buffer-mib and --publish-inflight must be positive".into()));
         }
@@ -264,12 +245,7 @@ impl NatsArgs {
         let nats = self.connect.into_config(&format!("ntpscope-capture@{agent_id}")).map_err(|e| ConfigError(e.to_string()))?;
         Ok(BusConfig {
             nats,
-            stream: ntpscope_bus::StreamSettings {
-                max_age: Duration::from_secs(self.stream_max_age),
-                max_bytes: self.stream_max_bytes,
-                duplicate_window: Duration::from_secs(self.stream_duplicate_window),
-                replicas: self.stream_replicas,
-            },
+            stream: self.stream.into_settings().map_err(ConfigError)?,
             buffer_bytes: self.publish_buffer_mib << 20,
             inflight: self.publish_inflight,
             status_interval: Duration::from_secs_f64(self.status_interval),

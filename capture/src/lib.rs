@@ -158,14 +158,8 @@ async fn connect_bus(
         .timeout(std::time::Duration::from_secs(5))
         .max_ack_inflight(config.bus.inflight.max(16) * 2)
         .build(client.clone());
-    match ntpscope_bus::ensure_stream(&js, &config.bus.stream).await? {
-        ntpscope_bus::StreamOutcome::Created => tracing::info!(message = "Created stream NTP."),
-        ntpscope_bus::StreamOutcome::Unchanged => {}
-        ntpscope_bus::StreamOutcome::Updated(diffs) => {
-            tracing::warn!(message = "Stream NTP had other limits; updated it.", changes = %diffs.join(", "));
-        }
-    }
-    let kv = ntpscope_bus::status_store(&js).await?;
+    ntpscope_bus::ensure_stream(&js, &config.bus.stream).await?.log();
+    let kv = ntpscope_bus::status_store(&js, config.bus.stream.check_only).await?;
     Ok((client, js, kv))
 }
 

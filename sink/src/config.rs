@@ -47,6 +47,8 @@ pub struct Cli {
     #[command(flatten)]
     pub nats: ntpscope_bus::ConnectArgs,
     #[command(flatten)]
+    pub stream: ntpscope_bus::StreamArgs,
+    #[command(flatten)]
     pub settings: ntpscope_bus::settings::SettingsArgs,
 }
 
@@ -76,6 +78,8 @@ pub struct Config {
     pub status_interval: Duration,
     /// NATS connection.
     pub nats: ntpscope_bus::NatsConfig,
+    /// Limits of the `NTP` stream (the sink creates it when it starts first).
+    pub stream: ntpscope_bus::StreamSettings,
 }
 
 impl Cli {
@@ -112,7 +116,9 @@ impl Cli {
             None => format!("sqlite://{}?mode=rwc", self.db_path),
         };
         let nats = self.nats.into_config(&format!("ntpscope-sink/{}", self.consumer)).map_err(|e| ConfigError(e.to_string()))?;
+        let stream = self.stream.into_settings().map_err(ConfigError)?;
         Ok(Config {
+            stream,
             database_url,
             batch_size: self.batch_size,
             batch_interval,
@@ -151,6 +157,8 @@ mod tests {
             (vec!["--batch-interval", "0"], "NTP_BATCH_INTERVAL_SECONDS"),
             (vec!["--ack-wait", "5", "--batch-interval", "5"], "--ack-wait"),
             (vec!["--consumer", "a.b"], "consumer"),
+            (vec!["--stream-duplicate-window", "700", "--stream-max-age", "600"], "--stream-duplicate-window"),
+            (vec!["--nats-inbox-prefix", "a.*"], "--nats-inbox-prefix"),
         ] {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

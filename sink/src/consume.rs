@@ -67,16 +67,8 @@ pub struct LoopConfig {
 /// (first start, or deleted by hand) delivery starts after what the database says was applied.
 /// One sink runs per consumer name.
 pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config, db_hint: Option<u64>) -> anyhow::Result<PullConsumer> {
-    let stream = loop {
-        match js.get_stream(subject::STREAM).await {
-            Ok(s) => break s,
-            Err(e) => {
-                // The sink may start before any agent created the stream: create it with defaults.
-                tracing::info!(message = "Stream NTP not found; creating it with default limits.", error = %e);
-                ntpscope_bus::ensure_stream(js, &ntpscope_bus::StreamSettings::default()).await?;
-            }
-        }
-    };
+    // `run` created or checked the stream before.
+    let stream = js.get_stream(subject::STREAM).await.map_err(|e| anyhow::anyhow!("opening stream NTP: {e}"))?;
     let start = match stream.get_consumer::<pull::Config>(&cfg.consumer).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(|e| anyhow::anyhow!("reading consumer {}: {e}", cfg.consumer))?;

@@ -32,10 +32,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let db = db::connect_and_migrate(&config.database_url).await?;
     let client = ntpscope_bus::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
+    ntpscope_bus::ensure_stream(&js, &config.stream).await?.log();
     let row = entity::sink_state::Entity::find_by_id(config.consumer.clone()).one(&db).await?;
     let hint = store::resume_hint(&db).await?.or_else(|| row.as_ref().map(|r| u64::try_from(r.last_sequence).unwrap_or(0) + 1));
     let consumer = consume::ensure_consumer(&js, &config, hint).await?;
-    let kv = ntpscope_bus::status_store(&js).await?;
+    let kv = ntpscope_bus::status_store(&js, config.stream.check_only).await?;
     let stats = Arc::new(stats::SinkStats::from_row(row.as_ref()));
     tracing::info!(
         message = "Sink started.",

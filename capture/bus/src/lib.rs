@@ -115,6 +115,9 @@ pub struct NatsConfig {
     pub name: String,
     /// How long the first connection may take, retries included.
     pub connect_timeout: Duration,
+    /// Prefix of reply subjects (`_INBOX` when empty). A per-user prefix lets the server's
+    /// permissions keep each user's replies private.
+    pub inbox_prefix: String,
 }
 
 /// Command-line and environment settings for a NATS connection, shared by every ntpscope binary.
@@ -154,6 +157,10 @@ pub struct ConnectArgs {
     /// Seconds to wait for the first connection.
     #[arg(long, default_value_t = 30.0)]
     pub nats_connect_timeout: f64,
+    /// Prefix of reply subjects; give each NATS user its own (`_INBOX_<user>`) so that
+    /// subscribe permissions keep replies private (see deploy/nats/nats-server.conf).
+    #[arg(long, env = "NTPSCOPE_NATS_INBOX_PREFIX", default_value = "_INBOX")]
+    pub nats_inbox_prefix: String,
 }
 
 impl ConnectArgs {
@@ -180,6 +187,14 @@ impl ConnectArgs {
         } else {
             Auth::None
         };
+        let prefix_ok = !self.nats_inbox_prefix.is_empty()
+            && self.nats_inbox_prefix.split('.').all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_graphic() && c != '*' && c != '>'));
+        if !prefix_ok {
+            return Err(BusError::Connect {
+                url: self.nats_url,
+                detail: format!("--nats-inbox-prefix {:?} is not a valid subject prefix", self.nats_inbox_prefix),
+            });
+        }
         if !self.nats_connect_timeout.is_finite() || self.nats_connect_timeout <= 0.0 {
             return Err(BusError::Connect { url: self.nats_url, detail: "--nats-connect-timeout must be positive".into() });
         }
@@ -191,6 +206,7 @@ impl ConnectArgs {
             tls_required: self.nats_tls,
             name: name.to_string(),
             connect_timeout: Duration::from_secs_f64(self.nats_connect_timeout),
+            inbox_prefix: self.nats_inbox_prefix,
         })
     }
 }
@@ -227,6 +243,9 @@ pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
     if cfg.tls_required {
         opts = opts.require_tls(true);
     }
+    if !cfg.inbox_prefix.is_empty() {
+        opts = opts.custom_inbox_prefix(cfg.inbox_prefix.clone());
+    }
     let addrs: Vec<async_nats::ServerAddr> = cfg
         .url
         .split(',')
@@ -261,11 +280,67 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// Replicas (1, or 3 in a cluster).
     pub replicas: usize,
+    /// Only check the stream: never create or update it (for users whose permissions do not
+    /// allow it, such as agents under deploy/nats/nats-server.conf).
+    pub check_only: bool,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self { max_age: Duration::from_hours(7 * 24), max_bytes: 8 << 30, duplicate_window: Duration::from_mins(10), replicas: 1 }
+        Self {
+            max_age: Duration::from_hours(7 * 24),
+            max_bytes: 8 << 30,
+            duplicate_window: Duration::from_mins(10),
+            replicas: 1,
+            check_only: false,
+        }
+    }
+}
+
+/// Command-line settings of the `NTP` stream, shared by the agent and the sink (whichever
+/// starts first creates the stream; both converge it to these limits unless told only to check).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamArgs {
+    /// Stream `NTP`: oldest message kept, seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub stream_max_age: u64,
+    /// Stream `NTP`: most bytes kept (-1: unlimited).
+    #[arg(long, default_value_t = 8 << 30, allow_negative_numbers = true)]
+    pub stream_max_bytes: i64,
+    /// Stream `NTP`: duplicate window for message ids, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub stream_duplicate_window: u64,
+    /// Stream `NTP`: replicas (3 in a cluster).
+    #[arg(long, default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// Never create or update the stream and the status bucket, only check them (when the NATS
+    /// user may not manage streams): a missing stream is an error, other limits a warning.
+    #[arg(long, env = "NTPSCOPE_STREAM_CHECK_ONLY")]
+    pub stream_check_only: bool,
+}
+
+impl StreamArgs {
+    /// Validates the limits.
+    pub fn into_settings(self) -> Result<StreamSettings, String> {
+        if self.stream_duplicate_window == 0 || self.stream_duplicate_window > self.stream_max_age {
+            return Err(format!(
+                "--stream-duplicate-window ({} s) must be between 1 and --stream-max-age ({} s)",
+                self.stream_duplicate_window, self.stream_max_age
+            ));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err("--stream-replicas must be between 1 and 5".into());
+        }
+        if self.stream_max_bytes == 0 || self.stream_max_bytes < -1 {
+            return Err("--stream-max-bytes must be positive, or -1 for unlimited".into());
+        }
+        Ok(StreamSettings {
+            max_age: Duration::from_secs(self.stream_max_age),
+            max_bytes: self.stream_max_bytes,
+            duplicate_window: Duration::from_secs(self.stream_duplicate_window),
+            replicas: self.stream_replicas,
+            check_only: self.stream_check_only,
+        })
     }
 }
 
@@ -294,6 +369,23 @@ pub enum StreamOutcome {
     Unchanged,
     /// The stream existed with other limits and was updated; the differences.
     Updated(Vec<String>),
+    /// The stream exists with other limits, left as they are (`check_only`); the differences.
+    Differs(Vec<String>),
+}
+
+impl StreamOutcome {
+    /// Logs what happened, once, at the level it deserves.
+    pub fn log(&self) {
+        match self {
+            Self::Created => tracing::info!(message = "Created stream NTP."),
+            Self::Unchanged => {}
+            Self::Updated(diffs) => tracing::warn!(message = "Stream NTP had other limits; updated it.", changes = %diffs.join(", ")),
+            Self::Differs(diffs) => tracing::warn!(
+                message = "Stream NTP has other limits than configured; left unchanged (--stream-check-only).",
+                differences = %diffs.join(", ")
+            ),
+        }
+    }
 }
 
 /// Creates the stream, or brings an existing one to `settings` and reports the differences.
@@ -313,6 +405,14 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
         Err(e) => return Err(js_err("looking up stream NTP")(&e)),
     };
     let Some(have) = existing else {
+        if settings.check_only {
+            return Err(BusError::JetStream {
+                what: "stream NTP does not exist".into(),
+                detail: "this service only checks it (--stream-check-only); start the sink, which creates it, \
+                         or create it with a user allowed to"
+                    .into(),
+            });
+        }
         js.create_stream(want).await.map_err(|e| js_err("creating stream NTP")(&e))?;
         return Ok(StreamOutcome::Created);
     };
@@ -345,6 +445,9 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
     if diffs.is_empty() {
         return Ok(StreamOutcome::Unchanged);
     }
+    if settings.check_only {
+        return Ok(StreamOutcome::Differs(diffs));
+    }
     js.update_stream(want).await.map_err(|e| BusError::JetStream {
         what: format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")),
         detail: e.to_string(),
@@ -352,10 +455,14 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
     Ok(StreamOutcome::Updated(diffs))
 }
 
-/// The status KV bucket (created on first use; one value per key, kept a day).
-pub async fn status_store(js: &jetstream::Context) -> Result<kv::Store, BusError> {
+/// The status KV bucket (created on first use unless `check_only`; one value per key, kept a day).
+pub async fn status_store(js: &jetstream::Context, check_only: bool) -> Result<kv::Store, BusError> {
     match js.get_key_value(subject::STATUS_BUCKET).await {
         Ok(store) => Ok(store),
+        Err(e) if check_only => Err(BusError::JetStream {
+            what: format!("opening KV bucket {} (--stream-check-only: start the sink, which creates it)", subject::STATUS_BUCKET),
+            detail: e.to_string(),
+        }),
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: subject::STATUS_BUCKET.to_string(),

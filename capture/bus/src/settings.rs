@@ -194,7 +194,7 @@ pub fn load<C: Parser>(argv: impl IntoIterator<Item = impl Into<OsString>>) -> R
                     _ => argv.push(format!("--{long}={v}").into()),
                 }
             }
-            from_file.insert(key);
+            from_file.insert(arg.get_id().to_string());
         }
     }
     let matches: ArgMatches = cmd.clone().try_get_matches_from(argv).map_err(|e| match &path {
@@ -217,7 +217,7 @@ pub fn load<C: Parser>(argv: impl IntoIterator<Item = impl Into<OsString>>) -> R
         let Some(raw) = matches.get_raw(id) else { continue };
         let vals: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
         let source = match matches.value_source(id) {
-            Some(ValueSource::CommandLine) if from_file.contains(id) => Source::File,
+            _ if from_file.contains(id) => Source::File,
             Some(ValueSource::CommandLine) => Source::Flag,
             Some(ValueSource::EnvVariable) => Source::Env,
             _ => Source::Default,
@@ -283,7 +283,13 @@ mod tests {
         let p = f.path().to_str().expect("path");
         let (cli, eff) = run(&["--config", p]).expect("load");
         assert_eq!((cli.batch_size, cli.nats_url.as_str(), cli.interfaces.len(), cli.promisc), (500, "nats://10.0.0.1:4222", 2, true));
-        assert!(eff.values.iter().any(|(k, _, s)| k == "batch_size" && *s == Source::File));
+        for key in ["batch_size", "interfaces", "promisc", "nats_url"] {
+            assert!(eff.values.iter().any(|(k, _, s)| k == key && *s == Source::File), "{key}: {:?}", eff.values);
+        }
+        // A `false` from the file is the file's, though it equals the default.
+        let g = file("promisc = false\n");
+        let (_, eff) = run(&["--config", g.path().to_str().expect("path")]).expect("load");
+        assert!(eff.values.iter().any(|(k, _, s)| k == "promisc" && *s == Source::File), "{:?}", eff.values);
         let (cli, eff) = run(&["--config", p, "--batch-size", "7"]).expect("load");
         assert_eq!(cli.batch_size, 7);
         assert!(eff.values.iter().any(|(k, _, s)| k == "batch_size" && *s == Source::Flag));
