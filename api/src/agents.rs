@@ -20,6 +20,12 @@ pub fn is_fresh(updated_ns: i64) -> bool {
     clock::wall_ns().saturating_sub(updated_ns) < i64::try_from(FRESH.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// Whether an agent is running: it reported recently, and that report was not its last (an
+/// agent that exited cleanly says so in its final status).
+pub fn is_running(s: &AgentStatus) -> bool {
+    is_fresh(s.updated_ns) && !s.exited
+}
+
 /// Every agent status in the bucket.
 pub async fn agent_statuses(bus: &Bus) -> Vec<AgentStatus> {
     let Some(kv) = &bus.kv else { return Vec::new() };

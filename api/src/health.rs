@@ -62,14 +62,17 @@ pub async fn check(state: &AppState) -> Health {
                 Err(e) => c.push(component("stream", false, e.to_string())),
             }
             let statuses = agents::agent_statuses(&bus).await;
-            let offline: Vec<&str> = statuses.iter().filter(|s| !agents::is_fresh(s.updated_ns)).map(|s| s.agent.as_str()).collect();
-            let online = statuses.len() - offline.len();
-            degraded = !offline.is_empty() || statuses.is_empty();
+            // An agent that exited cleanly (a finished replay, a daemon stopped on purpose) is
+            // not an outage; one that went silent is.
+            let offline: Vec<&str> =
+                statuses.iter().filter(|s| !agents::is_fresh(s.updated_ns) && !s.exited).map(|s| s.agent.as_str()).collect();
+            let online = statuses.iter().filter(|s| agents::is_running(s)).count();
+            degraded = !offline.is_empty() || online == 0;
             c.push(component(
                 "agents",
                 !degraded,
-                if statuses.is_empty() {
-                    "no agent has reported".to_string()
+                if online == 0 && offline.is_empty() {
+                    "no agent is running".to_string()
                 } else if offline.is_empty() {
                     format!("{online} online")
                 } else {

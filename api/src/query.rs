@@ -301,13 +301,16 @@ pub fn cursor_condition(k: SortKey, o: SortOrder, cursor: &str) -> Result<Condit
     }
     let v = sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?;
     let e = sort_expr(k);
+    // `sort <= v AND (sort < v OR (sort = v AND id < c.id))`: the first conjunct is implied by
+    // the rest, but without it SQLite plans bound parameters as a scan of the whole index from
+    // the top (88 ms at half depth in 5 M rows) instead of a range search (docs/performance.md).
     Ok(match o {
-        SortOrder::Desc => {
-            Condition::any().add(e.clone().lt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id)))
-        }
-        SortOrder::Asc => {
-            Condition::any().add(e.clone().gt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id)))
-        }
+        SortOrder::Desc => Condition::all().add(e.clone().lte(Expr::val(v.clone()))).add(
+            Condition::any().add(e.clone().lt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id))),
+        ),
+        SortOrder::Asc => Condition::all().add(e.clone().gte(Expr::val(v.clone()))).add(
+            Condition::any().add(e.clone().gt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id))),
+        ),
     })
 }
 

@@ -352,7 +352,7 @@ impl HistoryApi {
                     first_seen: a.first_seen.map(ntp_wire::time::format_rfc3339),
                     last_seen: a.last_seen.map(ntp_wire::time::format_rfc3339),
                     capture_state: match live {
-                        Some((s, i)) if agents::is_fresh(s.updated_ns) => i.state.clone(),
+                        Some((s, i)) if agents::is_running(s) => i.state.clone(),
                         Some(_) => "agent offline".into(),
                         None => "unknown".into(),
                     },
@@ -383,7 +383,7 @@ impl HistoryApi {
         let agents = agents
             .into_iter()
             .map(|s| AgentStatistics {
-                online: agents::is_fresh(s.updated_ns),
+                online: agents::is_running(&s),
                 updated_at: ntp_wire::time::format_rfc3339(s.updated_ns),
                 agent: s.agent,
                 version: s.version,
@@ -481,8 +481,7 @@ async fn pick_agent(state: &AppState, bus: &crate::state::Bus, named: Option<Str
         return Ok(a);
     }
     let _ = state;
-    let online: Vec<String> =
-        agents::agent_statuses(bus).await.into_iter().filter(|s| agents::is_fresh(s.updated_ns)).map(|s| s.agent).collect();
+    let online: Vec<String> = agents::agent_statuses(bus).await.into_iter().filter(agents::is_running).map(|s| s.agent).collect();
     match online.as_slice() {
         [] => Err(ApiError::not_found("no agent is connected")),
         [one] => Ok(one.clone()),

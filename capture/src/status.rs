@@ -37,6 +37,7 @@ pub fn snapshot(agent: &str, started_ns: i64, supervisor: &Supervisor, publisher
         updated_ns: clock::wall_ns(),
         interfaces,
         publisher: publisher.snapshot(),
+        exited: false,
     }
 }
 
@@ -57,7 +58,8 @@ pub async fn report(
             _ = tick.tick() => false,
             _ = stop.changed() => true,
         };
-        let doc = snapshot(&agent, started, &supervisor, &publisher);
+        let mut doc = snapshot(&agent, started, &supervisor, &publisher);
+        doc.exited = done || *stop.borrow();
         match ntp_wire::status::encode(&doc) {
             Ok(bytes) => {
                 if let Err(e) = kv.put(key.as_str(), bytes.into()).await {

@@ -8,6 +8,9 @@
 //! - [`api`]: the API over the real pipeline; remote start/stop of a live capture.
 //! - [`bus`]: dead letters, old servers, stream configuration drift.
 //! - [`schemathesis`]: the API fuzzed against `openapi.yaml`, the stack in its own namespace.
+//! - [`deploy`]: what `deploy/` ships: example configs, NATS accounts, a 3-node cluster losing its
+//!   stream leader, systemd units, Debian packages.
+//! - [`readme`]: `scripts/run.sh` in a namespace, the README's `curl` examples verbatim, Ctrl-C, resume.
 //! - [`live`]: a live capture cut off from NATS (needs root, namespaces, tcpreplay).
 //!
 //! Every test starts its own nats-server (random port, temporary store) and its own database.
@@ -17,8 +20,10 @@
 mod api;
 mod architecture;
 mod bus;
+mod deploy;
 mod harness;
 mod live;
 mod pipeline;
+mod readme;
 mod schemathesis;
 mod tidy;

@@ -27,6 +27,10 @@ pub struct AgentStatus {
     /// The publisher's counters and buffer use.
     #[serde(default)]
     pub publisher: BTreeMap<String, u64>,
+    /// This is the agent's last snapshot: it exited cleanly (a file replay that finished, or a
+    /// daemon stopped on purpose), so its silence from now on is not an outage.
+    #[serde(default)]
+    pub exited: bool,
 }
 
 /// One capture source of an agent.

@@ -20,6 +20,7 @@ pub struct NatsServer {
     netns: Option<String>,
     dir: tempfile::TempDir,
     config: PathBuf,
+    env: Vec<(String, String)>,
     /// Client port.
     pub port: u16,
     /// `nats://127.0.0.1:<port>`.
@@ -71,6 +72,37 @@ impl NatsServer {
         Self::start_inner(extra_config, None)
     }
 
+    /// Starts one from a complete configuration file's text (such as `deploy/nats/nats-server.conf`),
+    /// with `@STORE@` replaced by the server's own store and `env` set for the `$VARIABLES` it uses.
+    /// The client port is still random (`-p -1` overrides `listen`).
+    pub fn start_config(config_text: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ntpscope-nats").tempdir()?;
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, config_text.replace("@STORE@", &dir.path().join("js").display().to_string()))?;
+        let env = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+        let mut server = Self { child: None, netns: None, dir, config, env, port: 0, url: String::new() };
+        server.spawn(None)?;
+        Ok(server)
+    }
+
+    /// Starts an `n`-node JetStream cluster on loopback: random client ports, route ports picked
+    /// free just before. Every node routes to every other.
+    pub fn start_cluster(n: usize) -> anyhow::Result<Vec<Self>> {
+        let route_ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+            .collect::<Result<_, _>>()?;
+        let routes: Vec<String> = route_ports.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
+        (0..n)
+            .map(|i| {
+                Self::start_with(&format!(
+                    "server_name: n{i}\ncluster {{\n  name: ntpscope\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    route_ports[i],
+                    routes.join(", ")
+                ))
+            })
+            .collect()
+    }
+
     fn start_inner(extra_config: &str, netns: Option<String>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ntpscope-nats").tempdir()?;
         let config = dir.path().join("nats.conf");
@@ -81,7 +113,7 @@ impl NatsServer {
                 dir.path().join("js").display()
             ),
         )?;
-        let mut server = Self { child: None, netns, dir, config, port: 0, url: String::new() };
+        let mut server = Self { child: None, netns, dir, config, env: Vec::new(), port: 0, url: String::new() };
         server.spawn(None)?;
         Ok(server)
     }
@@ -101,6 +133,7 @@ impl NatsServer {
             None => Command::new(&bin),
         };
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
             .arg(&self.config)
             .args(["-a", "127.0.0.1", "-p"])
