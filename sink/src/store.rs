@@ -123,6 +123,8 @@ pub fn upsert_sql(backend: DbBackend, rows: usize) -> String {
         set.push(format!("{m}_min = {least}(COALESCE({t}.{m}_min, excluded.{m}_min), COALESCE(excluded.{m}_min, {t}.{m}_min))"));
         set.push(format!("{m}_max = {greatest}(COALESCE({t}.{m}_max, excluded.{m}_max), COALESCE(excluded.{m}_max, {t}.{m}_max))"));
     }
+    // Rows copied in from elsewhere (the Flask seed's table) may lack the binary address.
+    set.push(format!("client_ip_bin = COALESCE({t}.client_ip_bin, excluded.client_ip_bin)"));
     set.push("updated_at = excluded.updated_at".into());
     format!(
         "INSERT INTO {t} ({}) VALUES {} ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET {} RETURNING created_at",

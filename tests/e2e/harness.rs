@@ -18,7 +18,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     if !path.is_file() {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", name])
+            .args(["build", "--workspace", "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build");
