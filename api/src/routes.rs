@@ -473,23 +473,47 @@ fn interface_state(agent: &str, i: ntp_wire::control::InterfaceInfo) -> Interfac
 }
 
 /// The agent a start/stop goes to: the one named, or the only one online.
-async fn pick_agent(state: &AppState, bus: &crate::state::Bus, named: Option<String>) -> Result<String, ApiError> {
+/// The agent a control request goes to: the one named, else the only running agent, else the
+/// only running agent that has the interface (the one capturing on it, or, failing that, the
+/// one whose host has it, asked over NATS).
+async fn pick_agent(state: &AppState, bus: &crate::state::Bus, named: Option<String>, interface: &str) -> Result<String, ApiError> {
     if let Some(a) = named {
         if a.is_empty() || a.chars().any(char::is_control) {
             return Err(ApiError::bad_request("agent", "invalid agent id"));
         }
         return Ok(a);
     }
-    let _ = state;
-    let online: Vec<String> = agents::agent_statuses(bus).await.into_iter().filter(agents::is_running).map(|s| s.agent).collect();
-    match online.as_slice() {
-        [] => Err(ApiError::not_found("no agent is connected")),
-        [one] => Ok(one.clone()),
-        many => Err(ApiError::bad_request(
-            "agent",
-            format!("{} agents are connected ({}); choose one with `agent`", many.len(), many.join(", ")),
-        )),
+    let running: Vec<ntp_wire::status::AgentStatus> = agents::agent_statuses(bus).await.into_iter().filter(agents::is_running).collect();
+    let all: Vec<&ntp_wire::status::AgentStatus> = running.iter().collect();
+    if all.len() <= 1 {
+        return all.first().map(|s| s.agent.clone()).ok_or_else(|| ApiError::not_found("no agent is connected"));
     }
+    let capturing: Vec<&ntp_wire::status::AgentStatus> =
+        all.iter().copied().filter(|s| s.interfaces.iter().any(|i| i.name == interface)).collect();
+    if let [one] = capturing.as_slice() {
+        return Ok(one.agent.clone());
+    }
+    let mut having = Vec::new();
+    for s in &all {
+        let listed = agents::request(bus, &s.agent, &ntp_wire::control::ControlRequest::List, state.control_timeout).await;
+        if let Ok(ntp_wire::control::ControlResponse::Ok { interfaces, .. }) = listed
+            && interfaces.iter().any(|i| i.name == interface)
+        {
+            having.push(s.agent.clone());
+        }
+    }
+    if let [one] = having.as_slice() {
+        return Ok(one.clone());
+    }
+    let all_names: Vec<&str> = all.iter().map(|s| s.agent.as_str()).collect();
+    Err(ApiError::bad_request(
+        "agent",
+        format!(
+            "{} agents are connected ({}) and {interface} does not single one out; choose one with `agent`",
+            all_names.len(),
+            all_names.join(", ")
+        ),
+    ))
 }
 
 async fn bus_or_unavailable(state: &AppState) -> Result<crate::state::Bus, ApiError> {
@@ -573,7 +597,7 @@ impl InterfacesApi {
         validate_interface(&name.0)?;
         let bus = bus_or_unavailable(&state).await?;
         let b = body.0;
-        let agent = pick_agent(&state, &bus, b.agent).await?;
+        let agent = pick_agent(&state, &bus, b.agent, &name.0).await?;
         let req = ntp_wire::control::ControlRequest::Start {
             interface: name.0.clone(),
             port: u16::try_from(b.port).map_err(|_| ApiError::bad_request("port", "port must be between 1 and 65535"))?,
@@ -599,7 +623,7 @@ impl InterfacesApi {
     ) -> Result<Json<CaptureChange>, ApiError> {
         validate_interface(&name.0)?;
         let bus = bus_or_unavailable(&state).await?;
-        let agent = pick_agent(&state, &bus, body.0.agent).await?;
+        let agent = pick_agent(&state, &bus, body.0.agent, &name.0).await?;
         change(&state, agent, &name.0, ntp_wire::control::ControlRequest::Stop { interface: name.0.clone() }).await.map(Json)
     }
 }

@@ -148,6 +148,40 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["interface"]["capturing"], false);
     assert_eq!(post(&cli, &stop, &serde_json::json!({}), true).await.0, 409, "not capturing");
+
+    // A second agent on the same host: without `agent`, a request goes to the agent that has
+    // captured on the interface; on one that both hosts have and neither captured, it is
+    // ambiguous.
+    let mut second = harness::KillOnDrop(
+        Command::new(harness::bin("ntpscope-capture"))
+            .args(["--daemon", "--output", "nats", "--nats-url", &nats.url, "--agent-id", "second-agent", "--status-interval", "0.5"])
+            .env("NTPSCOPE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("second agent"),
+    );
+    let both = wait_until(Duration::from_secs(30), || async {
+        get(&cli, "/api/ntp/interfaces").await.1["agents_online"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    assert!(both, "{:?}", get(&cli, "/api/ntp/interfaces").await);
+    let (s, b) = post(&cli, "/api/ntp/interfaces/lo/start", &body, true).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("second-agent") && m.contains("lab-agent")), "{b}");
+    let (s, b) = post(&cli, &start, &body, true).await;
+    assert_eq!((s, b["agent"].as_str()), (200, Some("lab-agent")), "{b}");
+    let picked = wait_until(Duration::from_secs(10), || async {
+        get(&cli, "/api/ntp/history/service/statistics").await.1["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["agent"] == "lab-agent" && x["interfaces"].as_array().is_some_and(|i| !i.is_empty())))
+    })
+    .await;
+    assert!(picked, "lab-agent never reported its capture");
+    let (s, b) = post(&cli, &stop, &serde_json::json!({}), true).await;
+    assert_eq!((s, b["agent"].as_str()), (200, Some("lab-agent")), "{b}");
+    let _ = Command::new("kill").args(["-TERM", &second.0.id().to_string()]).status();
+    assert!(second.0.wait().expect("second agent exit").success());
     let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
     assert!(daemon.wait().expect("agent exit").success());
     drop(db);

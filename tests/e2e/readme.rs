@@ -36,7 +36,7 @@ struct Netns(String);
 impl Netns {
     fn new() -> Self {
         let name = format!("ntpscope-readme-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
         let ok = |args: &[&str]| {
             let s = Command::new("ip").args(args).status().expect("ip");
             assert!(s.success(), "ip {args:?}");
@@ -199,9 +199,14 @@ fn run_sh_serves_the_readme_curl_examples_stops_on_ctrl_c_and_resumes() {
     let script = dir.path().join("examples.sh");
     std::fs::write(&script, &examples).expect("write");
     let out = ns.cmd("sh").arg("-ex").arg(&script).current_dir(dir.path()).output().expect("sh");
+    let diag = || {
+        ["/interfaces", "/history/service/statistics"]
+            .map(|p| ns.cmd("curl").args(["-sS", &format!("{api}{p}")]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()))
+    };
     assert!(
         out.status.success(),
-        "README examples failed:\n{}\n(stdout, last 1000 bytes: {})",
+        "{:?}\nREADME examples failed:\n{}\n(stdout, last 1000 bytes: {})",
+        diag(),
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout[out.stdout.len().saturating_sub(1000)..])
     );
