@@ -304,8 +304,61 @@ async fn cleanup_needs_a_token(f: &Fixture) {
     assert_error(s, &b, 401, None);
 }
 
+/// SQL injection, path traversal, NULs and oversized strings in every text parameter: never a
+/// 5xx, always a JSON body, never a row that the literal text does not match, and the table
+/// intact afterwards.
+async fn hostile_strings_are_harmless(f: &Fixture) {
+    const HOSTILE: [&str; 9] = [
+        "' OR '1'='1",
+        "eth0' OR 1=1 --",
+        "\"; DROP TABLE ntp_clients; --",
+        "1; DELETE FROM ntp_clients",
+        "../../../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "%00\u{0}x",
+        "198.18.0.0/16' UNION SELECT * FROM sink_state --",
+        "\u{202e}ntp\u{fffd}",
+    ];
+    let list_params = ["search_ip", "interface_name", "host", "cidr", "since", "until", "cursor", "sort", "order", "ntp_version"];
+    for h in HOSTILE {
+        for p in list_params {
+            let (s, b) = get(f, "/api/ntp/history/clients", &[(p, h)]).await;
+            assert!(s == 200 || s == 400, "{p}={h:?}: {s} {b}");
+            if s == 200 {
+                assert_eq!(b["total"], 0, "{p}={h:?} matched rows: {b}");
+            } else {
+                assert_eq!(b["error"]["status"], 400, "{p}={h:?}: {b}");
+            }
+        }
+        let encoded = h.bytes().fold(String::new(), |mut acc, c| {
+            let _ = std::fmt::Write::write_fmt(&mut acc, format_args!("%{c:02X}"));
+            acc
+        });
+        let resp = f.cli.get(format!("/api/ntp/history/clients/{encoded}")).send().await;
+        let status = resp.0.status().as_u16();
+        assert!(status == 400 || status == 404, "detail {h:?}: {status}");
+        let body = serde_json::json!({"filters": {"client_ips": [h], "interface_names": [h], "hosts": [h], "search_ip": h}});
+        let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&body).send().await).await;
+        assert!(s == 200 || s == 400, "search {h:?}: {s} {b}");
+        if s == 200 {
+            assert_eq!(b["total"], 0, "search {h:?} matched rows: {b}");
+        }
+        let body = serde_json::json!({"format": "ndjson", "filters": {"interface_names": [h]}});
+        let r = f.cli.post("/api/ntp/history/export").body_json(&body).send().await;
+        let status = r.0.status().as_u16();
+        let text = r.0.into_body().into_string().await.expect("body");
+        assert!(status == 200 && text.trim().is_empty() || status == 400, "export {h:?}: {status} {text}");
+    }
+    let long = "9".repeat(5000);
+    let (s, b) = get(f, "/api/ntp/history/clients", &[("search_ip", &long)]).await;
+    assert_error(s, &b, 400, Some("search_ip"));
+    let (s, b) = get(f, "/api/ntp/history/clients", &[]).await;
+    assert_eq!((s, b["total"].as_u64()), (200, Some(300)), "the table is intact: {b}");
+}
+
 async fn run_all(pg: bool) {
     let f = fixture(pg, false).await;
+    hostile_strings_are_harmless(&f).await;
     list_and_paging(&f).await;
     filters_and_errors(&f).await;
     detail_search_and_statistics(&f).await;

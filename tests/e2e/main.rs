@@ -11,6 +11,7 @@
 //! - [`deploy`]: what `deploy/` ships: example configs, NATS accounts, a 3-node cluster losing its
 //!   stream leader, systemd units, Debian packages.
 //! - [`readme`]: `scripts/run.sh` in a namespace, the README's `curl` examples verbatim, Ctrl-C, resume.
+//! - [`tls`]: mutual TLS on the bus with a CA made in the test.
 //! - [`live`]: a live capture cut off from NATS (needs root, namespaces, tcpreplay).
 //!
 //! Every test starts its own nats-server (random port, temporary store) and its own database.
@@ -27,3 +28,4 @@ mod pipeline;
 mod readme;
 mod schemathesis;
 mod tidy;
+mod tls;

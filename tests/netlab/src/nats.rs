@@ -23,7 +23,7 @@ pub struct NatsServer {
     env: Vec<(String, String)>,
     /// Client port.
     pub port: u16,
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://…` when the server requires TLS).
     pub url: String,
 }
 
@@ -150,7 +150,7 @@ impl NatsServer {
         let start = Instant::now();
         loop {
             if let Ok(text) = std::fs::read_to_string(&ports_file)
-                && let Some(url) = text.split('"').find(|s| s.starts_with("nats://"))
+                && let Some(url) = text.split('"').find(|s| s.starts_with("nats://") || s.starts_with("tls://"))
             {
                 self.url = url.to_string();
                 self.port = url.rsplit(':').next().and_then(|p| p.parse().ok()).context("port in ports file")?;
