@@ -14,23 +14,12 @@
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench exe");
-    exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("target/release")
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
+use netlab::bench::{peak_rss_mib, release_bin};
 
 fn sessions_stored(db: &Path) -> i64 {
     let out = Command::new("sqlite3").arg(db).arg("SELECT COALESCE(SUM(session_count),0) FROM ntp_clients").output();

@@ -15,6 +15,7 @@
 
 #![allow(clippy::disallowed_methods)] // a test harness waits on real time (processes starting)
 
+pub mod bench;
 pub mod lab;
 pub mod nats;
 pub mod pcapgen;
