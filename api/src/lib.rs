@@ -35,6 +35,8 @@ use poem::{
 use poem_openapi::OpenApiService;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 
+pub use ntpscope_bus::shutdown_signal;
+
 pub use crate::config::{Cli, Config};
 use crate::{
     auth::{BodyLimit, ProtectReads, Tokens},
@@ -198,20 +200,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(message = "API listening.", address = %config.listen, docs = %format!("http://{}/docs", config.listen));
     poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10))).await?;
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -36,6 +36,8 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
+pub use ntpscope_bus::shutdown_signal;
+
 pub use crate::config::{Cli, Config};
 use crate::{config::SourceSpec, summary::RunSummary, supervisor::Supervisor};
 
@@ -170,23 +172,4 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -25,6 +25,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use sea_orm::EntityTrait;
 
+pub use ntpscope_bus::shutdown_signal;
+
 pub use crate::config::{Cli, Config};
 
 /// Runs the sink until `shutdown` resolves, then commits the batch in hand, acks it and drains.
@@ -128,21 +130,5 @@ async fn report_status(
         if done || *stop.borrow() {
             break;
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }

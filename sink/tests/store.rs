@@ -114,6 +114,18 @@ async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) 
     // An unanswered-only client has no latency and NULL minima.
     let u = row(db, "198.18.0.3").await;
     assert_eq!((u.unanswered_count, u.latency_count, u.latency_min), (1, 0, None));
+    // A row copied in from the Flask seed has no binary address; the next upsert supplies it.
+    db.execute_unprepared(&format!(
+        "INSERT INTO ntp_clients (host, interface_name, client_ip, first_seen, last_seen, session_count, created_at, updated_at) \
+         VALUES ('host-a', 'eth0', '198.18.0.9', {T0}, {T0}, 1, {T0}, {T0})"
+    ))
+    .await
+    .expect("copied row");
+    assert_eq!(row(db, "198.18.0.9").await.client_ip_bin, None);
+    store::upsert(db, &deltas(vec![session("198.18.0.9", T0 + 1_000, true, 2, None)]), T0 + 40).await.expect("seen again");
+    let m = row(db, "198.18.0.9").await;
+    let want = ntpscope_sink::aggregate::ip_bytes("198.18.0.9".parse().expect("ip")).to_vec();
+    assert_eq!((m.client_ip_bin, m.session_count), (Some(want), 2));
 }
 
 async fn large_batches_chunk_and_count(db: &DatabaseConnection) {

@@ -8,6 +8,7 @@
 //!   one to the configured limits and say what changed.
 //! - [`status_store`]: the `ntpscope_status` KV bucket.
 //! - [`settings`]: `--config FILE` (TOML) and `--print-config` for every service.
+//! - [`shutdown_signal`]: the SIGINT/SIGTERM future every service's `run` stops on.
 //!
 //! Subject and stream names come from `ntp_wire::subject`; nothing here invents a name.
 
@@ -474,5 +475,21 @@ pub async fn status_store(js: &jetstream::Context, check_only: bool) -> Result<k
             })
             .await
             .map_err(|e| js_err("creating KV bucket ntpscope_status")(&e)),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM: the shutdown future every service binary passes to its `run`.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
