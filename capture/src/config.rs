@@ -101,6 +101,12 @@ pub struct Cli {
     #[arg(long, default_value_t = 1000)]
     pub batch_records: usize,
 
+    /// When started as root, switch to this user once the capture handles are open and NATS is
+    /// connected (default: `ntpscope` if it exists, else `nobody`; `root` stays root). A daemon
+    /// keeps CAP_NET_RAW in one thread to open interfaces the API asks for. Ignored when not root.
+    #[arg(long, env = "NTPSCOPE_USER", value_name = "USER")]
+    pub user: Option<String>,
+
     #[command(flatten)]
     pub nats: NatsArgs,
 
@@ -217,6 +223,8 @@ pub struct Config {
     pub batch_interval: Duration,
     /// Bus settings (for `--output nats`).
     pub bus: BusConfig,
+    /// Whom to run as after start-up, when started as root.
+    pub run_as: crate::privileges::RunAs,
 }
 
 /// Validated NATS settings.
@@ -345,6 +353,11 @@ impl Cli {
                 .ok_or_else(|| ConfigError("--batch-records must be between 1 and 100000".into()))?,
             batch_interval: Duration::from_millis(100),
             bus,
+            run_as: match self.user {
+                Some(u) if u.trim().is_empty() => return Err(ConfigError("--user must name a user".into())),
+                Some(u) => crate::privileges::RunAs::User(u),
+                None => crate::privileges::RunAs::Default,
+            },
         })
     }
 }

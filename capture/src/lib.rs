@@ -10,6 +10,7 @@
 //! - [`control`]: start/stop/list requests from the API over NATS request/reply.
 //! - [`json`]: the JSON-lines view of records (seed column names).
 //! - [`summary`]: the counter summary printed on exit.
+//! - [`privileges`]: dropping root once the capture handles are open.
 //! - [`clock`]: the agent's only clock reads.
 //!
 //! **Architecture invariant:** this is the only crate that links libpcap. Parsing and pairing
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod json;
 pub mod output;
+pub mod privileges;
 pub mod publish;
 pub mod source;
 pub mod status;
@@ -64,6 +66,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for spec in &config.sources {
         // Opening is all-or-nothing at start-up: a missing interface or file fails the run.
         if let Err(e) = supervisor.start(spec, config.analyzer, &config.live) {
+            supervisor.shutdown();
+            supervisor.join_all();
+            return Err(e.into());
+        }
+    }
+    // Handles open and the bus connected: root is no longer needed.
+    match privileges::drop_privileges(&config.run_as, config.daemon) {
+        Ok(privileges::Dropped::To { user, uid, gid, opener }) => {
+            tracing::info!(message = "Dropped root privileges.", user, uid, gid, net_raw_kept_for_new_captures = opener);
+        }
+        Ok(privileges::Dropped::StayedRoot) => tracing::warn!(message = "Running as root, as --user root asks."),
+        Ok(privileges::Dropped::NotRoot) => {}
+        Err(e) => {
             supervisor.shutdown();
             supervisor.join_all();
             return Err(e.into());

@@ -164,15 +164,17 @@ impl std::fmt::Debug for Handle {
     }
 }
 
-/// Opens a source, mapping libpcap's errors to ones an operator can act on.
+/// Opens a source, mapping libpcap's errors to ones an operator can act on. Live interfaces are
+/// opened by the opener thread once the agent has dropped root ([`crate::privileges`]).
 pub fn open(spec: &SourceSpec, live: &LiveConfig) -> Result<(Handle, LinkType), OpenError> {
     match spec {
-        SourceSpec::Live { interface } => open_live(interface, live),
+        SourceSpec::Live { interface } => crate::privileges::open_live(interface, live),
         SourceSpec::File { path, .. } => open_file(path),
     }
 }
 
-fn open_live(name: &str, cfg: &LiveConfig) -> Result<(Handle, LinkType), OpenError> {
+/// Opens a live interface on the calling thread, which needs `CAP_NET_RAW`.
+pub(crate) fn open_live_here(name: &str, cfg: &LiveConfig) -> Result<(Handle, LinkType), OpenError> {
     let other = |e: pcap::Error| OpenError::Other { name: name.to_string(), detail: e.to_string() };
     let inactive = pcap::Capture::from_device(name).map_err(other)?;
     let cap = inactive

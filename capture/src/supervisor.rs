@@ -134,10 +134,12 @@ impl Supervisor {
     pub fn start(&self, spec: &SourceSpec, mut analyzer: AnalyzerConfig, live: &LiveConfig) -> Result<(), StartError> {
         let name = spec.interface().to_string();
         if matches!(spec, SourceSpec::Live { .. }) && !is_network_interface(&name) {
-            return Err(StartError {
-                kind: ControlErrorKind::NotFound,
-                message: format!("{name} is not a network interface of this host (see /sys/class/net)"),
-            });
+            let mut available: Vec<String> = std::fs::read_dir("/sys/class/net")
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+                .unwrap_or_default();
+            available.sort();
+            available.push("any".into());
+            return Err(OpenError::NoSuchInterface { name, available: available.join(", ") }.into());
         }
         if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
             return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("already capturing on {name}") });

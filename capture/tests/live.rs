@@ -66,6 +66,14 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
         let _ = summary_tx.send(last);
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("agent did not start capturing");
+    // Started as root, capturing as an unprivileged user with no capability left in any thread
+    // (not a daemon: nothing will open another interface).
+    let threads = netlab::procfs::thread_creds(agent.id()).expect("agent threads");
+    assert!(threads.len() >= 2, "{threads:?}");
+    for t in &threads {
+        assert!(t.uids.iter().chain(&t.gids).all(|&id| id != 0) && !t.groups.contains(&0), "root kept: {t:?}");
+        assert_eq!((t.cap_eff, t.cap_prm), (0, 0), "capability kept: {t:?}");
+    }
 
     let server4 = lab.server_v4.to_string();
     let server6 = lab.server_v6.to_string();
@@ -126,4 +134,35 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
     assert_eq!(totals["unanswered"].as_u64(), Some(1));
     assert_eq!(totals["orphan_responses"].as_u64(), Some(0));
     assert_eq!(summary["sources"][0]["pcap"]["dropped"].as_u64(), Some(0));
+}
+
+/// Runs the agent as `nobody` with no capability (`setpriv`), as an operator who forgot them would.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(env!("CARGO_BIN_EXE_ntpscope-capture"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+fn without_cap_net_raw_the_agent_says_what_it_needs_and_a_missing_user_stops_it() {
+    require_tools(&["ip", "setpriv"]).expect("test prerequisites");
+    let out = as_nobody(&["-i", "lo", "--summary", "none"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no permission to capture on \"lo\"") && err.contains("CAP_NET_RAW"), "{err}");
+    // A missing interface names the ones that exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_ntpscope-capture")).args(["-i", "nosuch0", "--summary", "none"]).output().expect("agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nosuch0") && err.contains("lo"), "{err}");
+    // As root, a --user that does not exist is refused before anything is captured.
+    let out = Command::new(env!("CARGO_BIN_EXE_ntpscope-capture"))
+        .args(["-i", "lo", "--summary", "none", "--user", "no-such-user-ntpscope"])
+        .output()
+        .expect("agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot drop privileges") && err.contains("no-such-user-ntpscope"), "{err}");
 }

@@ -8,6 +8,8 @@
 //!
 //! [`pcapgen`] writes synthetic NTP captures for benchmarks and end-to-end tests.
 //!
+//! [`procfs`] reads the user and capabilities of each thread of a process.
+//!
 //! [`NatsServer`] is a private nats-server per test (random port, temporary store).
 //!
 //! Live labs need root and `ip`, `chronyd`, `ntpdig`, `tcpdump`; a missing piece is an error that
@@ -19,6 +21,7 @@ pub mod bench;
 pub mod lab;
 pub mod nats;
 pub mod pcapgen;
+pub mod procfs;
 
 pub use lab::{Lab, require_tools};
 pub use nats::NatsServer;
