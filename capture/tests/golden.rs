@@ -207,8 +207,44 @@ fn clear_errors_for_bad_sources_and_flags() {
     assert!(err.contains("is not a pcap or pcapng capture"), "{err}");
     let (code, err) = run(&["-i", "ntpscope-no-such0"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("is not a network interface of this host"), "{err}");
+    assert!(err.contains(r#"interface "ntpscope-no-such0" not found (available: "#) && err.contains("lo"), "{err}");
     let (code, err) = run(&["-r", "x.pcap", "--timeout=0"]);
     assert_eq!(code, Some(78));
     assert!(err.contains("--timeout"), "{err}");
+}
+
+/// `fixtures/derived/` holds the same packets as `zeek-ntp2.pcap` rewritten by Wireshark's
+/// and tcpreplay's tools (`editcap -F pcapng`, `tcprewrite --portmap=123:4123`): the agent must
+/// read pcapng like pcap, and find NTP on whatever `--port` says and only there.
+#[test]
+fn pcapng_and_a_moved_server_port_give_the_same_sessions() {
+    let path = |p: &str| fixtures().join(p).to_str().expect("path").to_string();
+    let strip = |run: &Run, port: u64| -> Vec<Value> {
+        run.lines
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                let obj = l.as_object_mut().expect("record");
+                obj.remove("session_id"); // ids hash the flow, ports included
+                obj.remove("observation_id");
+                for key in ["client_port", "server_port"] {
+                    if obj.get(key).and_then(Value::as_u64) == Some(port) {
+                        obj.insert(key.into(), 123.into());
+                    }
+                }
+                l
+            })
+            .collect()
+    };
+    let base = capture(&["-r", &path("zeek-ntp2.pcap"), "--interface-name", "x"]);
+    assert!(sessions(&base, "answered").len() >= 10, "the fixture has answered sessions");
+    let ng = capture(&["-r", &path("derived/zeek-ntp2.pcapng"), "--interface-name", "x"]);
+    assert_eq!(ng.stdout, base.stdout, "pcapng and pcap of the same packets");
+    let moved = path("derived/zeek-ntp2-port4123.pcap");
+    let on_4123 = capture(&["-r", &moved, "--interface-name", "x", "--port", "4123"]);
+    assert_eq!(strip(&on_4123, 4123), strip(&base, 123));
+    let on_123 = capture(&["-r", &moved, "--interface-name", "x"]);
+    assert!(on_123.lines.is_empty(), "{}", on_123.stdout);
+    assert_eq!(total(&on_123, "ntp_packets"), 0);
+    assert_eq!(total(&on_123, "frames_other_udp"), total(&base, "frames"));
 }

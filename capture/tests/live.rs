@@ -41,7 +41,9 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
     let witness = lab.witness(&lab.server_if, &lab.dir.path().join("witness.pcap")).expect("start tcpdump");
     let out_path = lab.dir.path().join("agent.jsonl");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_ntpscope-capture"))
-        .args(["-i", &lab.server_if, "--summary", "json", "--agent-id", "live", "--timeout", "1.0"])
+        // Both root-side veths: the server's (checked against the witness) and the clients' (the
+        // same conversations seen one bridge hop earlier), on one agent.
+        .args(["-i", &lab.server_if, "-i", &lab.client_if, "--summary", "json", "--agent-id", "live", "--timeout", "1.0"])
         .env("NTPSCOPE_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(std::fs::File::create(&out_path).expect("output file"))
@@ -96,8 +98,10 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
 
     let lines: Vec<Value> =
         std::fs::read_to_string(&out_path).expect("agent output").lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    let by_client =
-        |ip: &str, outcome: &str| -> Vec<&Value> { lines.iter().filter(|l| l["client_ip"] == ip && l["outcome"] == outcome).collect() };
+    let on = |iface: &str, ip: &str, outcome: &str| -> Vec<&Value> {
+        lines.iter().filter(|l| l["interface_name"] == iface && l["client_ip"] == ip && l["outcome"] == outcome).collect()
+    };
+    let by_client = |ip: &str, outcome: &str| on(&lab.server_if, ip, outcome);
     let (c4, c4b, c6) = (lab.client_v4.to_string(), lab.client2_v4.to_string(), lab.client_v6.to_string());
     for client in [&c4, &c4b, &c6] {
         let (requests, responses) = witness.get(client.as_str()).copied().unwrap_or_default();
@@ -128,12 +132,25 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
     // The request sent after the server stopped.
     assert_eq!(by_client(&c4, "unanswered").len(), 1);
     assert!(by_client(&c4b, "unanswered").is_empty() && by_client(&c6, "unanswered").is_empty());
+    // The clients' veth carried the same conversations.
+    for client in [&c4, &c4b, &c6] {
+        for outcome in ["answered", "unanswered"] {
+            assert_eq!(
+                on(&lab.client_if, client, outcome).len(),
+                by_client(client, outcome).len(),
+                "{client} {outcome} on {}",
+                lab.client_if
+            );
+        }
+    }
     let totals = &summary["totals"];
     let witness_responses: u32 = witness.values().map(|(_, r)| r).sum();
-    assert_eq!(totals["answered"].as_u64(), Some(u64::from(witness_responses)));
-    assert_eq!(totals["unanswered"].as_u64(), Some(1));
+    assert_eq!(totals["answered"].as_u64(), Some(2 * u64::from(witness_responses)));
+    assert_eq!(totals["unanswered"].as_u64(), Some(2));
     assert_eq!(totals["orphan_responses"].as_u64(), Some(0));
-    assert_eq!(summary["sources"][0]["pcap"]["dropped"].as_u64(), Some(0));
+    let sources = summary["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 2, "{summary}");
+    assert!(sources.iter().all(|s| s["pcap"]["dropped"].as_u64() == Some(0)), "{summary}");
 }
 
 /// Runs the agent as `nobody` with no capability (`setpriv`), as an operator who forgot them would.
