@@ -33,20 +33,16 @@ fn witness_counts(lines: &[String]) -> HashMap<String, (u32, u32)> {
     counts
 }
 
-#[test]
-fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
-    require_tools(&["ip", "chronyd", "ntpdig", "tcpdump"]).expect("live test prerequisites");
-    let mut lab = Lab::new().expect("create the network lab");
-    lab.start_chrony_server().expect("start chronyd");
-    let witness = lab.witness(&lab.server_if, &lab.dir.path().join("witness.pcap")).expect("start tcpdump");
-    let out_path = lab.dir.path().join("agent.jsonl");
+/// Starts the agent on both root-side veths of `lab`, records to `out_path`; returns it once it
+/// captures, with a receiver of its JSON summary (sent when its stderr closes).
+fn start_agent(lab: &Lab, out_path: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut agent = Command::new(env!("CARGO_BIN_EXE_ntpscope-capture"))
         // Both root-side veths: the server's (checked against the witness) and the clients' (the
         // same conversations seen one bridge hop earlier), on one agent.
         .args(["-i", &lab.server_if, "-i", &lab.client_if, "--summary", "json", "--agent-id", "live", "--timeout", "1.0"])
         .env("NTPSCOPE_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(std::fs::File::create(&out_path).expect("output file"))
+        .stdout(std::fs::File::create(out_path).expect("output file"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the agent");
@@ -68,6 +64,17 @@ fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
         let _ = summary_tx.send(last);
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("agent did not start capturing");
+    (agent, summary_rx)
+}
+
+#[test]
+fn live_capture_pairs_real_chrony_and_ntpdig_traffic() {
+    require_tools(&["ip", "chronyd", "ntpdig", "tcpdump"]).expect("live test prerequisites");
+    let mut lab = Lab::new().expect("create the network lab");
+    lab.start_chrony_server().expect("start chronyd");
+    let witness = lab.witness(&lab.server_if, &lab.dir.path().join("witness.pcap")).expect("start tcpdump");
+    let out_path = lab.dir.path().join("agent.jsonl");
+    let (mut agent, summary_rx) = start_agent(&lab, &out_path);
     // Started as root, capturing as an unprivileged user with no capability left in any thread
     // (not a daemon: nothing will open another interface).
     let threads = netlab::procfs::thread_creds(agent.id()).expect("agent threads");
