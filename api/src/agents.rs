@@ -1,7 +1,10 @@
 //! What the API knows about agents and the sink from the bus: status documents in the KV bucket,
 //! and control requests by NATS request/reply.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicI64, Ordering},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use ntp_wire::{
@@ -12,12 +15,21 @@ use ntp_wire::{
 
 use crate::{clock, error::ApiError, state::Bus};
 
-/// An agent whose status is older than this is offline.
+/// An agent (or the sink) whose status is older than this is offline, unless `--stale-after`
+/// says otherwise.
 pub const FRESH: Duration = Duration::from_secs(30);
+
+/// The staleness limit in force, nanoseconds: one setting for the whole process, set once at start.
+static STALE_AFTER_NS: AtomicI64 = AtomicI64::new(30_000_000_000);
+
+/// Sets the staleness limit (from `--stale-after`).
+pub fn set_stale_after(d: Duration) {
+    STALE_AFTER_NS.store(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX), Ordering::Relaxed);
+}
 
 /// Whether a status written at `updated_ns` is fresh.
 pub fn is_fresh(updated_ns: i64) -> bool {
-    clock::wall_ns().saturating_sub(updated_ns) < i64::try_from(FRESH.as_nanos()).unwrap_or(i64::MAX)
+    clock::wall_ns().saturating_sub(updated_ns) < STALE_AFTER_NS.load(Ordering::Relaxed)
 }
 
 /// Whether an agent is running: it reported recently, and that report was not its last (an

@@ -83,7 +83,10 @@ pub fn check_header(req: &Request, tokens: &Tokens) -> Result<(), StatusCode> {
     }
 }
 
-/// With `--protect-reads`, every `GET` under `/api/` except health needs a token.
+/// With `--protect-reads`, every request needs a token except health (for probes), the Swagger UI
+/// and the spec. The rule is an allow-list rather than "every `GET`": reads that arrive as `POST`
+/// (search, export) are covered, and so is any path a future route or an odd spelling of a path
+/// might add. Mutating endpoints check their token themselves as well.
 #[derive(Debug, Clone)]
 pub struct ProtectReads(pub Arc<Tokens>);
 
@@ -106,12 +109,10 @@ impl<E: Endpoint> Endpoint for ProtectReadsEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Self::Output> {
-        let path = req.uri().path();
-        let guarded = self.tokens.protect_reads
-            && req.method() == poem::http::Method::GET
-            && path.starts_with("/api/")
-            && path != "/api/ntp/history/health";
-        if guarded && let Err(status) = check_header(&req, &self.tokens) {
+        if self.tokens.protect_reads
+            && !is_open(req.uri().path())
+            && let Err(status) = check_header(&req, &self.tokens)
+        {
             let msg = if status == StatusCode::UNAUTHORIZED { "bearer token required" } else { "invalid bearer token" };
             return Err(poem::Error::from_string(msg, status));
         }
@@ -119,9 +120,33 @@ impl<E: Endpoint> Endpoint for ProtectReadsEndpoint<E> {
     }
 }
 
+/// Paths served without a token even with `--protect-reads`: health, the Swagger UI and the spec.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/api/ntp/history/health" | "/openapi.json" | "/openapi.yaml" | "/docs") || path.starts_with("/docs/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_health_and_the_docs_are_open() {
+        for open in ["/api/ntp/history/health", "/docs", "/docs/", "/docs/index.html", "/openapi.json", "/openapi.yaml"] {
+            assert!(is_open(open), "{open}");
+        }
+        for guarded in [
+            "/api/ntp/history/clients",
+            "/api/ntp/history/search",
+            "/api/ntp/history/export",
+            "/api/ntp/history/health/",
+            "/api/ntp/history/%68ealth",
+            "//api/ntp/history/clients",
+            "/docsx",
+            "/",
+        ] {
+            assert!(!is_open(guarded), "{guarded}");
+        }
+    }
 
     #[test]
     fn only_configured_tokens_pass() {

@@ -32,6 +32,10 @@ pub struct Cli {
     /// Seconds before a control request to an agent gives up (504).
     #[arg(long, default_value_t = 5.0)]
     pub control_timeout: f64,
+    /// Seconds without a status update after which an agent counts as offline and the sink as
+    /// stopped (health and statistics).
+    #[arg(long, default_value_t = 30.0)]
+    pub stale_after: f64,
     /// Public base URL shown in the OpenAPI document (servers).
     #[arg(long, env = "NTPSCOPE_API_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -66,6 +70,8 @@ pub struct Config {
     pub max_export_rows: u64,
     /// Control request timeout.
     pub control_timeout: Duration,
+    /// Status age after which an agent is offline and the sink stopped.
+    pub stale_after: Duration,
     /// Public URL for the spec.
     pub public_url: Option<String>,
     /// Sink consumer name.
@@ -95,6 +101,9 @@ impl Cli {
         if !self.control_timeout.is_finite() || self.control_timeout <= 0.0 || self.control_timeout > 120.0 {
             return Err(ConfigError("--control-timeout must be between 0 and 120 seconds".into()));
         }
+        if !self.stale_after.is_finite() || self.stale_after < 1.0 || self.stale_after > 3600.0 {
+            return Err(ConfigError("--stale-after must be between 1 and 3600 seconds".into()));
+        }
         let database_url = self.database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rw", self.db_path));
         let nats = self.nats.into_config("ntpscope-api").map_err(|e| ConfigError(e.to_string()))?;
         Ok(Config {
@@ -105,6 +114,7 @@ impl Cli {
             protect_export: self.protect_export,
             max_export_rows: self.max_export_rows,
             control_timeout: Duration::from_secs_f64(self.control_timeout),
+            stale_after: Duration::from_secs_f64(self.stale_after),
             public_url: self.public_url,
             consumer: self.consumer,
             nats,

@@ -487,6 +487,12 @@ pub struct SinkStatistics {
     pub lag_seconds: Option<f64>,
     /// Whether the sink updated its state recently.
     pub alive: bool,
+    /// Failed batch attempts since the sink started (each was retried; from its status on the bus).
+    pub failed_attempts: Option<i64>,
+    /// While database writes fail: the last error (from the sink's status on the bus).
+    pub failing: Option<String>,
+    /// When the current run of write failures began.
+    pub failing_since: Option<String>,
 }
 
 /// One agent's publisher and capture counters.

@@ -33,9 +33,12 @@ pub enum ApiError {
     /// A parameter or body field is invalid.
     #[oai(status = 400)]
     BadRequest(Json<ErrorBody>),
-    /// No or wrong bearer token.
+    /// No bearer token, where one is needed.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
+    /// A bearer token that is not one of the configured tokens.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
     /// Not found.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -70,6 +73,15 @@ impl ApiError {
     /// 400 naming the field.
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
         Self::BadRequest(body(400, "bad_request", message, Some(field)))
+    }
+
+    /// 401 (no token) or 403 (a wrong one), from [`crate::auth::check_header`]'s verdict.
+    pub fn auth(status: StatusCode, what: &str) -> Self {
+        if status == StatusCode::UNAUTHORIZED {
+            Self::Unauthorized(body(401, "unauthorized", format!("bearer token required for {what}"), None))
+        } else {
+            Self::Forbidden(body(403, "forbidden", "invalid bearer token", None))
+        }
     }
 
     /// 404.

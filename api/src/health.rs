@@ -41,7 +41,26 @@ pub async fn check(state: &AppState) -> Health {
     let mut degraded = false;
     match state.bus().await {
         None => c.push(component("nats", false, "not connected")),
+        Some(bus) if bus.client.connection_state() != async_nats::connection::State::Connected => {
+            // Every JetStream question would wait for its timeout: answer now, from what is known.
+            c.push(component("nats", false, "disconnected (reconnecting)"));
+            c.push(component("stream", false, "unknown while NATS is disconnected"));
+            c.push(component("consumer", false, "unknown while NATS is disconnected"));
+        }
         Some(bus) => {
+            // The sink alive but unable to write (database locked, disk full) says so on the bus.
+            if let Some(st) = agents::sink_status(&bus, &state.consumer).await
+                && agents::is_fresh(st.updated_ns)
+                && let Some(err) = &st.failing
+                && let Some(sink) = c.iter_mut().find(|x| x.name == "sink")
+            {
+                let attempts = st.counters.get("failed_attempts").copied().unwrap_or(0);
+                sink.ok = false;
+                sink.detail = format!(
+                    "database writes failing since {}: {err} ({attempts} failed batch attempts so far)",
+                    ntp_wire::time::format_rfc3339(st.failing_since_ns)
+                );
+            }
             let connected = bus.client.connection_state() == async_nats::connection::State::Connected;
             c.push(component("nats", connected, if connected { "connected" } else { "disconnected" }));
             match bus.js.get_stream(ntp_wire::subject::STREAM).await {

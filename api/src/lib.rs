@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment → [`Config`].
-//! - [`routes`]: the operations (thin); [`dto`]: their types; [`error`]: the one error shape.
+//! - [`routes`]: the operations (thin); [`dto`]: their types; [`error`]: the one error shape;
+//!   [`body`]: an optional JSON request body.
 //! - [`query`]: read queries, keyset paging, counts, aggregates, cleanup.
 //! - [`export`]: streaming CSV/NDJSON/JSON.
 //! - [`agents`]: status documents and capture control over NATS; [`health`]: the health report.
@@ -15,6 +16,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod dto;
@@ -60,7 +62,10 @@ pub fn spec_yaml() -> String {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> impl Endpoint {
-    let svc = openapi();
+    let svc = match &state.public_url {
+        Some(url) => openapi().server(url.clone()),
+        None => openapi(),
+    };
     let ui = svc.swagger_ui();
     let json = svc.spec_endpoint();
     let yaml = svc.spec_endpoint_yaml();
@@ -128,6 +133,7 @@ impl AppStateBuilder {
                 max_export_rows: 5_000_000,
                 control_timeout: Duration::from_secs(5),
                 consumer: ntp_wire::subject::DEFAULT_CONSUMER.to_string(),
+                public_url: None,
                 total: Arc::default(),
                 interface_stats: Arc::default(),
                 health: Arc::default(),
@@ -176,6 +182,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// The public base URL listed in the OpenAPI document (behind a proxy, say).
+    #[must_use]
+    pub fn public_url(mut self, url: Option<String>) -> Self {
+        self.state.public_url = url;
+        self
+    }
+
     /// The state.
     pub fn build(self) -> AppState {
         self.state
@@ -189,11 +202,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if !tokens.configured() {
         tracing::warn!(message = "No API token configured: cleanup and capture control are refused (401).");
     }
+    agents::set_stale_after(config.stale_after);
     let state = AppStateBuilder::new(db)
         .tokens_from(tokens)
         .max_export_rows(config.max_export_rows)
         .control_timeout(config.control_timeout)
         .consumer(&config.consumer)
+        .public_url(config.public_url.clone())
         .nats(config.nats.clone())
         .build();
     let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;

@@ -12,6 +12,7 @@ use sea_orm::EntityTrait;
 use crate::{
     agents,
     auth::{TokenAuth, check_header},
+    body::OptionalJson,
     clock,
     dto::{
         AgentInterfaceCounters, AgentStatistics, CaptureChange, CleanupRequest, CleanupResult, ClientDetail, ClientPage, ClientRecord,
@@ -152,8 +153,10 @@ impl HistoryApi {
     ///
     /// One row per host, interface and client address, newest first by default. Page with
     /// `page`/`page_size` (shallow pages) or with `cursor` (the `next_cursor` of the previous
-    /// page: constant cost at any depth). `total` is exact without filters; with filters it
-    /// counts up to 10000 and says when it stopped.
+    /// page: depth adds no cost). The default sort (`last_seen`) and `client_ip` page on an
+    /// index, at constant cost at any depth; the other sorts sort the matching rows for every
+    /// page, so narrow them with filters on large tables. `total` is exact without filters; with
+    /// filters it counts up to 10000 and says when it stopped.
     #[oai(path = "/history/clients", method = "get", operation_id = "list_clients")]
     #[allow(clippy::too_many_arguments)]
     async fn list_clients(
@@ -268,11 +271,7 @@ impl HistoryApi {
         if state.tokens.protect_export
             && let Err(status) = check_header(req, &state.tokens)
         {
-            return Err(if status == poem::http::StatusCode::UNAUTHORIZED {
-                ApiError::Unauthorized(unauthorized("bearer token required for export"))
-            } else {
-                ApiError::Unauthorized(unauthorized("invalid bearer token"))
-            });
+            return Err(ApiError::auth(status, "export"));
         }
         let b = body.0;
         let parsed = query::parse(&b.filters)?;
@@ -374,8 +373,12 @@ impl HistoryApi {
     #[oai(path = "/history/service/statistics", method = "get", operation_id = "service_statistics")]
     async fn service_statistics(&self, state: Data<&AppState>) -> Result<Json<ServiceStatistics>, ApiError> {
         let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await?;
-        let sink = row.map(sink_statistics);
         let bus = state.bus().await;
+        let live = match &bus {
+            Some(b) => agents::sink_status(b, &state.consumer).await,
+            None => None,
+        };
+        let sink = row.map(|r| sink_statistics(r, live.as_ref()));
         let (stream, agents) = match &bus {
             Some(b) => (stream_statistics(b, &state.consumer).await, agents::agent_statuses(b).await),
             None => (None, Vec::new()),
@@ -417,14 +420,14 @@ impl HistoryApi {
     }
 }
 
-fn unauthorized(msg: &str) -> Json<crate::error::ErrorBody> {
-    Json(crate::error::ErrorBody {
-        error: crate::error::ErrorDetail { status: 401, code: "unauthorized".into(), message: msg.into(), field: None },
-    })
-}
-
-fn sink_statistics(r: entity::sink_state::Model) -> SinkStatistics {
+/// The sink's persisted counters, with what only its status on the bus knows (failed attempts,
+/// a failing database) when that status is fresh.
+fn sink_statistics(r: entity::sink_state::Model, live: Option<&ntp_wire::status::SinkStatus>) -> SinkStatistics {
+    let live = live.filter(|s| agents::is_fresh(s.updated_ns));
     SinkStatistics {
+        failed_attempts: live.map(|s| i64::try_from(s.counters.get("failed_attempts").copied().unwrap_or(0)).unwrap_or(i64::MAX)),
+        failing: live.and_then(|s| s.failing.clone()),
+        failing_since: live.filter(|s| s.failing.is_some()).map(|s| ntp_wire::time::format_rfc3339(s.failing_since_ns)),
         alive: agents::is_fresh(r.updated_at),
         consumer: r.consumer,
         total_received: r.total_received,
@@ -609,8 +612,10 @@ impl InterfacesApi {
 
     /// Stop capture
     ///
-    /// Stops capturing on an agent's interface. 404: no such agent; 409: not capturing; 504:
-    /// the agent did not answer. Needs a token.
+    /// Stops capturing on an agent's interface. The body is optional (the seed's clients send
+    /// none): `{"agent": …}` picks the agent when several are connected. 404: no such agent;
+    /// 409: not capturing; 503: NATS is unreachable; 504: the agent did not answer. Needs a
+    /// token.
     #[oai(path = "/interfaces/:name/stop", method = "post", operation_id = "stop_capture")]
     async fn stop(
         &self,
@@ -619,11 +624,11 @@ impl InterfacesApi {
         /// Interface.
         #[oai(validator(max_length = 64))]
         name: Path<String>,
-        body: Json<StopCapture>,
+        body: OptionalJson<StopCapture>,
     ) -> Result<Json<CaptureChange>, ApiError> {
         validate_interface(&name.0)?;
         let bus = bus_or_unavailable(&state).await?;
-        let agent = pick_agent(&state, &bus, body.0.agent, &name.0).await?;
+        let agent = pick_agent(&state, &bus, body.0.and_then(|b| b.agent), &name.0).await?;
         change(&state, agent, &name.0, ntp_wire::control::ControlRequest::Stop { interface: name.0.clone() }).await.map(Json)
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub control_timeout: Duration,
     /// Sink consumer name.
     pub consumer: String,
+    /// Public base URL for the OpenAPI document's `servers` (`--public-url`).
+    pub public_url: Option<String>,
     /// Cached `COUNT(*)`.
     pub total: Arc<Mutex<Option<(Instant, u64)>>>,
     /// Cached interface statistics.

@@ -4,14 +4,31 @@
 //! The rows are written by the sink's own store code from synthetic records, so the API reads
 //! exactly what production writes.
 
-use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome, time::parse_rfc3339};
-use ntpscope_api::{AppStateBuilder, app};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use ntp_wire::{
+    Batch, PacketSummary, Record, Session, SessionOutcome,
+    status::{AgentStatus, InterfaceStatus},
+    subject,
+    time::{format_rfc3339, parse_rfc3339},
+};
+use ntpscope_api::{AppStateBuilder, app, clock, state::AppState};
 use poem::test::TestClient;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::Value;
 
 const T0: i64 = 1_767_225_600_000_000_000;
 const TOKEN: &str = "route-test-token-0123456789";
+const WRONG_TOKEN: &str = "wrong-token-wrong-token";
+/// How long the API waits for an agent's answer in these tests.
+const CONTROL_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn session(ip: &str, t: i64, answered: bool, refid: [u8; 4], kod: bool) -> Record {
     let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: t as u64, ..PacketSummary::default() };
@@ -59,6 +76,10 @@ async fn seed(db: &sea_orm::DatabaseConnection) {
 
 struct Fixture {
     cli: TestClient<poem::endpoint::BoxEndpoint<'static>>,
+    /// The application's state (shared with `cli`): tests plant a NATS connection in it.
+    state: AppState,
+    /// A writer connection opened the way the sink opens it.
+    writer: sea_orm::DatabaseConnection,
     _dir: Option<tempfile::TempDir>,
     pg_schema: Option<String>,
 }
@@ -67,7 +88,15 @@ fn base_pg_url() -> String {
     std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-async fn fixture(pg: bool, protect_reads: bool) -> Fixture {
+/// What the API under test protects.
+#[derive(Debug, Clone, Copy, Default)]
+struct Protect {
+    reads: bool,
+    export: bool,
+}
+
+/// A migrated, empty database (its own PostgreSQL schema, or an SQLite file) and the API on it.
+async fn empty_fixture(pg: bool, protect: Protect) -> Fixture {
     let (url, dir, schema) = if pg {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let schema = format!("ntpscope_api{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
@@ -79,10 +108,18 @@ async fn fixture(pg: bool, protect_reads: bool) -> Fixture {
         (format!("sqlite://{}?mode=rwc", dir.path().join("ntp.db").display()), Some(dir), None)
     };
     let writer = ntpscope_sink::db::connect_and_migrate(&url).await.expect("migrate");
-    seed(&writer).await;
     let db = ntpscope_api::open_database(&url).await.expect("open");
-    let state = AppStateBuilder::new(db).tokens(&[TOKEN.to_string()], protect_reads, false).build();
-    Fixture { cli: TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state)))), _dir: dir, pg_schema: schema }
+    let state =
+        AppStateBuilder::new(db).tokens(&[TOKEN.to_string()], protect.reads, protect.export).control_timeout(CONTROL_TIMEOUT).build();
+    let cli = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state.clone()))));
+    Fixture { cli, state, writer, _dir: dir, pg_schema: schema }
+}
+
+/// The API over the 300 clients of [`seed`].
+async fn fixture(pg: bool, protect: Protect) -> Fixture {
+    let f = empty_fixture(pg, protect).await;
+    seed(&f.writer).await;
+    f
 }
 
 async fn done(f: Fixture) {
@@ -285,10 +322,9 @@ async fn cleanup_needs_a_token(f: &Fixture) {
     let body = serde_json::json!({"before": "2026-01-01T00:01:00Z"});
     let (s, b) = json(f.cli.post("/api/ntp/history/cleanup").body_json(&body).send().await).await;
     assert_error(s, &b, 401, None);
-    let (s, b) = json(
-        f.cli.post("/api/ntp/history/cleanup").header("Authorization", "Bearer wrong-token-wrong-token").body_json(&body).send().await,
-    )
-    .await;
+    let (s, b) =
+        json(f.cli.post("/api/ntp/history/cleanup").header("Authorization", format!("Bearer {WRONG_TOKEN}")).body_json(&body).send().await)
+            .await;
     assert_error(s, &b, 403, None);
     let auth = format!("Bearer {TOKEN}");
     let (s, b) =
@@ -356,24 +392,401 @@ async fn hostile_strings_are_harmless(f: &Fixture) {
     assert_eq!((s, b["total"].as_u64()), (200, Some(300)), "the table is intact: {b}");
 }
 
+/// Sends `method path` with an optional JSON body and an optional bearer token.
+async fn call(f: &Fixture, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> (u16, Value) {
+    let mut r = if method == "GET" { f.cli.get(path) } else { f.cli.post(path) };
+    if let Some(t) = token {
+        r = r.header("Authorization", format!("Bearer {t}"));
+    }
+    if let Some(b) = body {
+        r = r.body_json(b);
+    }
+    json(r.send().await).await
+}
+
+/// The start of a body, for assertion messages.
+fn short(b: &Value) -> String {
+    b.to_string().chars().take(300).collect()
+}
+
+fn content_type(resp: &poem::test::TestResponse) -> String {
+    resp.0.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// The Swagger UI and both forms of the spec, with their content types; the YAML served is the
+/// generated contract (which `openapi_contract.rs` holds equal to `openapi.yaml`).
+async fn docs_are_served(f: &Fixture) {
+    let resp = f.cli.get("/docs").send().await;
+    assert_eq!(resp.0.status().as_u16(), 200);
+    assert!(content_type(&resp).starts_with("text/html"), "{}", content_type(&resp));
+    let html = resp.0.into_body().into_string().await.expect("html");
+    assert!(html.contains("Swagger UI") && html.contains("SwaggerUIBundle"), "{html:.300}");
+    let resp = f.cli.get("/openapi.json").send().await;
+    assert_eq!(resp.0.status().as_u16(), 200);
+    assert!(content_type(&resp).starts_with("application/json"), "{}", content_type(&resp));
+    let spec: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("json")).expect("the spec is JSON");
+    assert!(spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", spec["openapi"]);
+    assert!(spec["paths"]["/api/ntp/history/clients"]["get"].is_object());
+    assert!(spec["components"]["securitySchemes"]["bearerAuth"].is_object());
+    let resp = f.cli.get("/openapi.yaml").send().await;
+    assert_eq!(resp.0.status().as_u16(), 200);
+    assert!(content_type(&resp).starts_with("application/x-yaml"), "{}", content_type(&resp));
+    assert_eq!(resp.0.into_body().into_string().await.expect("yaml"), ntpscope_api::spec_yaml());
+    assert!(spec["servers"].as_array().is_none_or(Vec::is_empty), "no --public-url, no servers: {}", spec["servers"]);
+    // Behind a proxy, --public-url is the server the document names.
+    let state = ntpscope_api::state::AppState { public_url: Some("https://ntp.example.net/ntpscope".into()), ..f.state.clone() };
+    let cli = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state))));
+    let spec: Value =
+        serde_json::from_str(&cli.get("/openapi.json").send().await.0.into_body().into_string().await.expect("json")).expect("JSON");
+    assert_eq!(spec["servers"][0]["url"], "https://ntp.example.net/ntpscope", "{}", spec["servers"]);
+}
+
+/// One client of [`catalog`], as the test wrote it.
+#[derive(Debug, Clone)]
+struct Inserted {
+    ip: String,
+    first_seen: i64,
+    last_seen: i64,
+    sessions: i64,
+    version: i32,
+}
+
+fn with_version(r: Record, version: u8) -> Record {
+    let Record::Session(mut s) = r else { panic!("a session") };
+    s.request.version = version;
+    if let Some(resp) = &mut s.response {
+        resp.version = version;
+    }
+    Record::Session(s)
+}
+
+/// 60 clients on one interface with 1–5 sessions 100 s apart, NTP versions 3 and 4 mixed across
+/// a client's sessions, every fourth session unanswered; written by the sink's store in two
+/// batches (rows inserted, then updated). Returns what each row must say, computed from the
+/// sessions: first seen at the earliest request, last seen at the latest packet (the response,
+/// 20 µs after its request, or the request when unanswered), the newest session's version.
+async fn catalog(db: &sea_orm::DatabaseConnection) -> Vec<Inserted> {
+    let mut batches = [Vec::new(), Vec::new()];
+    let mut out = Vec::new();
+    for i in 0..60i64 {
+        let ip = format!("198.18.7.{}", i + 1);
+        let n = 1 + i * 7 % 5;
+        let base = T0 + (i * 37 % 60) * 1_000_000_000;
+        let mut c = Inserted { ip: ip.clone(), first_seen: i64::MAX, last_seen: i64::MIN, sessions: n, version: 0 };
+        let mut newest = i64::MIN;
+        for j in 0..n {
+            let t = base + j * 100_000_000_000;
+            let answered = (i + j) % 4 != 0;
+            let version = if (i + j) % 3 == 0 { 3 } else { 4 };
+            batches[usize::from(j % 2 == 1)].push(with_version(session(&ip, t, answered, *b"GPS\0", false), version));
+            c.first_seen = c.first_seen.min(t);
+            c.last_seen = c.last_seen.max(if answered { t + 20_000 } else { t });
+            if t > newest {
+                newest = t;
+                c.version = i32::from(version);
+            }
+        }
+        out.push(c);
+    }
+    for (n, records) in (0i64..).zip(batches) {
+        let deltas = ntpscope_sink::aggregate::aggregate([&Batch::new("ntp1", "eth0", records)]);
+        ntpscope_sink::store::upsert(db, &deltas, T0 + n).await.expect("catalog");
+    }
+    out
+}
+
+fn ips(b: &Value) -> BTreeSet<String> {
+    b["clients"].as_array().expect("clients").iter().map(|c| c["client_ip"].as_str().expect("client_ip").to_string()).collect()
+}
+
+fn ids(b: &Value) -> Vec<i64> {
+    b["clients"].as_array().expect("clients").iter().map(|c| c["id"].as_i64().expect("id")).collect()
+}
+
+/// The list returns exactly the inserted clients `want` picks, and a total that says so.
+async fn check_filter(f: &Fixture, query: &[(&str, &str)], rows: &[Inserted], want: impl Fn(&Inserted) -> bool) {
+    let mut q = query.to_vec();
+    q.push(("page_size", "1000"));
+    let (s, b) = get(f, "/api/ntp/history/clients", &q).await;
+    assert_eq!(s, 200, "{query:?}: {b}");
+    let expected: BTreeSet<String> = rows.iter().filter(|c| want(c)).map(|c| c.ip.clone()).collect();
+    assert!(!expected.is_empty() && expected.len() < rows.len(), "{query:?} does not discriminate in the test data");
+    assert_eq!(ips(&b), expected, "{query:?}");
+    assert_eq!(b["total"].as_u64(), Some(expected.len() as u64), "{query:?}");
+}
+
+/// `until` (exclusive), `since` (inclusive), `ntp_version` and `min_sessions`, alone and
+/// together, by query string and by search body.
+async fn filters_match_the_inserted_rows(f: &Fixture, rows: &[Inserted]) {
+    let mut lasts: Vec<i64> = rows.iter().map(|c| c.last_seen).collect();
+    lasts.sort_unstable();
+    // Exactly some client's last_seen: that client is not "before" it.
+    let (since, until) = (lasts[lasts.len() / 4], lasts[lasts.len() / 2]);
+    let (since_s, until_s) = (format_rfc3339(since), format_rfc3339(until));
+    check_filter(f, &[("until", &until_s)], rows, |c| c.last_seen < until).await;
+    check_filter(f, &[("since", &since_s), ("until", &until_s)], rows, |c| since <= c.last_seen && c.last_seen < until).await;
+    check_filter(f, &[("ntp_version", "3")], rows, |c| c.version == 3).await;
+    check_filter(f, &[("ntp_version", "4")], rows, |c| c.version == 4).await;
+    check_filter(f, &[("min_sessions", "3")], rows, |c| c.sessions >= 3).await;
+    check_filter(f, &[("min_sessions", "5")], rows, |c| c.sessions >= 5).await;
+    let combined = |c: &Inserted| c.version == 4 && c.sessions >= 2 && c.last_seen < until;
+    check_filter(f, &[("ntp_version", "4"), ("min_sessions", "2"), ("until", &until_s)], rows, combined).await;
+    let body = serde_json::json!({
+        "filters": {"ntp_version": 4, "min_sessions": 2, "until": until_s},
+        "pagination": {"page_size": 1000}
+    });
+    let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&body).send().await).await;
+    assert_eq!(s, 200, "{b}");
+    let expected: BTreeSet<String> = rows.iter().filter(|c| combined(c)).map(|c| c.ip.clone()).collect();
+    assert_eq!(ips(&b), expected, "search body");
+}
+
+/// A sort key's value for an inserted client.
+type SortValue = fn(&Inserted) -> i64;
+
+/// Every id in order, following `next_cursor` from the first page.
+async fn walk(f: &Fixture, sort: &str, order: &str, page_size: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![("sort", sort), ("order", order), ("page_size", page_size)];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.as_str()));
+        }
+        let (s, b) = get(f, "/api/ntp/history/clients", &q).await;
+        assert_eq!(s, 200, "{b}");
+        out.extend(ids(&b));
+        match b["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// `sort=first_seen` and `sort=session_count`, both orders, by cursor and by page, against the
+/// order of the inserted data (ties broken by row id in the same direction).
+async fn sorts_follow_the_inserted_rows(f: &Fixture, rows: &[Inserted]) {
+    // Row ids are the database's: take them from the API, every sort value from the data.
+    let (s, b) = get(f, "/api/ntp/history/clients", &[("page_size", "1000")]).await;
+    assert_eq!(s, 200, "{b}");
+    let by_ip: BTreeMap<&str, &Inserted> = rows.iter().map(|c| (c.ip.as_str(), c)).collect();
+    let mut id_of = BTreeMap::new();
+    for c in b["clients"].as_array().expect("clients") {
+        let ip = c["client_ip"].as_str().expect("ip");
+        let want = by_ip[ip];
+        assert_eq!(c["first_seen"].as_str().and_then(parse_rfc3339), Some(want.first_seen), "{ip} first_seen");
+        assert_eq!(c["last_seen"].as_str().and_then(parse_rfc3339), Some(want.last_seen), "{ip} last_seen");
+        assert_eq!(c["session_count"].as_i64(), Some(want.sessions), "{ip} session_count");
+        assert_eq!(c["ntp_version"].as_i64(), Some(i64::from(want.version)), "{ip} ntp_version");
+        id_of.insert(ip.to_string(), c["id"].as_i64().expect("id"));
+    }
+    assert_eq!(id_of.len(), rows.len());
+    let keys: [(&str, SortValue); 2] = [("first_seen", |c| c.first_seen), ("session_count", |c| c.sessions)];
+    for (sort, key) in keys {
+        for order in ["asc", "desc"] {
+            let mut want: Vec<(i64, i64)> = rows.iter().map(|c| (key(c), id_of[&c.ip])).collect();
+            want.sort_unstable();
+            if order == "desc" {
+                want.reverse();
+            }
+            let want: Vec<i64> = want.into_iter().map(|(_, id)| id).collect();
+            assert_eq!(walk(f, sort, order, "7").await, want, "sort={sort} order={order}, by cursor");
+            let (s, b) = get(f, "/api/ntp/history/clients", &[("sort", sort), ("order", order), ("page", "3"), ("page_size", "7")]).await;
+            assert_eq!(s, 200, "{b}");
+            assert_eq!(ids(&b), want[14..21], "sort={sort} order={order}, page 3");
+        }
+    }
+}
+
+/// List filters and sorts on data whose expected answers the test computes itself.
+async fn computed_filters_and_sorts(pg: bool) {
+    let f = empty_fixture(pg, Protect::default()).await;
+    let rows = catalog(&f.writer).await;
+    filters_match_the_inserted_rows(&f, &rows).await;
+    sorts_follow_the_inserted_rows(&f, &rows).await;
+    done(f).await;
+}
+
+/// `older_than_days` counts back from the server's clock: rows last seen 10 days, 3 days and an
+/// hour ago; 5 days removes the first, half a day the second, and nothing is left to remove then.
+async fn cleanup_older_than_days(pg: bool) {
+    const DAY: i64 = 86_400 * 1_000_000_000;
+    let f = empty_fixture(pg, Protect::default()).await;
+    let now = clock::wall_ns();
+    let ages = [("198.18.9.1", 10 * DAY), ("198.18.9.2", 3 * DAY), ("198.18.9.3", DAY / 24)];
+    let records = ages.iter().map(|(ip, age)| session(ip, now - age, false, *b"GPS\0", false)).collect();
+    let deltas = ntpscope_sink::aggregate::aggregate([&Batch::new("ntp1", "eth0", records)]);
+    ntpscope_sink::store::upsert(&f.writer, &deltas, now).await.expect("rows");
+    let auth = format!("Bearer {TOKEN}");
+    let cleanup = |body: Value| {
+        let req = f.cli.post("/api/ntp/history/cleanup").header("Authorization", &auth).body_json(&body);
+        async move { json(req.send().await).await }
+    };
+    for bad in [serde_json::json!({"older_than_days": -1}), serde_json::json!({"older_than_days": 36501})] {
+        let (s, b) = cleanup(bad).await;
+        assert_error(s, &b, 400, None);
+    }
+    let (s, b) = cleanup(serde_json::json!({"older_than_days": 1, "before": "2026-01-01T00:00:00Z"})).await;
+    assert_error(s, &b, 400, Some("older_than_days"));
+    let before = clock::wall_ns();
+    let (s, b) = cleanup(serde_json::json!({"older_than_days": 5})).await;
+    let after = clock::wall_ns();
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
+    let cutoff = b["cutoff"].as_str().and_then(parse_rfc3339).expect("cutoff");
+    assert!(before - 5 * DAY <= cutoff && cutoff <= after - 5 * DAY, "cutoff {} is not 5 days before the call", b["cutoff"]);
+    let (_, b) = get(&f, "/api/ntp/history/clients", &[]).await;
+    assert_eq!(ips(&b), BTreeSet::from(["198.18.9.2".to_string(), "198.18.9.3".to_string()]));
+    let (s, b) = cleanup(serde_json::json!({"older_than_days": 0.5})).await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(1)), "{b}");
+    let (_, b) = get(&f, "/api/ntp/history/clients", &[]).await;
+    assert_eq!(ips(&b), BTreeSet::from(["198.18.9.3".to_string()]));
+    let (s, b) = cleanup(serde_json::json!({"older_than_days": 0.5})).await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(0)), "{b}");
+    done(f).await;
+}
+
+/// With `--protect-reads`, every read needs a token whatever its method (search and export are
+/// `POST`s); health, the Swagger UI and the spec stay open.
+async fn protected_reads(pg: bool) {
+    let f = fixture(pg, Protect { reads: true, export: false }).await;
+    let search = serde_json::json!({"filters": {"hosts": ["ntp2"]}});
+    let export = serde_json::json!({"format": "json", "limit": 3});
+    let reads: [(&str, &str, Option<&Value>, u16); 7] = [
+        ("GET", "/api/ntp/history/clients", None, 200),
+        ("GET", "/api/ntp/history/clients/198.18.0.1", None, 200),
+        ("GET", "/api/ntp/history/interfaces/statistics", None, 200),
+        ("GET", "/api/ntp/history/service/statistics", None, 200),
+        ("POST", "/api/ntp/history/search", Some(&search), 200),
+        ("POST", "/api/ntp/history/export", Some(&export), 200),
+        // Without NATS the interfaces are unavailable, but only to a caller with a token.
+        ("GET", "/api/ntp/interfaces", None, 503),
+    ];
+    for (method, path, body, ok) in reads {
+        let (s, b) = call(&f, method, path, body, None).await;
+        assert_eq!((s, b["error"]["status"].as_u64()), (401, Some(401)), "{method} {path} without a token: {}", short(&b));
+        let (s, b) = call(&f, method, path, body, Some(WRONG_TOKEN)).await;
+        assert_eq!((s, b["error"]["status"].as_u64()), (403, Some(403)), "{method} {path} with a wrong token: {}", short(&b));
+        let (s, b) = call(&f, method, path, body, Some(TOKEN)).await;
+        assert_eq!(s, ok, "{method} {path} with the token: {}", short(&b));
+    }
+    let (_, b) = call(&f, "POST", "/api/ntp/history/search", Some(&search), Some(TOKEN)).await;
+    assert_eq!(b["total"], 49);
+    let (_, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), Some(TOKEN)).await;
+    assert_eq!(b.as_array().map(Vec::len), Some(3));
+    let (s, b) = get(&f, "/api/ntp/history/health", &[]).await;
+    assert_eq!(s, 503, "health stays open (and unhealthy without NATS): {b}");
+    docs_are_served(&f).await;
+    done(f).await;
+}
+
+/// With `--protect-export` alone, export needs a token and the other reads do not.
+async fn protected_export(pg: bool) {
+    let f = fixture(pg, Protect { reads: false, export: true }).await;
+    let export = serde_json::json!({"format": "json"});
+    let (s, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), None).await;
+    assert_error(s, &b, 401, None);
+    let (s, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), Some(WRONG_TOKEN)).await;
+    assert_error(s, &b, 403, None);
+    let (s, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), Some(TOKEN)).await;
+    assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(300)), "{b}");
+    let (s, b) = get(&f, "/api/ntp/history/clients", &[]).await;
+    assert_eq!((s, b["total"].as_u64()), (200, Some(300)), "{b}");
+    let (s, b) = call(&f, "POST", "/api/ntp/history/search", Some(&serde_json::json!({})), None).await;
+    assert_eq!((s, b["total"].as_u64()), (200, Some(300)), "{b}");
+    done(f).await;
+}
+
+/// Capture stop (and start): the token first; then 503 without NATS; 404 when no agent has
+/// reported or the named one has no responder; 504 when an agent that is online in the status
+/// bucket never answers. Stop takes no body, an empty one, `null` or an object.
+async fn capture_control(pg: bool) {
+    let f = empty_fixture(pg, Protect::default()).await;
+    let stop = "/api/ntp/interfaces/eth0/stop";
+    let auth = format!("Bearer {TOKEN}");
+    let (s, b) = json(f.cli.post(stop).send().await).await;
+    assert_error(s, &b, 401, None);
+    let (s, b) = json(f.cli.post(stop).header("Authorization", format!("Bearer {WRONG_TOKEN}")).send().await).await;
+    assert_error(s, &b, 403, None);
+    let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).send().await).await;
+    assert_error(s, &b, 503, None);
+    for empty in ["", "null", "{}"] {
+        let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).content_type("application/json").body(empty).send().await).await;
+        assert_error(s, &b, 503, None);
+    }
+    let long_agent = format!("{{\"agent\": \"{}\"}}", "a".repeat(300));
+    for bad in ["{not json", "[1]", long_agent.as_str()] {
+        let (s, b) =
+            json(f.cli.post(stop).header("Authorization", &auth).content_type("application/json").body(bad.to_string()).send().await).await;
+        assert_error(s, &b, 400, None);
+    }
+    let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).content_type("text/plain").body("agent=a").send().await).await;
+    assert_error(s, &b, 415, None);
+    let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).body("{}").send().await).await;
+    assert_error(s, &b, 415, None);
+
+    let nats = netlab::NatsServer::start().expect("nats-server (run scripts/install-deps.sh or set NATS_SERVER_BIN)");
+    let api_conn = async_nats::connect(&nats.url).await.expect("connect");
+    let js = async_nats::jetstream::new(api_conn.clone());
+    let kv = ntpscope_bus::status_store(&js, false).await.expect("status bucket");
+    *f.state.bus.write().await = Some(ntpscope_api::state::Bus { client: api_conn, js, kv: Some(kv.clone()) });
+    let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).send().await).await;
+    assert_error(s, &b, 404, None);
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("no agent")), "{b}");
+    let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).body_json(&serde_json::json!({"agent": "ghost"})).send().await).await;
+    assert_error(s, &b, 404, None);
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("ghost")), "{b}");
+
+    // An agent online in the status bucket whose control subject has a subscriber that never
+    // answers.
+    let agent = "silent-agent";
+    let status = AgentStatus {
+        agent: agent.into(),
+        version: "test".into(),
+        updated_ns: clock::wall_ns(),
+        interfaces: vec![InterfaceStatus { name: "eth0".into(), kind: "live".into(), state: "running".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let doc = ntp_wire::status::encode(&status).expect("encode");
+    kv.put(subject::agent_status_key(agent).expect("key"), doc.into()).await.expect("put status");
+    let agent_conn = async_nats::connect(&nats.url).await.expect("connect");
+    let mut requests = agent_conn.subscribe(subject::control(agent).expect("subject")).await.expect("subscribe");
+    agent_conn.flush().await.expect("flush");
+    for body in [None, Some(serde_json::json!({})), Some(serde_json::json!({"agent": agent}))] {
+        let (s, b) = call(&f, "POST", stop, body.as_ref(), Some(TOKEN)).await;
+        assert_error(s, &b, 504, None);
+        assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains(agent) && m.contains("did not answer")), "{b}");
+    }
+    let (s, b) = call(&f, "POST", "/api/ntp/interfaces/eth0/start", Some(&serde_json::json!({"port": 123})), Some(TOKEN)).await;
+    assert_error(s, &b, 504, None);
+    let (s, b) = get(&f, "/api/ntp/interfaces", &[]).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["agents_offline"], serde_json::json!([agent]), "{b}");
+    assert_eq!(b["interfaces"][0]["state"], "unknown", "{b}");
+    // Every one of those requests reached the agent's subject and went unanswered.
+    let mut n = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut requests)).await {
+        n += 1;
+    }
+    assert_eq!(n, 5, "3 stops, 1 start, 1 list");
+    drop(nats);
+    done(f).await;
+}
+
 async fn run_all(pg: bool) {
-    let f = fixture(pg, false).await;
+    let f = fixture(pg, Protect::default()).await;
     hostile_strings_are_harmless(&f).await;
     list_and_paging(&f).await;
     filters_and_errors(&f).await;
     detail_search_and_statistics(&f).await;
     export_streams(&f).await;
+    docs_are_served(&f).await;
     cleanup_needs_a_token(&f).await;
     done(f).await;
-    // Protected reads.
-    let f = fixture(pg, true).await;
-    let (s, b) = get(&f, "/api/ntp/history/clients", &[]).await;
-    assert_error(s, &b, 401, None);
-    let resp = f.cli.get("/api/ntp/history/clients").header("Authorization", format!("Bearer {TOKEN}")).send().await;
-    assert_eq!(resp.0.status().as_u16(), 200);
-    let (s, _) = get(&f, "/api/ntp/history/health", &[]).await;
-    assert_eq!(s, 503, "health stays open (and unhealthy without NATS)");
-    done(f).await;
+    computed_filters_and_sorts(pg).await;
+    cleanup_older_than_days(pg).await;
+    protected_reads(pg).await;
+    protected_export(pg).await;
+    capture_control(pg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +797,130 @@ async fn every_endpoint_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_on_postgres() {
     run_all(true).await;
+}
+
+/// One batch the way the sink commits it: one transaction that checks the message id, upserts
+/// every client, records the id and adds to the sink's counters.
+async fn sink_batch(db: &sea_orm::DatabaseConnection, n: u64) -> Result<(), sea_orm::DbErr> {
+    const ROWS: u64 = 4000;
+    let records = (0..ROWS)
+        .map(|j| {
+            let k = (n * 2500 + j) % 40_000;
+            let t = T0 + i64::try_from((n * ROWS + j) * 1000).unwrap_or(0);
+            session(&format!("198.19.{}.{}", k / 250, k % 250 + 1), t, j % 9 != 0, *b"GPS\0", false)
+        })
+        .collect();
+    let batch = Batch::new("load", "eth9", records);
+    let id = batch.message_id();
+    let now = T0 + 1_000_000 + i64::try_from(n).unwrap_or(0);
+    let txn = db.begin().await?;
+    let seen = ntpscope_sink::store::applied_ids(&txn, std::slice::from_ref(&id)).await?;
+    assert!(seen.is_empty(), "batch {n} applied twice");
+    let counts = ntpscope_sink::store::upsert(&txn, &ntpscope_sink::aggregate::aggregate([&batch]), now).await?;
+    ntpscope_sink::store::record_applied(&txn, &[(id, n + 1)], now).await?;
+    let delta = ntpscope_sink::store::StateDelta {
+        last_sequence: n + 1,
+        total_received: ROWS,
+        total_processed: ROWS,
+        total_inserted: counts.inserted,
+        total_updated: counts.updated,
+        messages_applied: 1,
+        ..Default::default()
+    };
+    ntpscope_sink::store::update_state(&txn, "ntpscope-sink", "NTP", &delta, now).await?;
+    txn.commit().await
+}
+
+/// Pages, filtered lists, a lookup, a search and both statistics, again and again until the
+/// writer has committed `until` batches (or stopped); returns how many answers came and the bad
+/// ones.
+async fn hammer(f: Arc<Fixture>, writing: Arc<AtomicBool>, batches: Arc<AtomicU64>, until: u64, reader: u32) -> (u64, Vec<String>) {
+    let mut answered = 0;
+    let mut failures = Vec::new();
+    let search = serde_json::json!({
+        "filters": {"cidr": "198.19.0.0/16", "min_sessions": 1}, "sort": "session_count", "pagination": {"page_size": 100}
+    });
+    let mut round = 0u32;
+    while (round < 10 || batches.load(Ordering::SeqCst) < until) && writing.load(Ordering::SeqCst) && round < 5000 {
+        // Without the caches, totals and interface statistics hit the database every round.
+        *f.state.total.lock().await = None;
+        *f.state.interface_stats.lock().await = None;
+        let requests = [
+            ("list", f.cli.get("/api/ntp/history/clients").query("page_size", &100)),
+            (
+                "filtered list",
+                f.cli.get("/api/ntp/history/clients").query("host", &"load").query("sort", &"first_seen").query("page", &(round % 5 + 1)),
+            ),
+            ("detail", f.cli.get(format!("/api/ntp/history/clients/198.19.0.{}", reader + 1))),
+            ("search", f.cli.post("/api/ntp/history/search").body_json(&search)),
+            ("interface statistics", f.cli.get("/api/ntp/history/interfaces/statistics")),
+            ("service statistics", f.cli.get("/api/ntp/history/service/statistics")),
+        ];
+        for (what, req) in requests {
+            let resp = req.send().await;
+            let status = resp.0.status().as_u16();
+            let text = resp.0.into_body().into_string().await.unwrap_or_default();
+            answered += 1;
+            if status != 200 || text.to_ascii_lowercase().contains("locked") {
+                failures.push(format!("{what}: {status} {}", text.chars().take(300).collect::<String>()));
+            }
+        }
+        round += 1;
+    }
+    (answered, failures)
+}
+
+/// The API reads while the sink writes: on an SQLite file in WAL mode, a writer commits
+/// 4000-client transactions back to back with the sink's own store code while four clients page,
+/// look up, search and read statistics. Every answer is a 200, none mentions a lock, and the
+/// writer never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_locked_database_while_the_sink_writes() {
+    let f = Arc::new(fixture(false, Protect::default()).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = Arc::new(AtomicBool::new(true));
+    let batches = Arc::new(AtomicU64::new(0));
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn({
+        let (db, stop, writing, batches) = (f.writer.clone(), stop.clone(), writing.clone(), batches.clone());
+        async move {
+            let mut first = Some(first_tx);
+            let mut n = 0;
+            let res = loop {
+                if stop.load(Ordering::SeqCst) {
+                    break Ok(n);
+                }
+                if let Err(e) = sink_batch(&db, n).await {
+                    break Err(e);
+                }
+                n += 1;
+                batches.store(n, Ordering::SeqCst);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+            };
+            writing.store(false, Ordering::SeqCst);
+            res
+        }
+    });
+    first_rx.await.expect("the writer committed its first batch");
+    let at_start = batches.load(Ordering::SeqCst);
+    let until = at_start + 5;
+    let readers: Vec<_> = (0..4).map(|r| tokio::spawn(hammer(f.clone(), writing.clone(), batches.clone(), until, r))).collect();
+    let (mut answered, mut failures) = (0, Vec::new());
+    for r in readers {
+        let (n, bad) = r.await.expect("reader");
+        answered += n;
+        failures.extend(bad);
+    }
+    let during = batches.load(Ordering::SeqCst) - at_start;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.expect("writer").expect("every write of the sink committed");
+    assert!(failures.is_empty(), "{} of {answered} answers failed, e.g. {:#?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(during >= 5, "only {during} batches were committed while the API was read");
+    let (s, b) = get(&f, "/api/ntp/history/clients", &[("host", "load")]).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["total"].as_u64().is_some_and(|n| n > 0), "{b}");
 }
 
 #[tokio::test]

@@ -99,7 +99,8 @@ async fn main() {
             }
         }
     });
-    publish::run(js.clone(), cfg, rx, stats.clone()).await;
+    let (_no_signal, stop) = tokio::sync::watch::channel(false);
+    publish::run(js.clone(), cfg, rx, stats.clone(), stop).await;
     let _ = producer.join();
     let secs = start.elapsed().as_secs_f64();
     let acked = stats.records_acked.load(Ordering::Relaxed);

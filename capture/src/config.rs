@@ -56,8 +56,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 10.0)]
     pub max_t1_skew: f64,
 
-    /// Snap length for live capture (NTS packets exceed 1 KB; keep it large).
-    #[arg(long, default_value_t = 65_535)]
+    /// Snap length for live capture. NTP with NTS extension fields fits in an Ethernet frame;
+    /// larger ones arrive as IP fragments (counted, not parsed). In libpcap's immediate mode each
+    /// ring slot is snap-length sized, so 65535 would leave a 32 MiB buffer ~500 slots; 2048 gives
+    /// it ~16 000. Frames cut short are counted (`snaplen_truncated`).
+    #[arg(long, default_value_t = 2048)]
     pub snaplen: i32,
 
     /// Kernel capture buffer per interface, in MiB.

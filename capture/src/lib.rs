@@ -91,6 +91,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(message = "Capture started.", sources = ?config.sources.iter().map(SourceSpec::interface).collect::<Vec<_>>(), daemon = config.daemon);
     let publisher_stats = Arc::new(publish::PublisherStats::default());
     let (aux_stop_tx, aux_stop_rx) = tokio::sync::watch::channel(false);
+    // A signal gives the publisher `drain_timeout` to empty its buffer; the end of a file does not.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let mut aux_tasks = Vec::new();
     let mut output = match bus {
         Some((client, js, kv)) => {
@@ -106,7 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 let defaults = control::ControlDefaults { analyzer: config.analyzer, live: config.live.clone() };
                 aux_tasks.push(tokio::spawn(control::serve(client, config.agent_id.clone(), supervisor.clone(), defaults, aux_stop_rx)));
             }
-            spawn_publisher(&config, js, rx, publisher_stats.clone())
+            spawn_publisher(&config, js, rx, publisher_stats.clone(), drain_rx)
         }
         None => spawn_writer(&config, rx),
     };
@@ -114,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         res = &mut output => res,
         () = shutdown => {
             tracing::info!(message = "Stopping capture.");
+            let _ = drain_tx.send(true);
             supervisor.shutdown();
             output.await
         }
@@ -140,6 +143,7 @@ fn spawn_publisher(
     js: async_nats::jetstream::Context,
     rx: mpsc::Receiver<source::Batch>,
     stats: Arc<publish::PublisherStats>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> OutputTask {
     let cfg = publish::PublishConfig {
         agent: config.agent_id.clone(),
@@ -150,7 +154,7 @@ fn spawn_publisher(
         drain_timeout: std::time::Duration::from_secs(30),
     };
     tokio::spawn(async move {
-        publish::run(js, cfg, rx, stats.clone()).await;
+        publish::run(js, cfg, rx, stats.clone(), stop).await;
         let acked = stats.messages_acked.load(Ordering::Relaxed);
         let records = stats.records_acked.load(Ordering::Relaxed);
         tracing::info!(message = "Publisher drained.", messages = acked, records);

@@ -9,8 +9,9 @@
 //!
 //! Memory is bounded by `buffer_bytes`: while the buffer is full the publisher stops taking
 //! batches from the capture threads, whose bounded channel then makes a live capture drop and
-//! count records (a file replay waits instead). On shutdown the buffer gets `drain_timeout` to
-//! empty; what is left is counted as dropped.
+//! count records (a file replay waits instead). On shutdown (a signal) the buffer gets
+//! `drain_timeout` to empty, and what is left is counted as dropped; at the end of a file replay
+//! nobody asked to stop, so the publisher waits for the bus as long as it takes.
 
 use std::{
     collections::VecDeque,
@@ -44,7 +45,7 @@ pub struct PublishConfig {
     pub max_records: usize,
     /// Encoded bytes per message (the server's max payload is 1 MiB by default).
     pub max_message_bytes: usize,
-    /// How long shutdown waits for the buffer to empty.
+    /// How long shutdown (a signal) waits for the buffer to empty.
     pub drain_timeout: Duration,
 }
 
@@ -145,8 +146,16 @@ fn encode_chunk(
     }
 }
 
-/// Runs until the capture threads hang up and the buffer is drained (or the drain times out).
-pub async fn run(js: jetstream::Context, cfg: PublishConfig, mut rx: mpsc::Receiver<source::Batch>, stats: Arc<PublisherStats>) {
+/// Runs until the capture threads hang up and the buffer is drained, or, once `stop` turns true
+/// (a signal), until `drain_timeout` has passed.
+pub async fn run(
+    js: jetstream::Context,
+    cfg: PublishConfig,
+    mut rx: mpsc::Receiver<source::Batch>,
+    stats: Arc<PublisherStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut stop_open = true;
     let mut queue: VecDeque<Outgoing> = VecDeque::new();
     let mut inflight: FuturesUnordered<AckFuture> = FuturesUnordered::new();
     let mut buffered: usize = 0;
@@ -223,7 +232,13 @@ pub async fn run(js: jetstream::Context, cfg: PublishConfig, mut rx: mpsc::Recei
                     }
                 } else {
                     input_open = false;
+                }
+            },
+            changed = stop.changed(), if stop_open && drain_deadline.is_none() => {
+                if changed.is_ok() && *stop.borrow() {
                     drain_deadline = Some(tokio::time::Instant::from_std(clock::monotonic()) + cfg.drain_timeout);
+                } else if changed.is_err() {
+                    stop_open = false;
                 }
             },
             () = tokio::time::sleep_until(wake) => {}

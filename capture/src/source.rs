@@ -11,7 +11,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -260,18 +260,28 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
             // libpcap 1.10 on Linux keeps polling inside pcap_next_ex until a packet arrives; its
             // read timeout never returns control. A ticker wakes the loop with pcap_breakloop
             // (an eventfd wake-up) so idle links still expire requests and see the stop flag.
+            // It wakes only a loop that saw no packet for a whole tick: libpcap's ring readers
+            // check for a break *after* handing a packet over, so a break that lands while
+            // pcap_next_ex reads one makes it return PCAP_ERROR_BREAK and that packet is lost,
+            // counted nowhere. A busy loop needs no wake-up: it sees the stop flag per packet.
             let waker = cap.breakloop_handle();
             let done = Arc::new(AtomicBool::new(false));
+            let seen = Arc::new(AtomicU64::new(0));
             let ticker = {
-                let done = done.clone();
+                let (done, seen) = (done.clone(), seen.clone());
                 std::thread::Builder::new().name(format!("tick-{}", ctx.interface)).spawn(move || {
+                    let mut last = seen.load(Ordering::Relaxed);
                     while !done.load(Ordering::Relaxed) {
                         std::thread::sleep(TICK);
-                        waker.breakloop();
+                        let now = seen.load(Ordering::Relaxed);
+                        if now == last {
+                            waker.breakloop();
+                        }
+                        last = now;
                     }
                 })
             };
-            let res = capture_loop(cap, link, ctx, true, None);
+            let res = capture_loop(cap, link, ctx, Some(&seen), None);
             done.store(true, Ordering::Relaxed);
             if let Ok(t) = ticker {
                 let _ = t.join();
@@ -286,7 +296,7 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
                 }
                 bar
             });
-            let res = capture_loop(cap, link, ctx, false, bar.as_ref());
+            let res = capture_loop(cap, link, ctx, None, bar.as_ref());
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
@@ -304,9 +314,11 @@ fn capture_loop<T: Activated + ?Sized>(
     mut cap: Capture<T>,
     link: LinkType,
     ctx: &LoopContext,
-    live: bool,
+    seen: Option<&AtomicU64>,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<(), String> {
+    // Live sources report each packet to their ticker; files have none.
+    let live = seen.is_some();
     let mut analyzer = Analyzer::new(link, ctx.analyzer);
     let mut out: Vec<Record> = Vec::with_capacity(ctx.batch_records * 2);
     let mut last_send = clock::monotonic();
@@ -321,6 +333,9 @@ fn capture_loop<T: Activated + ?Sized>(
                 let time_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec;
                 analyzer.handle_frame(time_ns, pkt.data, &mut out);
                 n += 1;
+                if let Some(seen) = seen {
+                    seen.store(n, Ordering::Relaxed);
+                }
                 bytes_read += 16 + u64::from(pkt.header.caplen);
                 if out.len() >= ctx.batch_records && !send(ctx, &mut out, live, &mut dropped) {
                     break Ok(());

@@ -194,7 +194,8 @@ async fn commit(
             Ok(o) => break o,
             Err(e) => {
                 attempt += 1;
-                stats.add_error();
+                stats.add_error(&format!("{e:#}"));
+                crate::db::discard_sqlite_connection(db).await;
                 let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
                 tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
                 if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
@@ -256,7 +257,14 @@ async fn apply(
     started: Instant,
 ) -> anyhow::Result<StateDelta> {
     let now = clock::unique_wall_ns();
-    let txn = db.begin().await?;
+    // SQLite: take the write lock up front (BEGIN IMMEDIATE), so a batch that reads before it
+    // writes waits out a busy database (busy_timeout) instead of failing its lock upgrade.
+    let txn = db
+        .begin_with_options(sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..sea_orm::TransactionOptions::default()
+        })
+        .await?;
     let ids: Vec<String> = batch
         .iter()
         .map(|d| match &d.decoded {
@@ -265,7 +273,7 @@ async fn apply(
         })
         .collect();
     let seen = store::applied_ids(&txn, &ids).await?;
-    let seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
+    let mut seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
     let mut delta = StateDelta { queue_size: stats.queue_size(), ..StateDelta::default() };
     let mut fresh: Vec<&Batch> = Vec::new();
     let mut applied: Vec<(String, u64)> = Vec::new();
@@ -275,7 +283,9 @@ async fn apply(
         delta.last_sequence = delta.last_sequence.max(d.seq);
         let n = d.decoded.as_ref().map_or(0, |b| b.records.len() as u64);
         delta.total_received += n;
-        if seen.contains(id.as_str()) {
+        // Applied before, or a copy earlier in this batch (one re-published beyond JetStream's
+        // duplicate window can arrive beside the original).
+        if !seen.insert(id.as_str()) {
             delta.duplicates_skipped += 1;
             continue;
         }

@@ -47,6 +47,27 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
     Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(url)))
 }
 
+/// Throws away the writer's SQLite connection after a failed batch; the pool opens a fresh one.
+///
+/// A statement or COMMIT that fails with SQLITE_FULL (or I/O errors) can make SQLite roll the
+/// transaction back by itself, and sqlx's count of open transactions then disagrees with
+/// SQLite's: the next "transaction" runs as a savepoint whose commit is not what it seems. The
+/// fault drill caught batches acknowledged but never stored that way; a new connection has no
+/// such state. PostgreSQL's driver resets its connections itself.
+pub async fn discard_sqlite_connection(db: &DatabaseConnection) {
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Sqlite {
+        return;
+    }
+    match db.get_sqlite_connection_pool().acquire().await {
+        Ok(conn) => {
+            if let Err(e) = conn.close().await {
+                tracing::debug!(message = "Closing the failed connection reported an error.", error = %e);
+            }
+        }
+        Err(e) => tracing::warn!(message = "Could not take the failed connection out of the pool.", error = %e),
+    }
+}
+
 /// The file of an SQLite URL.
 pub fn sqlite_path(url: &str) -> Option<&str> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;

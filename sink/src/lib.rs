@@ -85,6 +85,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     res.map_err(|e| anyhow::anyhow!("consumer task: {e}"))?
 }
 
+/// How long a heartbeat write may wait before the database counts as failing: longer than the
+/// longest batch commit holding SQLite's write lock (a second or two at 50 000 records).
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(3);
+
 /// Every `interval`: refresh the queue size from the consumer, persist it, publish the status
 /// document; every few minutes, forget applied message ids older than the retention.
 #[allow(clippy::too_many_arguments)]
@@ -101,6 +105,7 @@ async fn report_status(
     let Ok(key) = ntp_wire::subject::sink_status_key(&name) else { return };
     let mut tick = tokio::time::interval(interval);
     let mut last_prune = clock::monotonic();
+    let mut heartbeat: Option<(tokio::task::JoinHandle<Result<(), sea_orm::DbErr>>, std::time::Instant)> = None;
     loop {
         let done = tokio::select! {
             _ = tick.tick() => false,
@@ -110,8 +115,34 @@ async fn report_status(
             stats.set_queue_size(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0));
         }
         let now = clock::wall_ns();
-        if let Err(e) = store::heartbeat(&db, &name, ntp_wire::subject::STREAM, stats.queue_size(), now).await {
-            tracing::debug!(message = "Queue size not persisted.", error = %e);
+        // A locked, full or unreachable database is what the operator must see. The heartbeat
+        // runs beside this loop, so the status on the bus stays fresh while the database hangs;
+        // one that has not finished after HEARTBEAT_LIMIT is reported as failing.
+        if let Some((task, started)) = &heartbeat {
+            if task.is_finished() {
+                let (task, _) = heartbeat.take().expect("checked above");
+                match task.await {
+                    Ok(Ok(())) => stats.heartbeat_ok(),
+                    Ok(Err(e)) => {
+                        tracing::warn!(message = "Heartbeat not written to the database.", error = %e);
+                        stats.set_failing(Some(&format!("heartbeat: {e}")));
+                    }
+                    Err(e) => stats.set_failing(Some(&format!("heartbeat: {e}"))),
+                }
+            } else if started.elapsed() > HEARTBEAT_LIMIT {
+                tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed());
+                stats.set_failing(Some(&format!(
+                    "heartbeat: the database has accepted no write for {:.0?} (locked by another process?)",
+                    started.elapsed()
+                )));
+            }
+        }
+        if heartbeat.is_none() {
+            let (db, name, queue) = (db.clone(), name.clone(), stats.queue_size());
+            heartbeat = Some((
+                tokio::spawn(async move { store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await }),
+                clock::monotonic(),
+            ));
         }
         if last_prune.elapsed() > Duration::from_mins(5) {
             let cutoff = now - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);

@@ -21,6 +21,9 @@ struct Totals {
     /// Commit time minus the agent's send time of each applied message, milliseconds (the most
     /// recent [`MAX_LAG_SAMPLES`]).
     lags_ms: std::collections::VecDeque<u32>,
+    /// The last database error, while writes fail, since when (Unix ns), and whether a batch
+    /// (rather than only the heartbeat) failed.
+    failing: Option<(String, i64, bool)>,
 }
 
 /// Lag samples kept for quantiles.
@@ -98,6 +101,7 @@ impl SinkStats {
             let seq = t.counters.entry("last_sequence").or_default();
             *seq = (*seq).max(d.last_sequence);
             t.last_commit_ns = crate::clock::wall_ns();
+            t.failing = None;
             if let Some(lag) = d.lag_seconds {
                 t.lag_seconds = lag;
             }
@@ -129,9 +133,34 @@ impl SinkStats {
         })
     }
 
-    /// Counts a failed batch attempt (retried).
-    pub fn add_error(&self) {
-        self.with(|t| *t.counters.entry("failed_attempts").or_default() += 1);
+    /// Counts a failed batch attempt (retried), and shows the error until a batch commits.
+    pub fn add_error(&self, error: &str) {
+        self.with(|t| {
+            *t.counters.entry("failed_attempts").or_default() += 1;
+            let since = t.failing.as_ref().map_or_else(crate::clock::wall_ns, |f| f.1);
+            t.failing = Some((error.to_string(), since, true));
+        });
+    }
+
+    /// A heartbeat write failed: shown until a write succeeds.
+    pub fn set_failing(&self, error: Option<&str>) {
+        self.with(|t| match error {
+            None => t.failing = None,
+            Some(e) => {
+                let (since, batch) = t.failing.as_ref().map_or_else(|| (crate::clock::wall_ns(), false), |f| (f.1, f.2));
+                t.failing = Some((e.to_string(), since, batch));
+            }
+        });
+    }
+
+    /// A heartbeat write succeeded: clears a failure only the heartbeat saw (a failing batch
+    /// stays shown until it commits: a full disk may take a small write and refuse a large one).
+    pub fn heartbeat_ok(&self) {
+        self.with(|t| {
+            if t.failing.as_ref().is_some_and(|f| !f.2) {
+                t.failing = None;
+            }
+        });
     }
 
     /// Records the consumer's pending + ack-pending.
@@ -162,6 +191,8 @@ impl SinkStats {
                 counters,
                 last_commit_ns: t.last_commit_ns,
                 lag_seconds: t.lag_seconds,
+                failing: t.failing.as_ref().map(|f| f.0.clone()),
+                failing_since_ns: t.failing.as_ref().map_or(0, |f| f.1),
             }
         })
     }

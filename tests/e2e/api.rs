@@ -85,6 +85,22 @@ async fn the_api_answers_what_the_agent_saw() {
     assert!(healthy, "{:?}", get(&cli, "/api/ntp/history/health").await);
 }
 
+/// Every thread of `pid` runs as a non-root user; one (the opener) keeps CAP_NET_RAW and nothing
+/// else, the others no capability at all.
+fn only_the_opener_keeps_net_raw(pid: u32) {
+    let threads = netlab::procfs::thread_creds(pid).expect("agent threads");
+    for t in &threads {
+        assert!(t.uids.iter().chain(&t.gids).all(|&id| id != 0) && !t.groups.contains(&0), "root kept: {t:?}");
+    }
+    let privileged: Vec<_> = threads.iter().filter(|t| t.cap_prm != 0 || t.cap_eff != 0).collect();
+    assert!(
+        privileged.len() == 1
+            && privileged[0].cap_prm == netlab::procfs::CAP_NET_RAW
+            && privileged[0].cap_eff == netlab::procfs::CAP_NET_RAW,
+        "{threads:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     require_tools(&["ip", "chronyd", "ntpdig"]).expect("live test prerequisites");
@@ -118,19 +134,8 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     })
     .await;
     assert!(listed, "{:?}", get(&cli, "/api/ntp/interfaces").await);
-    // Started as root, the daemon runs as an unprivileged user; one thread (the opener) keeps
-    // CAP_NET_RAW and nothing else, so the start below still works.
-    let threads = netlab::procfs::thread_creds(daemon.id()).expect("agent threads");
-    for t in &threads {
-        assert!(t.uids.iter().chain(&t.gids).all(|&id| id != 0) && !t.groups.contains(&0), "root kept: {t:?}");
-    }
-    let privileged: Vec<_> = threads.iter().filter(|t| t.cap_prm != 0 || t.cap_eff != 0).collect();
-    assert!(
-        privileged.len() == 1
-            && privileged[0].cap_prm == netlab::procfs::CAP_NET_RAW
-            && privileged[0].cap_eff == netlab::procfs::CAP_NET_RAW,
-        "{threads:?}"
-    );
+    // Started as root, the daemon runs as an unprivileged user; the start below still works.
+    only_the_opener_keeps_net_raw(daemon.id());
     let start = format!("/api/ntp/interfaces/{iface}/start");
     let stop = format!("/api/ntp/interfaces/{iface}/stop");
     let body = serde_json::json!({"port": 123, "timeout": 1.0});

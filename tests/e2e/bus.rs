@@ -1,10 +1,17 @@
-//! The bus boundary: poison messages, old servers, stream configuration drift.
+//! The bus boundary: poison messages, old servers, stream configuration drift, and every way of
+//! authenticating to NATS (token, nkey, creds file in operator mode) against a real server: the
+//! right secret connects, a wrong one fails at once with the server's reason.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
+use base64::Engine as _;
 use futures_util::StreamExt;
 use netlab::NatsServer;
+use nkeys::KeyPair;
 use ntp_wire::{Batch, batch, subject};
 use sea_orm::EntityTrait;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -69,6 +76,45 @@ async fn garbage_is_dead_lettered_and_the_good_messages_around_it_are_stored() {
     assert!(reasons.iter().any(|r| r.contains("undecodable")));
     assert!(reasons.iter().any(|r| r.contains("schema version 999")));
     assert!(reasons.iter().any(|r| r.contains("subject")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_golden_message_on_the_bus_is_stored_once_by_the_sink() {
+    // The committed bytes of every wire version (long keys with `kind` tags, compact keys), as
+    // agents of those versions published them. Three golden files hold the same batch: copies
+    // re-published beyond JetStream's duplicate window (no Nats-Msg-Id here), which the sink
+    // must recognise by content even when they arrive in one of its batches.
+    let nats = NatsServer::start().expect("nats-server");
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = jetstream::new(client);
+    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.expect("stream");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/wire/tests/golden");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&golden).expect("golden dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    let mut distinct = std::collections::BTreeMap::new();
+    for path in &files {
+        let bytes = std::fs::read(path).expect("read");
+        let b = batch::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        distinct.insert(b.message_id(), b.records.len() as i64);
+        let subj = subject::sessions(&b.agent, &b.interface).expect("subject");
+        js.send_publish(subj, PublishMessage::build().payload(bytes.into())).await.expect("publish").await.expect("ack");
+    }
+    assert!(files.len() >= 5 && distinct.len() < files.len(), "{files:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &[]);
+    let db = open(&url).await;
+    let want: i64 = distinct.values().sum();
+    let state = || async { entity::sink_state::Entity::find().all(&db).await.ok().and_then(|s| s.into_iter().next()) };
+    let seen_all = wait_until(Duration::from_secs(30), || async {
+        state().await.is_some_and(|s| s.duplicates_skipped + s.messages_applied + s.dead_lettered >= files.len() as i64)
+    })
+    .await;
+    let s = state().await.expect("sink state");
+    assert!(seen_all, "{s:?}");
+    assert_eq!(s.dead_lettered, 0, "{s:?}");
+    assert_eq!((s.messages_applied, s.duplicates_skipped), (distinct.len() as i64, (files.len() - distinct.len()) as i64), "{s:?}");
+    assert_eq!(stored_records(&db).await, want, "{s:?}");
 }
 
 /// A fake NATS 2.9 server: INFO, then PONG for every PING.
@@ -146,4 +192,159 @@ async fn a_stream_with_other_limits_is_reported_and_converged() {
     .expect("memory stream");
     let err = ntpscope_bus::ensure_stream(&js, &settings).await.expect_err("storage mismatch").to_string();
     assert!(err.contains("file storage"), "{err}");
+}
+
+/// A JetStream server whose only configuration is `auth` (nats-server syntax).
+fn auth_server(auth: &str) -> NatsServer {
+    NatsServer::start_config(&format!("jetstream {{\n  store_dir: \"@STORE@\"\n}}\n{auth}\n"), &[]).expect("nats-server")
+}
+
+/// Connection flags as a service gets them, without credentials.
+fn connect_args(url: &str) -> ntpscope_bus::ConnectArgs {
+    ntpscope_bus::ConnectArgs {
+        nats_url: url.to_string(),
+        nats_user: None,
+        nats_password_file: None,
+        nats_token_file: None,
+        nats_nkey_file: None,
+        nats_creds: None,
+        nats_tls_ca: None,
+        nats_tls_cert: None,
+        nats_tls_key: None,
+        nats_tls: false,
+        nats_connect_timeout: 10.0,
+        nats_inbox_prefix: "_INBOX".into(),
+    }
+}
+
+/// Writes a secret file in the server's scratch directory.
+fn secret(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{text}\n")).expect("write secret");
+    path
+}
+
+/// Connects with `args` as every ntpscope service does (secret files read, version checked),
+/// then uses JetStream so that the connection is known to be authorised, not just open.
+async fn try_connect(args: ntpscope_bus::ConnectArgs) -> Result<(), String> {
+    let cfg = args.into_config("auth-test").map_err(|e| e.to_string())?;
+    let client = ntpscope_bus::connect(&cfg).await.map_err(|e| e.to_string())?;
+    let js = jetstream::new(client);
+    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A refused connection: fails well before the connect timeout and names the reason.
+async fn assert_refused(args: ntpscope_bus::ConnectArgs, what: &str) {
+    let start = Instant::now();
+    let err = try_connect(args).await.expect_err(what);
+    assert!(err.to_lowercase().contains("authorization violation"), "{what}: {err}");
+    assert!(start.elapsed() < Duration::from_secs(8), "{what}: refused only after {:?}: {err}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_connects_with_the_token_file_and_refuses_a_wrong_token() {
+    let nats = auth_server("authorization {\n  token: \"s3cret-t0ken-for-ntpscope\"\n}");
+    let good = secret(nats.dir(), "token", "s3cret-t0ken-for-ntpscope");
+    let bad = secret(nats.dir(), "bad-token", "s3cret-t0ken-for-somebody");
+    try_connect(ntpscope_bus::ConnectArgs { nats_token_file: Some(good.clone()), ..connect_args(&nats.url) }).await.expect("right token");
+    assert_refused(ntpscope_bus::ConnectArgs { nats_token_file: Some(bad.clone()), ..connect_args(&nats.url) }, "wrong token").await;
+    assert_refused(connect_args(&nats.url), "no token").await;
+    // The agent's flag reaches the same code: it publishes with the right file, and with the
+    // wrong one exits non-zero with the server's reason before capturing anything.
+    let file = fixture("zeek-ntp.pcap");
+    let run = |token: &Path| {
+        std::process::Command::new(harness::bin("ntpscope-capture"))
+            .args(["-r", file.to_str().expect("path"), "--output", "nats", "--nats-url", &nats.url, "--summary", "json"])
+            .args(["--nats-connect-timeout", "10", "--nats-token-file"])
+            .arg(token)
+            .env("NTPSCOPE_LOG", "warn")
+            .output()
+            .expect("agent")
+    };
+    let out = run(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(harness::summary(&out)["publisher"]["records_acked"].as_i64().is_some_and(|n| n > 0));
+    let out = run(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.to_lowercase().contains("authorization violation"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nkey_auth_connects_with_the_seed_file_and_refuses_another_key() {
+    let user = KeyPair::new_user();
+    let nats = auth_server(&format!("authorization {{\n  users: [ {{ nkey: \"{}\" }} ]\n}}", user.public_key()));
+    let good = secret(nats.dir(), "user.nk", &user.seed().expect("seed"));
+    let other = secret(nats.dir(), "other.nk", &KeyPair::new_user().seed().expect("seed"));
+    try_connect(ntpscope_bus::ConnectArgs { nats_nkey_file: Some(good), ..connect_args(&nats.url) }).await.expect("right seed");
+    assert_refused(ntpscope_bus::ConnectArgs { nats_nkey_file: Some(other), ..connect_args(&nats.url) }, "unknown nkey").await;
+}
+
+/// A NATS JWT (`ed25519-nkey`) with `nats` as its NATS claims, signed by `issuer`.
+fn jwt(issuer: &KeyPair, subject: &str, name: &str, nats: &serde_json::Value) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    // The JWT id only has to be unique; nsc uses a hash of the claims.
+    let jti: String = subject.chars().rev().take(52).collect();
+    let claims = serde_json::json!({
+        "jti": jti, "iat": 1_767_225_600, "iss": issuer.public_key(), "name": name, "sub": subject, "nats": nats,
+    });
+    let body = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let sig = issuer.sign(body.as_bytes()).expect("sign");
+    format!("{body}.{}", b64(&sig))
+}
+
+/// A `.creds` file as `nsc` writes it.
+fn creds(dir: &Path, name: &str, user_jwt: &str, seed: &str) -> PathBuf {
+    let text = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    );
+    secret(dir, name, &text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_file_auth_connects_in_operator_mode_and_refuses_a_foreign_user() {
+    // Operator → account (JetStream enabled) → user, all made here; the server trusts the
+    // operator and knows the accounts (JetStream needs a system account too) from a memory
+    // resolver.
+    let (operator, system, account, user) = (KeyPair::new_operator(), KeyPair::new_account(), KeyPair::new_account(), KeyPair::new_user());
+    let account_jwt = |key: &KeyPair, name: &str, jetstream: bool| {
+        let mut limits = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+        });
+        if jetstream {
+            for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+                limits[k] = serde_json::json!(-1);
+            }
+        }
+        let claims = serde_json::json!({"limits": limits, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2});
+        jwt(&operator, &key.public_key(), name, &claims)
+    };
+    let operator_claims = serde_json::json!({"system_account": system.public_key(), "type": "operator", "version": 2});
+    let operator_jwt = jwt(&operator, &operator.public_key(), "ntpscope-test", &operator_claims);
+    let user_claims = serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2});
+    let user_jwt = jwt(&account, &user.public_key(), "agent", &user_claims);
+    let nats = auth_server(&format!(
+        "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n  {}: {}\n}}",
+        system.public_key(),
+        system.public_key(),
+        account_jwt(&system, "SYS", false),
+        account.public_key(),
+        account_jwt(&account, "NTPSCOPE", true),
+    ));
+    let good = creds(nats.dir(), "agent.creds", &user_jwt, &user.seed().expect("seed"));
+    try_connect(ntpscope_bus::ConnectArgs { nats_creds: Some(good), ..connect_args(&nats.url) })
+        .await
+        .unwrap_or_else(|e| panic!("right creds: {e}\n{}", nats.log()));
+    // The right JWT with another key's seed: the nonce signature does not match.
+    let stolen = creds(nats.dir(), "stolen.creds", &user_jwt, &KeyPair::new_user().seed().expect("seed"));
+    assert_refused(ntpscope_bus::ConnectArgs { nats_creds: Some(stolen), ..connect_args(&nats.url) }, "JWT with a foreign seed").await;
+    // A user signed by an account the server does not know.
+    let stranger = KeyPair::new_user();
+    let foreign_jwt = jwt(&KeyPair::new_account(), &stranger.public_key(), "stranger", &user_claims);
+    let foreign = creds(nats.dir(), "foreign.creds", &foreign_jwt, &stranger.seed().expect("seed"));
+    assert_refused(ntpscope_bus::ConnectArgs { nats_creds: Some(foreign), ..connect_args(&nats.url) }, "user of an unknown account").await;
 }

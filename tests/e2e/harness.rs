@@ -1,14 +1,15 @@
 //! Helpers of the end-to-end suite: locating the binaries, running agents and sinks as real
-//! processes, waiting on the database, and computing expected rows from JSON lines.
+//! processes, waiting on the database, and computing expected rows from JSON lines: every column
+//! of `ntp_clients` the sink derives from records, compared column by column.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, IdenStatic, Iterable};
 use serde_json::Value;
 
 /// A workspace binary built by `cargo test --workspace` (next to the test executable).
@@ -140,118 +141,402 @@ where
     false
 }
 
-/// Per-client totals, comparable between JSON lines and database rows.
+/// One value of an `ntp_clients` column, as the end-to-end tests compare it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// An integer column (NULL as `None`).
+    Int(Option<i64>),
+    /// A floating-point column, compared with a tolerance (sums add in another order, and JSON
+    /// parsing may be off by an ulp).
+    Float(Option<f64>),
+    /// A text column.
+    Text(Option<String>),
+    /// A binary column.
+    Bytes(Option<Vec<u8>>),
+    /// A boolean column.
+    Bool(bool),
+}
+
+impl Cell {
+    fn same(&self, other: &Cell) -> bool {
+        match (self, other) {
+            (Cell::Float(Some(a)), Cell::Float(Some(b))) => (a - b).abs() <= 1e-12 + 1e-9 * a.abs().max(b.abs()),
+            _ => self == other,
+        }
+    }
+}
+
+/// One client row: every column the sink derives from records, by column name (all but the
+/// surrogate `id`, the key columns and the sink's wall-clock `created_at`/`updated_at`).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Totals {
-    /// Sessions.
-    pub sessions: i64,
-    /// Answered.
-    pub answered: i64,
-    /// Unanswered.
-    pub unanswered: i64,
-    /// Kiss-o'-death.
-    pub kod: i64,
-    /// Observations.
-    pub observations: i64,
-    /// Latency samples.
-    pub latency_count: i64,
-    /// Latency sum, nanoseconds (rounded, so sums compare exactly enough).
-    pub latency_sum_ns: i64,
-    /// Turnaround samples.
-    pub turnaround_count: i64,
-    /// First capture time.
-    pub first_seen: i64,
-    /// Last capture time.
-    pub last_seen: i64,
+    /// Column name → value.
+    pub cols: BTreeMap<&'static str, Cell>,
 }
 
 /// Key of a row: (host, interface, client address).
 pub type RowKey = (String, String, String);
 
-fn parse_time(v: &Value) -> i64 {
-    ntp_wire::time::parse_rfc3339(v.as_str().unwrap_or_default()).unwrap_or(0)
+/// Columns [`Totals`] leaves out: the surrogate key, the row key and the sink's own clock.
+const NOT_COMPARED: [&str; 6] = ["id", "host", "interface_name", "client_ip", "created_at", "updated_at"];
+
+fn parse_time(v: &Value) -> Option<i64> {
+    v.as_str().and_then(ntp_wire::time::parse_rfc3339)
 }
 
-/// Totals per client computed from the agent's JSON lines (independently of the sink's code).
+/// Count, sum, min and max of one metric.
+#[derive(Debug, Default, Clone)]
+struct Stat {
+    count: i64,
+    sum: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+}
+
+impl Stat {
+    fn add(&mut self, v: &Value) {
+        let Some(v) = v.as_f64() else { return };
+        self.count += 1;
+        self.sum += v;
+        self.min = Some(self.min.map_or(v, |m| m.min(v)));
+        self.max = Some(self.max.map_or(v, |m| m.max(v)));
+    }
+
+    fn put(&self, name: &'static str, cols: &mut BTreeMap<&'static str, Cell>) {
+        let [count, sum, min, max] = match name {
+            "latency" => ["latency_count", "latency_sum", "latency_min", "latency_max"],
+            "processing" => ["processing_count", "processing_sum", "processing_min", "processing_max"],
+            _ => ["turnaround_count", "turnaround_sum", "turnaround_min", "turnaround_max"],
+        };
+        cols.insert(count, Cell::Int(Some(self.count)));
+        cols.insert(sum, Cell::Float(Some(self.sum)));
+        cols.insert(min, Cell::Float(self.min));
+        cols.insert(max, Cell::Float(self.max));
+    }
+}
+
+/// What one client's JSON lines add up to.
+#[derive(Debug, Default)]
+struct Acc {
+    counters: BTreeMap<&'static str, i64>,
+    first_seen: i64,
+    /// Last capture time and the mode of the packet seen then (later lines win ties).
+    last: Option<(i64, i64)>,
+    /// Newest kiss code with its request time.
+    kiss: Option<(i64, String)>,
+    latency: Stat,
+    processing: Stat,
+    turnaround: Stat,
+    /// The newest session's request time and latest-value columns.
+    latest: Option<(i64, Vec<(&'static str, Cell)>)>,
+}
+
+const COUNTERS: [&str; 16] = [
+    "session_count",
+    "answered_count",
+    "unanswered_count",
+    "kod_count",
+    "retransmit_count",
+    "interleaved_count",
+    "t1_randomized_count",
+    "nts_count",
+    "extension_count",
+    "mac_count",
+    "observation_count",
+    "symmetric_count",
+    "broadcast_count",
+    "control_count",
+    "private_count",
+    "monlist_count",
+];
+
+/// Latest-value columns, all NULL (and `t1_randomized` false) until a session arrives.
+const LATEST: [&str; 22] = [
+    "session_timestamp",
+    "client_port",
+    "server_ip",
+    "server_port",
+    "vlan_id",
+    "ntp_version",
+    "stratum",
+    "precision",
+    "leap_indicator",
+    "poll_interval",
+    "packet_length",
+    "reference_id",
+    "reference_timestamp",
+    "originate_timestamp",
+    "receive_timestamp",
+    "transmit_timestamp",
+    "t1_randomized",
+    "root_delay",
+    "root_dispersion",
+    "client_to_server_latency",
+    "server_processing_time",
+    "total_process_time",
+];
+
+/// RFC 8915's extension field types (unique identifier, cookie, cookie placeholder, authenticator).
+const NTS_FIELD_TYPES: [i64; 4] = [0x0104, 0x0204, 0x0304, 0x0404];
+
+impl Acc {
+    fn add(&mut self, name: &'static str, n: i64) {
+        *self.counters.entry(name).or_default() += n;
+    }
+
+    fn see(&mut self, first: i64, last: i64, mode: i64) {
+        self.first_seen = self.first_seen.min(first);
+        if self.last.is_none_or(|(t, _)| last >= t) {
+            self.last = Some((last, mode));
+        }
+    }
+
+    fn session(&mut self, l: &Value) {
+        let req = parse_time(&l["request_time"]).expect("request_time");
+        let packets = [&l["request"], &l["response"]];
+        self.add("session_count", 1);
+        self.add(if l["outcome"] == "answered" { "answered_count" } else { "unanswered_count" }, 1);
+        self.add("retransmit_count", l["retransmits"].as_i64().expect("retransmits"));
+        self.add("interleaved_count", i64::from(l["interleaved"] == true));
+        self.add("t1_randomized_count", i64::from(l["t1_randomized"] == true));
+        let ext_types =
+            || packets.into_iter().filter_map(|p| p["extensions"].as_array()).flatten().filter_map(|e| e["field_type"].as_i64());
+        self.add("nts_count", i64::from(ext_types().any(|t| NTS_FIELD_TYPES.contains(&t))));
+        self.add("extension_count", i64::from(ext_types().next().is_some()));
+        self.add("mac_count", i64::from(packets.iter().any(|p| p.get("mac").is_some_and(|m| !m.is_null()))));
+        if let Some(code) = l["kiss_code"].as_str() {
+            self.add("kod_count", 1);
+            if self.kiss.as_ref().is_none_or(|(t, _)| req >= *t) {
+                self.kiss = Some((req, code.to_string()));
+            }
+        }
+        self.latency.add(&l["client_to_server_latency_seconds"]);
+        self.processing.add(&l["server_processing_time_seconds"]);
+        self.turnaround.add(&l["total_process_time_seconds"]);
+        if self.latest.as_ref().is_none_or(|(t, _)| req >= *t) {
+            self.latest = Some((req, latest_columns(l, req)));
+        }
+    }
+
+    fn observation(&mut self, l: &Value) {
+        self.add("observation_count", 1);
+        match l["mode"].as_i64().expect("mode") {
+            1 | 2 => self.add("symmetric_count", 1),
+            5 => self.add("broadcast_count", 1),
+            6 => self.add("control_count", 1),
+            7 => {
+                self.add("private_count", 1);
+                // MON_GETLIST and MON_GETLIST_1 (ntpdc's monlist).
+                self.add("monlist_count", i64::from(matches!(l["private"]["request_code"].as_i64(), Some(20 | 42))));
+            }
+            _ => {}
+        }
+    }
+
+    fn into_totals(self, client_ip: &str) -> Totals {
+        let mut cols = BTreeMap::new();
+        for name in COUNTERS {
+            cols.insert(name, Cell::Int(Some(self.counters.get(name).copied().unwrap_or(0))));
+        }
+        cols.insert("first_seen", Cell::Int(Some(self.first_seen)));
+        cols.insert("last_seen", Cell::Int(self.last.map(|(t, _)| t)));
+        cols.insert("last_mode", Cell::Int(self.last.map(|(_, m)| m)));
+        cols.insert("last_kiss_code", Cell::Text(self.kiss.map(|(_, k)| k)));
+        self.latency.put("latency", &mut cols);
+        self.processing.put("processing", &mut cols);
+        self.turnaround.put("turnaround", &mut cols);
+        match self.latest {
+            Some((_, latest)) => cols.extend(latest),
+            None => {
+                for name in LATEST {
+                    let null = match name {
+                        "t1_randomized" => Cell::Bool(false),
+                        "server_ip" | "reference_id" => Cell::Text(None),
+                        "root_delay" | "root_dispersion" | "client_to_server_latency" | "server_processing_time" | "total_process_time" => {
+                            Cell::Float(None)
+                        }
+                        _ => Cell::Int(None),
+                    };
+                    cols.insert(name, null);
+                }
+            }
+        }
+        // The address as 16 bytes, IPv4 mapped into IPv6.
+        let bin = client_ip.parse::<std::net::IpAddr>().ok().map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        });
+        cols.insert("client_ip_bin", Cell::Bytes(bin));
+        Totals { cols }
+    }
+}
+
+/// The latest-value columns of one session line: the flat fields describe the response, or the
+/// request when unanswered (as the seed's rows do).
+fn latest_columns(l: &Value, req: i64) -> Vec<(&'static str, Cell)> {
+    let int = |k: &str| Cell::Int(l[k].as_i64());
+    let float = |k: &str| Cell::Float(l[k].as_f64());
+    vec![
+        ("session_timestamp", Cell::Int(Some(req))),
+        ("client_port", int("client_port")),
+        ("server_ip", Cell::Text(l["server_ip"].as_str().map(String::from))),
+        ("server_port", int("server_port")),
+        ("vlan_id", int("vlan_id")),
+        ("ntp_version", int("ntp_version")),
+        ("stratum", int("stratum")),
+        ("precision", int("precision")),
+        ("leap_indicator", int("leap_indicator")),
+        ("poll_interval", int("poll_interval")),
+        ("packet_length", int("packet_length")),
+        ("reference_id", Cell::Text(l["reference_id"].as_str().map(String::from))),
+        ("reference_timestamp", Cell::Int(parse_time(&l["reference_timestamp"]))),
+        ("originate_timestamp", Cell::Int(parse_time(&l["origin_timestamp"]))),
+        ("receive_timestamp", Cell::Int(parse_time(&l["receive_timestamp"]))),
+        ("transmit_timestamp", Cell::Int(parse_time(&l["transmit_timestamp"]))),
+        ("t1_randomized", Cell::Bool(l["t1_randomized"] == true)),
+        ("root_delay", float("root_delay")),
+        ("root_dispersion", float("root_dispersion")),
+        ("client_to_server_latency", float("client_to_server_latency_seconds")),
+        ("server_processing_time", float("server_processing_time_seconds")),
+        ("total_process_time", float("total_process_time_seconds")),
+    ]
+}
+
+/// Rows computed from the agent's JSON lines, by this test's own code (never the sink's): counters
+/// add, first/last seen are the earliest request and the latest packet, metrics keep
+/// count/sum/min/max, and the latest-value columns come from the session with the newest request
+/// (the later line on a tie, as the sink's "at least as new").
 pub fn expected(lines: &[Value]) -> BTreeMap<RowKey, Totals> {
-    let mut out: BTreeMap<RowKey, Totals> = BTreeMap::new();
+    let mut acc: BTreeMap<RowKey, Acc> = BTreeMap::new();
     for l in lines {
         let key = (
             l["host"].as_str().unwrap_or_default().to_string(),
             l["interface_name"].as_str().unwrap_or_default().to_string(),
             l["client_ip"].as_str().unwrap_or_default().to_string(),
         );
-        let (first, last) = if l["record_type"] == "session" {
-            let req = parse_time(&l["request_time"]);
-            (req, if l["response_time"].is_null() { req } else { parse_time(&l["response_time"]) })
-        } else {
-            let t = parse_time(&l["time"]);
-            (t, t)
-        };
-        let t = out.entry(key).or_insert_with(|| Totals { first_seen: first, last_seen: last, ..Totals::default() });
-        t.first_seen = t.first_seen.min(first);
-        t.last_seen = t.last_seen.max(last);
+        let a = acc.entry(key).or_insert_with(|| Acc { first_seen: i64::MAX, ..Acc::default() });
         if l["record_type"] == "session" {
-            t.sessions += 1;
-            if l["outcome"] == "answered" {
-                t.answered += 1;
-            } else {
-                t.unanswered += 1;
-            }
-            if !l["kiss_code"].is_null() {
-                t.kod += 1;
-            }
-            if let Some(v) = l["client_to_server_latency_seconds"].as_f64() {
-                t.latency_count += 1;
-                t.latency_sum_ns += (v * 1e9).round() as i64;
-            }
-            if l["total_process_time_seconds"].as_f64().is_some() {
-                t.turnaround_count += 1;
-            }
+            let req = parse_time(&l["request_time"]).expect("request_time");
+            // A session is last seen at its response; its mode is the response's (or the request's).
+            let last = parse_time(&l["response_time"]).unwrap_or(req);
+            let mode = l["response"]["mode"].as_i64().or_else(|| l["request"]["mode"].as_i64()).expect("mode");
+            a.see(req, last, mode);
+            a.session(l);
         } else {
-            t.observations += 1;
+            let t = parse_time(&l["time"]).expect("time");
+            a.see(t, t, l["mode"].as_i64().expect("mode"));
+            a.observation(l);
         }
+    }
+    acc.into_iter().map(|(k, a)| (k.clone(), a.into_totals(&k.2))).collect()
+}
+
+/// The same rows read back from `ntp_clients`; every column but [`NOT_COMPARED`] must be here.
+pub async fn stored(db: &DatabaseConnection) -> BTreeMap<RowKey, Totals> {
+    let rows = entity::ntp_clients::Entity::find().all(db).await.expect("read ntp_clients");
+    let out: BTreeMap<RowKey, Totals> =
+        rows.into_iter().map(|r| ((r.host.clone(), r.interface_name.clone(), r.client_ip.clone()), row_totals(r))).collect();
+    if let Some(t) = out.values().next() {
+        let compared: BTreeSet<&str> = t.cols.keys().copied().chain(NOT_COMPARED).collect();
+        let all: BTreeSet<&str> = entity::ntp_clients::Column::iter().map(|c| c.as_str()).collect();
+        let missing: Vec<_> = all.difference(&compared).collect();
+        assert!(missing.is_empty(), "columns the end-to-end comparison does not check: {missing:?}");
     }
     out
 }
 
-/// The same totals read back from `ntp_clients`.
-pub async fn stored(db: &DatabaseConnection) -> BTreeMap<RowKey, Totals> {
-    entity::ntp_clients::Entity::find()
-        .all(db)
-        .await
-        .expect("read ntp_clients")
-        .into_iter()
-        .map(|r| {
-            (
-                (r.host, r.interface_name, r.client_ip),
-                Totals {
-                    sessions: r.session_count,
-                    answered: r.answered_count,
-                    unanswered: r.unanswered_count,
-                    kod: r.kod_count,
-                    observations: r.observation_count,
-                    latency_count: r.latency_count,
-                    latency_sum_ns: (r.latency_sum * 1e9).round() as i64,
-                    turnaround_count: r.turnaround_count,
-                    first_seen: r.first_seen,
-                    last_seen: r.last_seen,
-                },
-            )
-        })
-        .collect()
+fn row_totals(r: entity::ntp_clients::Model) -> Totals {
+    let int = |v: Option<i32>| Cell::Int(v.map(i64::from));
+    let big = |v: i64| Cell::Int(Some(v));
+    let cols: BTreeMap<&'static str, Cell> = [
+        ("client_ip_bin", Cell::Bytes(r.client_ip_bin)),
+        ("client_port", int(r.client_port)),
+        ("server_ip", Cell::Text(r.server_ip)),
+        ("server_port", int(r.server_port)),
+        ("vlan_id", int(r.vlan_id)),
+        ("ntp_version", int(r.ntp_version)),
+        ("stratum", int(r.stratum)),
+        ("precision", int(r.precision)),
+        ("root_delay", Cell::Float(r.root_delay)),
+        ("root_dispersion", Cell::Float(r.root_dispersion)),
+        ("reference_id", Cell::Text(r.reference_id)),
+        ("leap_indicator", int(r.leap_indicator)),
+        ("poll_interval", int(r.poll_interval)),
+        ("reference_timestamp", Cell::Int(r.reference_timestamp)),
+        ("originate_timestamp", Cell::Int(r.originate_timestamp)),
+        ("receive_timestamp", Cell::Int(r.receive_timestamp)),
+        ("transmit_timestamp", Cell::Int(r.transmit_timestamp)),
+        ("client_to_server_latency", Cell::Float(r.client_to_server_latency)),
+        ("server_processing_time", Cell::Float(r.server_processing_time)),
+        ("total_process_time", Cell::Float(r.total_process_time)),
+        ("packet_length", int(r.packet_length)),
+        ("session_timestamp", Cell::Int(r.session_timestamp)),
+        ("first_seen", big(r.first_seen)),
+        ("last_seen", big(r.last_seen)),
+        ("last_kiss_code", Cell::Text(r.last_kiss_code)),
+        ("last_mode", int(r.last_mode)),
+        ("t1_randomized", Cell::Bool(r.t1_randomized)),
+        ("session_count", big(r.session_count)),
+        ("answered_count", big(r.answered_count)),
+        ("unanswered_count", big(r.unanswered_count)),
+        ("kod_count", big(r.kod_count)),
+        ("retransmit_count", big(r.retransmit_count)),
+        ("interleaved_count", big(r.interleaved_count)),
+        ("t1_randomized_count", big(r.t1_randomized_count)),
+        ("nts_count", big(r.nts_count)),
+        ("extension_count", big(r.extension_count)),
+        ("mac_count", big(r.mac_count)),
+        ("observation_count", big(r.observation_count)),
+        ("symmetric_count", big(r.symmetric_count)),
+        ("broadcast_count", big(r.broadcast_count)),
+        ("control_count", big(r.control_count)),
+        ("private_count", big(r.private_count)),
+        ("monlist_count", big(r.monlist_count)),
+        ("latency_count", big(r.latency_count)),
+        ("latency_sum", Cell::Float(Some(r.latency_sum))),
+        ("latency_min", Cell::Float(r.latency_min)),
+        ("latency_max", Cell::Float(r.latency_max)),
+        ("processing_count", big(r.processing_count)),
+        ("processing_sum", Cell::Float(Some(r.processing_sum))),
+        ("processing_min", Cell::Float(r.processing_min)),
+        ("processing_max", Cell::Float(r.processing_max)),
+        ("turnaround_count", big(r.turnaround_count)),
+        ("turnaround_sum", Cell::Float(Some(r.turnaround_sum))),
+        ("turnaround_min", Cell::Float(r.turnaround_min)),
+        ("turnaround_max", Cell::Float(r.turnaround_max)),
+    ]
+    .into_iter()
+    .collect();
+    Totals { cols }
 }
 
-/// Compares with a tolerance of a few nanoseconds per latency sum (float sums in another order).
+/// Compares every column of every row (floats within a relative 1e-9), and lists every
+/// difference, not only the first.
 pub fn assert_same(expected: &BTreeMap<RowKey, Totals>, got: &BTreeMap<RowKey, Totals>) {
-    assert_eq!(expected.len(), got.len(), "row count");
-    for (k, e) in expected {
-        let g = got.get(k).unwrap_or_else(|| panic!("missing row {k:?}"));
-        let mut g2 = g.clone();
-        assert!((g.latency_sum_ns - e.latency_sum_ns).abs() <= e.latency_count.max(1), "{k:?} latency sum {g:?} vs {e:?}");
-        g2.latency_sum_ns = e.latency_sum_ns;
-        assert_eq!(&g2, e, "row {k:?}");
+    let mut diffs = Vec::new();
+    for k in got.keys().filter(|k| !expected.contains_key(*k)) {
+        diffs.push(format!("unexpected row {k:?}"));
     }
+    for (k, e) in expected {
+        let Some(g) = got.get(k) else {
+            diffs.push(format!("missing row {k:?}"));
+            continue;
+        };
+        let names: BTreeSet<&str> = e.cols.keys().chain(g.cols.keys()).copied().collect();
+        for name in names {
+            let (ev, gv) = (e.cols.get(name), g.cols.get(name));
+            if !matches!((ev, gv), (Some(a), Some(b)) if a.same(b)) {
+                diffs.push(format!("{k:?} {name}: expected {ev:?}, stored {gv:?}"));
+            }
+        }
+    }
+    let shown = diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n  ");
+    assert!(
+        diffs.is_empty(),
+        "{} differences between the JSON lines and ntp_clients ({} rows expected):\n  {shown}",
+        diffs.len(),
+        expected.len()
+    );
 }
 
 /// `SUM(session_count) + SUM(observation_count)` in the table.

@@ -5,6 +5,8 @@
 //! - [`tidy`]: every Rust file starts with a `//!` comment saying what it is for.
 //! - [`pipeline`]: agent → NATS → sink → SQLite/PostgreSQL against the agent's JSON lines; crash,
 //!   restart and cut-off faults.
+//! - [`faults`]: faults under load (sink kills, nats-server restart, a locked and a full database,
+//!   an agent cut off) while a replay runs; nothing lost, nothing counted twice, each fault in health.
 //! - [`api`]: the API over the real pipeline; remote start/stop of a live capture.
 //! - [`bus`]: dead letters, old servers, stream configuration drift.
 //! - [`schemathesis`]: the API fuzzed against `openapi.yaml`, the stack in its own namespace.
@@ -13,6 +15,8 @@
 //! - [`readme`]: `scripts/run.sh` in a namespace, the README's `curl` examples verbatim, Ctrl-C, resume.
 //! - [`tls`]: mutual TLS on the bus with a CA made in the test.
 //! - [`live`]: a live capture cut off from NATS (needs root, namespaces, tcpreplay).
+//! - [`hostile`]: a million malformed and hostile frames through a live agent: no crash, every
+//!   frame counted where it belongs, flat memory (needs root, namespaces, tcpreplay).
 //!
 //! Every test starts its own nats-server (random port, temporary store) and its own database.
 
@@ -22,7 +26,9 @@ mod api;
 mod architecture;
 mod bus;
 mod deploy;
+mod faults;
 mod harness;
+mod hostile;
 mod live;
 mod pipeline;
 mod readme;

@@ -211,3 +211,189 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     assert_eq!(stored_records(&db).await, truth.len() as i64);
     assert_same(&expected(&truth), &stored(&db).await);
 }
+
+/// A small capture in which every counter and latest-value column of `ntp_clients` gets a value
+/// other than its default: a retransmission, an interleaved reply (RFC 9769), a randomised T1, a
+/// kiss-o'-death, an unanswered request, NTS extension fields, a legacy MAC, VLAN tags, and
+/// symmetric, broadcast, control and monlist packets. Written here, byte by byte, from the RFCs.
+mod features {
+    use std::{io::Write, path::Path};
+
+    use netlab::pcapgen::ntp_time;
+
+    /// Capture time of the first packet (2026-01-01T00:00:00Z), Unix ns.
+    const T0: i64 = 1_767_225_600_000_000_000;
+    const SERVER: [u8; 4] = [198, 18, 255, 1];
+    const MS: i64 = 1_000_000;
+
+    /// An NTP header: version 4 (mode 6/7: version 2 and their own layouts are built elsewhere).
+    fn ntp(mode: u8, stratum: u8, refid: [u8; 4], org: u64, rx: u64, tx: u64) -> Vec<u8> {
+        let mut p = vec![0u8; 48];
+        p[0] = (4 << 3) | mode;
+        p[1] = stratum;
+        p[2] = 6;
+        p[3] = 0xe9; // precision 2^-23
+        if mode == 4 || mode == 2 || mode == 5 {
+            p[4..8].copy_from_slice(&0x0000_0bd9u32.to_be_bytes());
+            p[8..12].copy_from_slice(&0x0000_0630u32.to_be_bytes());
+            p[16..24].copy_from_slice(&ntp_time(T0 - 60_000 * MS).to_be_bytes());
+        }
+        p[12..16].copy_from_slice(&refid);
+        p[24..32].copy_from_slice(&org.to_be_bytes());
+        p[32..40].copy_from_slice(&rx.to_be_bytes());
+        p[40..48].copy_from_slice(&tx.to_be_bytes());
+        p
+    }
+
+    /// An RFC 7822 extension field of `len` bytes (header included).
+    fn ext(p: &mut Vec<u8>, field_type: u16, len: u16) {
+        p.extend_from_slice(&field_type.to_be_bytes());
+        p.extend_from_slice(&len.to_be_bytes());
+        p.extend(std::iter::repeat_n(0x5a, usize::from(len) - 4));
+    }
+
+    /// Ethernet (optionally 802.1Q tagged) / IPv4 / UDP around `payload`.
+    fn frame(vlan: Option<u16>, src: ([u8; 4], u16), dst: ([u8; 4], u16), payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        if let Some(id) = vlan {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + 8 + payload.len()) as u16;
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src.0);
+        ip[16..20].copy_from_slice(&dst.0);
+        let mut sum: u32 = ip.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&src.1.to_be_bytes());
+        f.extend_from_slice(&dst.1.to_be_bytes());
+        f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Writes the capture (nanosecond pcap, Ethernet); returns the number of records it yields.
+    pub fn write(path: &Path) -> std::io::Result<usize> {
+        let srv = (SERVER, 123);
+        let (a, b, c, d, e) = (
+            ([198, 18, 7, 1], 40001),
+            ([198, 18, 7, 2], 40002),
+            ([198, 18, 7, 3], 40003),
+            ([198, 18, 7, 4], 123),
+            ([198, 18, 7, 5], 40005),
+        );
+        let at = |ms: i64| T0 + ms * MS;
+        let t = |ms: i64| ntp_time(at(ms));
+        let mut frames: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut push = |ms: i64, vlan: Option<u16>, src, dst, payload: Vec<u8>| frames.push((at(ms), frame(vlan, src, dst, &payload)));
+        // Client a (VLAN 100): a request sent twice, then answered: one session, one retransmit.
+        let t1 = ntp_time(at(0) - MS / 2);
+        push(0, Some(100), a, srv, ntp(3, 0, [0; 4], 0, 0, t1));
+        push(300, Some(100), a, srv, ntp(3, 0, [0; 4], 0, 0, t1));
+        push(320, Some(100), srv, a, ntp(4, 2, [198, 18, 255, 254], t1, t(310), t(310) + 40_000));
+        // An interleaved exchange: the request's receive field is when the client got the last
+        // reply; the server's reply echoes it and sends the previous transmit time.
+        push(1000, Some(100), a, srv, ntp(3, 0, [0; 4], t(310), t(321), t(1000) - 9_000));
+        push(1020, Some(100), srv, a, ntp(4, 2, [198, 18, 255, 254], t(321), t(1010), t(310) + 40_000));
+        // A randomised T1 (chrony, ntpd-rs): answered, no latency.
+        push(2000, Some(100), a, srv, ntp(3, 0, [0; 4], 0, 0, 0x1234_5678_9abc_def0));
+        push(2010, Some(100), srv, a, ntp(4, 2, [198, 18, 255, 254], 0x1234_5678_9abc_def0, t(2005), t(2006)));
+        // A kiss-o'-death. Over a's sessions, no metric has its minimum or maximum last, so a
+        // merge that keeps the newest value instead of the extreme shows.
+        let t1 = ntp_time(at(3000) - 50 * MS);
+        push(3000, Some(100), a, srv, ntp(3, 0, [0; 4], 0, 0, t1));
+        push(3030, Some(100), srv, a, ntp(4, 0, *b"RATE", t1, t(3000), t(3000) + 200_000));
+        // The newest session is unanswered: the latest values come from a request.
+        push(4000, Some(100), a, srv, ntp(3, 0, [0; 4], 0, 0, t(4000) - 5_000));
+        // Client b: an NTS exchange (unique identifier, cookie, authenticator), then a plain one.
+        let mut req = ntp(3, 0, [0; 4], 0, 0, t(500) - 3_000);
+        ext(&mut req, 0x0104, 36);
+        ext(&mut req, 0x0204, 104);
+        ext(&mut req, 0x0404, 40);
+        push(500, None, b, srv, req);
+        let mut resp = ntp(4, 1, *b"GPS\0", t(500) - 3_000, t(505), t(506));
+        ext(&mut resp, 0x0104, 36);
+        ext(&mut resp, 0x0404, 72);
+        push(510, None, srv, b, resp);
+        push(1500, None, b, srv, ntp(3, 0, [0; 4], 0, 0, t(1500) - 2_000));
+        push(1504, None, srv, b, ntp(4, 1, *b"GPS\0", t(1500) - 2_000, t(1502), t(1503)));
+        // Client c (VLAN 200): a symmetric-key MAC (key id 8, MD5) on both packets.
+        let mac = |mut p: Vec<u8>| {
+            p.extend_from_slice(&8u32.to_be_bytes());
+            p.extend_from_slice(&[0xab; 16]);
+            p
+        };
+        push(600, Some(200), c, srv, mac(ntp(3, 0, [0; 4], 0, 0, t(600) - 4_000)));
+        push(605, Some(200), srv, c, mac(ntp(4, 2, [198, 18, 255, 254], t(600) - 4_000, t(602), t(603))));
+        // Peer d: broadcast, then a symmetric active/passive pair.
+        push(700, None, d, ([198, 18, 7, 255], 123), ntp(5, 2, [198, 18, 255, 254], 0, 0, t(700)));
+        push(800, None, d, srv, ntp(1, 3, [198, 18, 255, 1], 0, 0, t(800)));
+        push(810, None, srv, d, ntp(2, 2, [198, 18, 255, 254], t(800), t(805), t(806)));
+        // Client e: an ntpdc monlist query (mode 7, implementation 3, MON_GETLIST_1) and an ntpq
+        // readvar (mode 6, opcode 2), both version 2.
+        let mut monlist = vec![0x17, 0x00, 3, 42, 0, 0, 0, 0];
+        monlist.resize(48, 0);
+        push(900, None, e, srv, monlist);
+        push(950, None, e, srv, vec![0x16, 0x02, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        frames.sort_by_key(|(t, _)| *t);
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+        // Nanosecond magic, version 2.4, no zone or accuracy, snap length 65535, Ethernet.
+        w.write_all(&0xa1b2_3c4du32.to_le_bytes())?;
+        w.write_all(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0])?;
+        w.write_all(&65_535u32.to_le_bytes())?;
+        w.write_all(&1u32.to_le_bytes())?;
+        for (ns, f) in &frames {
+            w.write_all(&((ns / 1_000_000_000) as u32).to_le_bytes())?;
+            w.write_all(&((ns % 1_000_000_000) as u32).to_le_bytes())?;
+            w.write_all(&(f.len() as u32).to_le_bytes())?;
+            w.write_all(&(f.len() as u32).to_le_bytes())?;
+            w.write_all(f)?;
+        }
+        w.flush()?;
+        // a: 5 sessions, b: 2, c: 1, d: 3 observations, e: 2.
+        Ok(13)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_column_matches_on_a_capture_that_sets_every_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("features.pcap");
+    let n = features::write(&pcap).expect("write pcap");
+    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "features", "--flush-pending", "--batch-records", "1"];
+    let truth = lines(&agent(&args, None));
+    assert_eq!(truth.len(), n, "{truth:#?}");
+    let want = expected(&truth);
+    // The capture must give every counter a non-zero value somewhere, or this test proves nothing.
+    for (name, _) in want.values().next().expect("rows").cols.iter().filter(|(k, _)| k.ends_with("_count")) {
+        assert!(want.values().any(|t| !matches!(t.cols.get(name), Some(harness::Cell::Int(Some(0))))), "{name} is 0 in every row");
+    }
+    let a = &want[&("features".to_string(), "features.pcap".to_string(), "198.18.7.1".to_string())].cols;
+    for (col, v) in [("session_count", 5), ("retransmit_count", 1), ("interleaved_count", 1), ("t1_randomized_count", 1), ("kod_count", 1)]
+    {
+        assert_eq!(a[col], harness::Cell::Int(Some(v)), "{col}");
+    }
+    assert_eq!(a["last_kiss_code"], harness::Cell::Text(Some("RATE".into())));
+    assert_eq!(a["vlan_id"], harness::Cell::Int(Some(100)));
+    // One record per message and one message per transaction: every column goes through the
+    // upsert's merge, not only through the sink's in-memory aggregation.
+    let nats = NatsServer::start().expect("nats-server");
+    let published = summary(&agent(&args, Some(&nats.url)));
+    assert_eq!(published["publisher"]["records_acked"].as_u64(), Some(n as u64), "{published}");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "1"]);
+    let db = open(&url).await;
+    let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == n as i64 }).await;
+    assert!(done, "stored {} of {n}", stored_records(&db).await);
+    assert_same(&want, &stored(&db).await);
+}

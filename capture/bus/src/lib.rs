@@ -219,7 +219,9 @@ pub fn read_secret(path: &std::path::Path) -> Result<String, BusError> {
         .map_err(|e| BusError::Credentials { path: path.display().to_string(), detail: e.to_string() })
 }
 
-/// Connects, waits for the server's INFO, and refuses servers older than 2.10.
+/// Connects, waits for the server's INFO, and refuses servers older than 2.10. Credentials the
+/// server refuses end the attempt at once, with its reason and the flag they came from (the
+/// client would otherwise retry them until the connect timeout).
 pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
     let url = cfg.url.clone();
     let conn_err = |detail: String| BusError::Connect { url: url.clone(), detail };
@@ -252,13 +254,39 @@ pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>().map_err(|e| conn_err(format!("bad URL {u:?}: {e}"))))
         .collect::<Result<_, _>>()?;
+    // With retry_on_initial_connect the client retries refused credentials forever and only its
+    // connection events say why; a refusal ends the wait at once, with the reason.
+    let (refused_tx, mut refused) = tokio::sync::watch::channel(None::<String>);
+    opts = opts.event_callback(move |event| {
+        if let async_nats::Event::ClientError(async_nats::ClientError::Other(reason)) = &event
+            && (reason.contains("authorization violation") || reason.contains("signing nonce"))
+        {
+            refused_tx.send_replace(Some(reason.clone()));
+        }
+        std::future::ready(())
+    });
     let client = opts.connect(addrs).await.map_err(|e| conn_err(e.to_string()))?;
     // With retry_on_initial_connect, connect() returns before the handshake; a flush waits for it.
     let timeout = if cfg.connect_timeout.is_zero() { Duration::from_secs(30) } else { cfg.connect_timeout };
-    match tokio::time::timeout(timeout, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(conn_err(e.to_string())),
-        Err(_) => return Err(conn_err(format!("no connection within {timeout:?}"))),
+    let refusal = async {
+        loop {
+            if let Some(reason) = refused.borrow_and_update().clone() {
+                return reason;
+            }
+            if refused.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        res = tokio::time::timeout(timeout, client.flush()) => match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(conn_err(e.to_string())),
+            Err(_) => return Err(conn_err(format!("no connection within {timeout:?}"))),
+        },
+        reason = refusal => {
+            return Err(conn_err(format!("the server refused the credentials: {reason}; {}", credential_hint(&cfg.auth))));
+        }
     }
     let info = client.server_info();
     if !client.is_server_compatible(2, 10, 0) {
@@ -268,6 +296,17 @@ pub async fn connect(cfg: &NatsConfig) -> Result<Client, BusError> {
         return Err(BusError::NoJetStream(cfg.url.clone()));
     }
     Ok(client)
+}
+
+/// Where the refused credentials came from, for the operator reading the error.
+fn credential_hint(auth: &Auth) -> String {
+    match auth {
+        Auth::None => "none were given (--nats-user, --nats-token-file, --nats-nkey-file or --nats-creds)".into(),
+        Auth::UserPassword(user, _) => format!("check --nats-user {user} and --nats-password-file or NTPSCOPE_NATS_PASSWORD"),
+        Auth::Token(_) => "check --nats-token-file or NTPSCOPE_NATS_TOKEN".into(),
+        Auth::NKey(_) => "check --nats-nkey-file".into(),
+        Auth::CredsFile(path) => format!("check --nats-creds {}", path.display()),
+    }
 }
 
 /// Limits of the `NTP` stream.

@@ -113,7 +113,13 @@ pub fn decode(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
 pub fn decode_general(link: LinkType, frame: &[u8]) -> Result<UdpDatagram<'_>, Skip> {
     let strict = match link {
         LinkType::Ethernet => SlicedPacket::from_ethernet(frame),
-        LinkType::LinuxSll => SlicedPacket::from_linux_sll(frame),
+        // SLL v1's protocol field is an EtherType whatever the ARPHRD type (`any` gives loopback,
+        // tun and WireGuard frames too), so the header is split here rather than by etherparse,
+        // which refuses ARPHRD types it does not know.
+        LinkType::LinuxSll => {
+            let (ether_type, rest) = sll_split(frame).ok_or(Skip::Truncated)?;
+            SlicedPacket::from_ether_type(ether_type, rest)
+        }
         LinkType::LinuxSll2 => {
             let (ether_type, rest) = sll2_split(frame).ok_or(Skip::Truncated)?;
             SlicedPacket::from_ether_type(ether_type, rest)
@@ -138,16 +144,26 @@ fn be16(b: &[u8], at: usize) -> u16 {
 /// the general path, so the fast path never decides a skip reason. A differential property test
 /// checks it against etherparse.
 pub fn fast_path(link: LinkType, frame: &[u8]) -> Option<UdpDatagram<'_>> {
-    let ip_start = match link {
-        LinkType::Ethernet if frame.len() >= 14 && matches!(be16(frame, 12), 0x0800 | 0x86dd) => 14,
-        LinkType::LinuxSll if frame.len() >= 16 && matches!(be16(frame, 14), 0x0800 | 0x86dd) => 16,
-        LinkType::LinuxSll2 if frame.len() >= 20 && matches!(be16(frame, 0), 0x0800 | 0x86dd) => 20,
-        LinkType::RawIp => 0,
-        LinkType::Loopback => 4,
+    // (where the IP header starts, the IP version the link header announces, if it does)
+    let ether = |at: usize| match be16(frame, at) {
+        0x0800 => Some(4),
+        0x86dd => Some(6),
+        _ => None,
+    };
+    let (ip_start, announced) = match link {
+        LinkType::Ethernet if frame.len() >= 14 => (14, Some(ether(12)?)),
+        LinkType::LinuxSll if frame.len() >= 16 => (16, Some(ether(14)?)),
+        LinkType::LinuxSll2 if frame.len() >= 20 => (20, Some(ether(0)?)),
+        LinkType::RawIp => (0, None),
+        LinkType::Loopback => (4, None),
         _ => return None,
     };
     let ip = frame.get(ip_start..)?;
-    let (src_ip, dst_ip, udp) = match ip.first()? >> 4 {
+    let version = ip.first()? >> 4;
+    if announced.is_some_and(|v| v != version) {
+        return None; // an EtherType that contradicts the header: the general path judges it
+    }
+    let (src_ip, dst_ip, udp) = match version {
         4 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             if ip.len() < 20 || ihl < 20 || ip[9] != 17 || be16(ip, 6) & 0x3fff != 0 {
@@ -192,6 +208,11 @@ pub fn fast_path(link: LinkType, frame: &[u8]) -> Option<UdpDatagram<'_>> {
 
 /// SLL2: protocol type (2), reserved (2), interface index (4), ARPHRD (2), packet type (1),
 /// address length (1), address (8); 20 bytes in all.
+fn sll_split(frame: &[u8]) -> Option<(EtherType, &[u8])> {
+    let proto = u16::from_be_bytes([*frame.get(14)?, *frame.get(15)?]);
+    Some((EtherType(proto), frame.get(16..)?))
+}
+
 fn sll2_split(frame: &[u8]) -> Option<(EtherType, &[u8])> {
     let proto = u16::from_be_bytes([*frame.first()?, *frame.get(1)?]);
     Some((EtherType(proto), frame.get(20..)?))
@@ -278,6 +299,40 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// Found by the `frame` fuzz target: `-i any` gives SLL v1 frames of loopback (ARPHRD 772),
+    /// tun and WireGuard (65534) interfaces; their protocol field is still the EtherType, so a
+    /// truncated NTP packet is the same truncated packet on any of them.
+    #[test]
+    fn sll_frames_of_any_arphrd_type_decode_alike() {
+        let mut frame = unhex("000003040006020000000001000008004500004c0000400040110000c612010ac61200019c40007b0038000023");
+        frame.extend([0; 47]);
+        frame.truncate(frame.len() - 8);
+        let mut ether = frame.clone();
+        ether[2..4].copy_from_slice(&[0, 1]);
+        let d = decode(LinkType::LinuxSll, &ether).unwrap();
+        assert!(d.truncated);
+        for arphrd in [772u16, 65534, 776] {
+            frame[2..4].copy_from_slice(&arphrd.to_be_bytes());
+            assert_eq!(decode(LinkType::LinuxSll, &frame), Ok(d.clone()), "ARPHRD {arphrd}");
+        }
+    }
+
+    /// Found by the `frame` fuzz target: an EtherType that contradicts the IP version is a bad
+    /// header on both paths, not a datagram on the fast one.
+    #[test]
+    fn an_ether_type_contradicting_the_ip_version_is_a_bad_header() {
+        let mut frame = unhex("02000000000202000000000108006000000000381140");
+        frame.extend(unhex("20010db800000000000000000001000a20010db80000000000000000000000019c40007b00380000"));
+        frame.extend([0x23; 48]);
+        assert_eq!(fast_path(LinkType::Ethernet, &frame), None);
+        assert_eq!(decode(LinkType::Ethernet, &frame), decode_general(LinkType::Ethernet, &frame));
+        assert!(decode(LinkType::Ethernet, &frame).is_err());
+    }
 
     fn eth_udp(payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

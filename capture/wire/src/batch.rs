@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Record, SCHEMA_VERSION, WireError,
+    Observation, Record, SCHEMA_VERSION, Session, WireError,
     id::{Fnv64, stable_hash_seeded},
 };
 
@@ -23,7 +23,7 @@ pub struct Batch {
     pub interface: String,
     /// Wall-clock time the agent handed the batch to the bus, Unix nanoseconds (0: unknown).
     /// Lets the sink measure bus-and-store latency; not part of the message id.
-    #[serde(rename = "sent", default)]
+    #[serde(rename = "sent", alias = "sent_ns", default)]
     pub sent_ns: i64,
     /// The records, in capture order.
     pub records: Vec<Record>,
@@ -75,8 +75,19 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, WireError> {
 }
 
 /// Decodes a batch, refusing schemas newer than this crate understands.
+///
+/// Schema 1 was first written with the Rust field names as keys and records tagged
+/// `kind: session | observation` (agents before the compact keys). The aliases on every record
+/// field accept those names; only the tag key needs a second shape (`LongTagBatch`), tried when
+/// the compact one fails, so current messages never pay for it.
 pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
-    let batch: Batch = rmp_serde::from_slice(bytes).map_err(|e| WireError::Decode(e.to_string()))?;
+    let batch = match rmp_serde::from_slice::<Batch>(bytes) {
+        Ok(batch) => batch,
+        Err(e) => match rmp_serde::from_slice::<LongTagBatch>(bytes) {
+            Ok(old) => old.into_batch(),
+            Err(_) => return Err(WireError::Decode(e.to_string())),
+        },
+    };
     if batch.schema == 0 || batch.schema > SCHEMA_VERSION {
         return Err(WireError::UnsupportedSchema(batch.schema));
     }
@@ -84,4 +95,40 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
         return Err(WireError::Decode("empty agent or interface".into()));
     }
     Ok(batch)
+}
+
+/// A schema 1 batch as the first agents wrote it: records tagged by `kind` (serde cannot alias
+/// the tag key of an internally tagged enum). Record fields decode through the aliases of the
+/// current types, so only the envelope is repeated here.
+#[derive(Deserialize)]
+struct LongTagBatch {
+    schema: u16,
+    agent: String,
+    interface: String,
+    #[serde(rename = "sent", alias = "sent_ns", default)]
+    sent_ns: i64,
+    records: Vec<LongTagRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind")]
+enum LongTagRecord {
+    #[serde(rename = "session", alias = "s")]
+    Session(Session),
+    #[serde(rename = "observation", alias = "o")]
+    Observation(Observation),
+}
+
+impl LongTagBatch {
+    fn into_batch(self) -> Batch {
+        let records = self
+            .records
+            .into_iter()
+            .map(|r| match r {
+                LongTagRecord::Session(s) => Record::Session(s),
+                LongTagRecord::Observation(o) => Record::Observation(o),
+            })
+            .collect();
+        Batch { schema: self.schema, agent: self.agent, interface: self.interface, sent_ns: self.sent_ns, records }
+    }
 }

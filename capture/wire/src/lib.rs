@@ -17,7 +17,13 @@
 //! - Records are MessagePack maps with field names, never positional arrays.
 //! - Every field added after schema 1 is optional with a default; wire types never deny unknown
 //!   fields, so an older sink can read a newer agent's records.
-//! - `tests/golden/*.msgpack` are committed bytes that every later version must still decode.
+//! - A key is never renamed without keeping the old name readable: every field carries its
+//!   earlier key as a serde `alias` (schema 1 was first written with the Rust field names, records
+//!   tagged `kind`; `batch::decode` still reads those messages).
+//! - `tests/golden/*.msgpack` are committed bytes that every later version must decode to the
+//!   batch `tests/golden.rs` expects of each. **Never overwrite or regenerate a golden file**:
+//!   when the encoding changes, add a new file (`batch_v<schema>_<what changed>.msgpack`) with its
+//!   expected batch and keep every old one.
 //! - Parser and database types are never serialized directly; they convert to and from these types.
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]

@@ -13,6 +13,8 @@
 //! `rename` is its key) and zero or false values are left out. The messages stay named maps
 //! (never positional, so the schema can evolve), but at about 250 bytes a session instead of 630
 //! with the Rust names, which halves encoding time and bus volume (docs/performance.md).
+//! Every renamed field and tag value keeps its earlier name as an `alias`, because agents that
+//! wrote those names may still be publishing (see the compatibility rules in the crate docs).
 
 use std::{fmt::Write as _, net::IpAddr};
 
@@ -28,10 +30,10 @@ pub const SCHEMA_VERSION: u16 = 1;
 #[serde(tag = "k")]
 pub enum Record {
     /// A client request and its response, or a request left unanswered.
-    #[serde(rename = "s")]
+    #[serde(rename = "s", alias = "session")]
     Session(Session),
     /// A packet that is not part of a client/server session.
-    #[serde(rename = "o")]
+    #[serde(rename = "o", alias = "observation")]
     Observation(Observation),
 }
 
@@ -39,10 +41,10 @@ pub enum Record {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SessionOutcome {
     /// A response echoed the request's transmit timestamp (or, interleaved, its receive timestamp).
-    #[serde(rename = "a")]
+    #[serde(rename = "a", alias = "answered")]
     Answered,
     /// No matching response was seen within the timeout.
-    #[serde(rename = "u")]
+    #[serde(rename = "u", alias = "unanswered")]
     Unanswered,
 }
 
@@ -54,57 +56,57 @@ pub struct Session {
     #[serde(rename = "id")]
     pub id: u64,
     /// Answered or unanswered.
-    #[serde(rename = "o")]
+    #[serde(rename = "o", alias = "outcome")]
     pub outcome: SessionOutcome,
     /// The client's address (source of the request).
-    #[serde(rename = "ci", with = "ip_text")]
+    #[serde(rename = "ci", alias = "client_ip", with = "ip_text")]
     pub client_ip: IpAddr,
     /// The client's UDP port.
-    #[serde(rename = "cp")]
+    #[serde(rename = "cp", alias = "client_port")]
     pub client_port: u16,
     /// The server's address (destination of the request).
-    #[serde(rename = "si", with = "ip_text")]
+    #[serde(rename = "si", alias = "server_ip", with = "ip_text")]
     pub server_ip: IpAddr,
     /// The server's UDP port.
-    #[serde(rename = "sp")]
+    #[serde(rename = "sp", alias = "server_port")]
     pub server_port: u16,
     /// Outer 802.1Q VLAN id of the request frame, if tagged.
-    #[serde(rename = "vl", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vl", alias = "vlan_id", default, skip_serializing_if = "Option::is_none")]
     pub vlan_id: Option<u16>,
     /// Inner VLAN id when the request frame was double tagged (QinQ).
-    #[serde(rename = "vi", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vi", alias = "inner_vlan_id", default, skip_serializing_if = "Option::is_none")]
     pub inner_vlan_id: Option<u16>,
     /// Capture time of the (first) request, Unix nanoseconds.
-    #[serde(rename = "tq")]
+    #[serde(rename = "tq", alias = "request_time_ns")]
     pub request_time_ns: i64,
     /// Capture time of the response, Unix nanoseconds.
-    #[serde(rename = "tr", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "tr", alias = "response_time_ns", default, skip_serializing_if = "Option::is_none")]
     pub response_time_ns: Option<i64>,
     /// The client's request.
-    #[serde(rename = "q")]
+    #[serde(rename = "q", alias = "request")]
     pub request: PacketSummary,
     /// The server's response, when answered.
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "r", alias = "response", default, skip_serializing_if = "Option::is_none")]
     pub response: Option<PacketSummary>,
     /// How many identical requests (same transmit timestamp) were retransmitted before the answer.
-    #[serde(rename = "rt", default, skip_serializing_if = "is_zero_u32")]
+    #[serde(rename = "rt", alias = "retransmits", default, skip_serializing_if = "is_zero_u32")]
     pub retransmits: u32,
     /// The request's transmit timestamp (T1) is far from its capture time: the client randomises
     /// T1 (chrony, ntpd-rs) or its clock is badly off, so `T2 - T1` is not a latency.
-    #[serde(rename = "t1r", default, skip_serializing_if = "is_false")]
+    #[serde(rename = "t1r", alias = "t1_randomized", default, skip_serializing_if = "is_false")]
     pub t1_randomized: bool,
     /// The response was an interleaved-mode reply (RFC 9769): its transmit timestamp belongs to
     /// the previous response, so `T3 - T2` is not this exchange's processing time.
-    #[serde(rename = "il", default, skip_serializing_if = "is_false")]
+    #[serde(rename = "il", alias = "interleaved", default, skip_serializing_if = "is_false")]
     pub interleaved: bool,
     /// `T2 - T1` in seconds; absent when unanswered or when T1 is implausible.
-    #[serde(rename = "lat", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "lat", alias = "client_to_server_latency_s", default, skip_serializing_if = "Option::is_none")]
     pub client_to_server_latency_s: Option<f64>,
     /// `T3 - T2` in seconds, from the server's own timestamps; absent for interleaved replies.
-    #[serde(rename = "prc", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "prc", alias = "server_processing_time_s", default, skip_serializing_if = "Option::is_none")]
     pub server_processing_time_s: Option<f64>,
     /// Response capture time minus request capture time, in seconds: the turnaround on the wire.
-    #[serde(rename = "tot", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "tot", alias = "total_process_time_s", default, skip_serializing_if = "Option::is_none")]
     pub total_process_time_s: Option<f64>,
 }
 
@@ -130,55 +132,55 @@ impl Session {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketSummary {
     /// NTP payload length in bytes (the UDP payload).
-    #[serde(rename = "n")]
+    #[serde(rename = "n", alias = "length")]
     pub length: u16,
     /// Leap indicator (0–3).
-    #[serde(rename = "li", default, skip_serializing_if = "is_zero_u8")]
+    #[serde(rename = "li", alias = "leap", default, skip_serializing_if = "is_zero_u8")]
     pub leap: u8,
     /// NTP version (1–4).
-    #[serde(rename = "v")]
+    #[serde(rename = "v", alias = "version")]
     pub version: u8,
     /// NTP mode (0–7).
-    #[serde(rename = "m")]
+    #[serde(rename = "m", alias = "mode")]
     pub mode: u8,
     /// Stratum (0 = kiss-o'-death / unspecified, 1 = primary, 16 = unsynchronised).
-    #[serde(rename = "st", default, skip_serializing_if = "is_zero_u8")]
+    #[serde(rename = "st", alias = "stratum", default, skip_serializing_if = "is_zero_u8")]
     pub stratum: u8,
     /// Poll exponent (log2 seconds).
-    #[serde(rename = "p")]
+    #[serde(rename = "p", alias = "poll")]
     pub poll: i8,
     /// Precision exponent (log2 seconds).
-    #[serde(rename = "pr")]
+    #[serde(rename = "pr", alias = "precision")]
     pub precision: i8,
     /// Root delay, raw NTP short format (16.16 seconds).
-    #[serde(rename = "rd", default, skip_serializing_if = "is_zero_u32")]
+    #[serde(rename = "rd", alias = "root_delay", default, skip_serializing_if = "is_zero_u32")]
     pub root_delay: u32,
     /// Root dispersion, raw NTP short format (16.16 seconds).
-    #[serde(rename = "rs", default, skip_serializing_if = "is_zero_u32")]
+    #[serde(rename = "rs", alias = "root_dispersion", default, skip_serializing_if = "is_zero_u32")]
     pub root_dispersion: u32,
     /// Reference id, raw big-endian 32 bits.
-    #[serde(rename = "ri", default, skip_serializing_if = "is_zero_u32")]
+    #[serde(rename = "ri", alias = "reference_id", default, skip_serializing_if = "is_zero_u32")]
     pub reference_id: u32,
     /// Reference timestamp, raw 32.32.
-    #[serde(rename = "ref", default, skip_serializing_if = "is_zero_u64")]
+    #[serde(rename = "ref", alias = "reference_ts", default, skip_serializing_if = "is_zero_u64")]
     pub reference_ts: u64,
     /// Origin timestamp, raw 32.32.
-    #[serde(rename = "org", default, skip_serializing_if = "is_zero_u64")]
+    #[serde(rename = "org", alias = "origin_ts", default, skip_serializing_if = "is_zero_u64")]
     pub origin_ts: u64,
     /// Receive timestamp, raw 32.32.
-    #[serde(rename = "rec", default, skip_serializing_if = "is_zero_u64")]
+    #[serde(rename = "rec", alias = "receive_ts", default, skip_serializing_if = "is_zero_u64")]
     pub receive_ts: u64,
     /// Transmit timestamp, raw 32.32.
-    #[serde(rename = "xmt", default, skip_serializing_if = "is_zero_u64")]
+    #[serde(rename = "xmt", alias = "transmit_ts", default, skip_serializing_if = "is_zero_u64")]
     pub transmit_ts: u64,
     /// RFC 7822 extension fields, in packet order.
-    #[serde(rename = "ef", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "ef", alias = "extensions", default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<Extension>,
     /// Legacy symmetric-key MAC (RFC 5905) or crypto-NAK (key id only).
     #[serde(rename = "mac", default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
     /// Bytes after the header that are neither extension fields nor a MAC.
-    #[serde(rename = "bad", default, skip_serializing_if = "is_false")]
+    #[serde(rename = "bad", alias = "bad_trailer", default, skip_serializing_if = "is_false")]
     pub bad_trailer: bool,
 }
 
@@ -247,10 +249,10 @@ fn ascii_id(refid: u32) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extension {
     /// Field type (e.g. 0x0104 NTS unique identifier).
-    #[serde(rename = "t")]
+    #[serde(rename = "t", alias = "field_type")]
     pub field_type: u16,
     /// Total field length including its 4-byte header.
-    #[serde(rename = "l")]
+    #[serde(rename = "l", alias = "length")]
     pub length: u16,
 }
 
@@ -271,10 +273,10 @@ impl Extension {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mac {
     /// Key identifier (0 with no digest is a crypto-NAK).
-    #[serde(rename = "k")]
+    #[serde(rename = "k", alias = "key_id")]
     pub key_id: u32,
     /// Digest length in bytes.
-    #[serde(rename = "d")]
+    #[serde(rename = "d", alias = "digest_len")]
     pub digest_len: u8,
 }
 
@@ -286,50 +288,50 @@ pub struct Observation {
     #[serde(rename = "id")]
     pub id: u64,
     /// Capture time, Unix nanoseconds.
-    #[serde(rename = "t")]
+    #[serde(rename = "t", alias = "time_ns")]
     pub time_ns: i64,
     /// The party the observation is about: the sender of a request, symmetric-active or
     /// broadcast packet, or the receiver of a response or symmetric-passive packet.
-    #[serde(rename = "ci", with = "ip_text")]
+    #[serde(rename = "ci", alias = "client_ip", with = "ip_text")]
     pub client_ip: IpAddr,
     /// The client's UDP port.
-    #[serde(rename = "cp")]
+    #[serde(rename = "cp", alias = "client_port")]
     pub client_port: u16,
     /// The other party.
-    #[serde(rename = "si", with = "ip_text")]
+    #[serde(rename = "si", alias = "server_ip", with = "ip_text")]
     pub server_ip: IpAddr,
     /// The other party's UDP port.
-    #[serde(rename = "sp")]
+    #[serde(rename = "sp", alias = "server_port")]
     pub server_port: u16,
     /// True when the packet travelled from the client to the server.
-    #[serde(rename = "fc")]
+    #[serde(rename = "fc", alias = "from_client")]
     pub from_client: bool,
     /// Outer VLAN id, if tagged.
-    #[serde(rename = "vl", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vl", alias = "vlan_id", default, skip_serializing_if = "Option::is_none")]
     pub vlan_id: Option<u16>,
     /// Inner VLAN id (QinQ).
-    #[serde(rename = "vi", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vi", alias = "inner_vlan_id", default, skip_serializing_if = "Option::is_none")]
     pub inner_vlan_id: Option<u16>,
     /// NTP payload length.
-    #[serde(rename = "n")]
+    #[serde(rename = "n", alias = "length")]
     pub length: u16,
     /// Leap indicator.
-    #[serde(rename = "li")]
+    #[serde(rename = "li", alias = "leap")]
     pub leap: u8,
     /// NTP version.
-    #[serde(rename = "v")]
+    #[serde(rename = "v", alias = "version")]
     pub version: u8,
     /// NTP mode.
-    #[serde(rename = "m")]
+    #[serde(rename = "m", alias = "mode")]
     pub mode: u8,
     /// The 48-byte header for modes 0–5.
-    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "h", alias = "header", default, skip_serializing_if = "Option::is_none")]
     pub header: Option<PacketSummary>,
     /// The control header for mode 6.
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", alias = "control", default, skip_serializing_if = "Option::is_none")]
     pub control: Option<Control>,
     /// The private header for mode 7.
-    #[serde(rename = "pv", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "pv", alias = "private", default, skip_serializing_if = "Option::is_none")]
     pub private: Option<Private>,
 }
 
@@ -337,31 +339,31 @@ pub struct Observation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Control {
     /// Response bit.
-    #[serde(rename = "r")]
+    #[serde(rename = "r", alias = "response")]
     pub response: bool,
     /// Error bit.
-    #[serde(rename = "e")]
+    #[serde(rename = "e", alias = "error")]
     pub error: bool,
     /// More bit (further fragments follow).
-    #[serde(rename = "mo")]
+    #[serde(rename = "mo", alias = "more")]
     pub more: bool,
     /// Opcode (1 READSTAT, 2 READVAR, 3 WRITEVAR, …, 10 READ_MRU, 12 REQ_NONCE).
-    #[serde(rename = "op")]
+    #[serde(rename = "op", alias = "opcode")]
     pub opcode: u8,
     /// Sequence number.
-    #[serde(rename = "sq")]
+    #[serde(rename = "sq", alias = "sequence")]
     pub sequence: u16,
     /// Status word.
-    #[serde(rename = "st")]
+    #[serde(rename = "st", alias = "status")]
     pub status: u16,
     /// Association id.
-    #[serde(rename = "as")]
+    #[serde(rename = "as", alias = "association_id")]
     pub association_id: u16,
     /// Offset of this fragment's data.
-    #[serde(rename = "of")]
+    #[serde(rename = "of", alias = "offset")]
     pub offset: u16,
     /// Count of data bytes.
-    #[serde(rename = "cn")]
+    #[serde(rename = "cn", alias = "count")]
     pub count: u16,
 }
 
@@ -369,31 +371,31 @@ pub struct Control {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Private {
     /// Response bit.
-    #[serde(rename = "r")]
+    #[serde(rename = "r", alias = "response")]
     pub response: bool,
     /// More bit.
-    #[serde(rename = "mo")]
+    #[serde(rename = "mo", alias = "more")]
     pub more: bool,
     /// Authenticated bit.
-    #[serde(rename = "au")]
+    #[serde(rename = "au", alias = "auth")]
     pub auth: bool,
     /// Sequence number (0–127).
-    #[serde(rename = "sq")]
+    #[serde(rename = "sq", alias = "sequence")]
     pub sequence: u8,
     /// Implementation number (2 = XNTPD, 3 = XNTPD_OLD, 0 = universal).
-    #[serde(rename = "im")]
+    #[serde(rename = "im", alias = "implementation")]
     pub implementation: u8,
     /// Request code (20 MON_GETLIST, 42 MON_GETLIST_1, …).
-    #[serde(rename = "rc")]
+    #[serde(rename = "rc", alias = "request_code")]
     pub request_code: u8,
     /// Error code (responses).
-    #[serde(rename = "e")]
+    #[serde(rename = "e", alias = "error")]
     pub error: u8,
     /// Number of data items.
-    #[serde(rename = "it")]
+    #[serde(rename = "it", alias = "items")]
     pub items: u16,
     /// Size of one data item.
-    #[serde(rename = "is")]
+    #[serde(rename = "is", alias = "item_size")]
     pub item_size: u16,
 }
 

@@ -80,6 +80,13 @@ pub struct SinkStatus {
     /// Seconds between the newest record's capture and its commit, at the last commit.
     #[serde(default)]
     pub lag_seconds: f64,
+    /// While writes to the database fail (locked, disk full, unreachable): the last error.
+    /// Cleared by the next successful write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
+    /// When the current run of failures began, Unix nanoseconds (0 when not failing).
+    #[serde(default)]
+    pub failing_since_ns: i64,
 }
 
 /// Encodes a status document (MessagePack with field names).

@@ -1,8 +1,13 @@
 //! Golden MessagePack files: the wire contract in committed bytes.
 //!
-//! `batch_v1.msgpack` is what schema 1 writes for a fixed batch. Encoding the same batch must give
-//! the same bytes (or the change is deliberate: regenerate with `UPDATE_EXPECT=1` and keep the old
-//! file under a new name so it is still decoded). Every `*.msgpack` here must decode forever.
+//! Every `*.msgpack` here is bytes some version of the agent wrote, listed in [`GOLDEN`] with the
+//! batch it must decode to, forever. **Never overwrite or regenerate a golden file.** When the
+//! encoding changes on purpose, add a new file (`batch_v<schema>_<what changed>.msgpack`), point
+//! [`CURRENT`] at it and keep the old ones: `UPDATE_EXPECT=1` only creates files that do not
+//! exist yet. The first three files were written by earlier commits (recovered from git after
+//! `batch_v1.msgpack` had been overwritten in place); `batch_v1_long_keys_all_fields.msgpack` was
+//! written by the long-key encoder of commit 7180ff3 with every field set, so a forgotten alias
+//! cannot hide behind a default.
 
 use std::path::{Path, PathBuf};
 
@@ -134,32 +139,199 @@ fn fixed_batch() -> Batch {
     )
 }
 
+/// The request and response of [`full_batch`]'s session: every header field set.
+fn full_packets() -> (PacketSummary, PacketSummary) {
+    let request = PacketSummary {
+        length: 120,
+        leap: 3,
+        version: 4,
+        mode: 3,
+        stratum: 16,
+        poll: 10,
+        precision: -29,
+        root_delay: 0x0001_8000,
+        root_dispersion: 0x0002_4000,
+        reference_id: u32::from_be_bytes(*b"INIT"),
+        reference_ts: 0xe09a_b500_0000_0001,
+        origin_ts: 0xe09a_b500_0000_0002,
+        receive_ts: 0xe09a_b500_0000_0003,
+        transmit_ts: 0x1234_5678_9abc_def0,
+        extensions: vec![Extension { field_type: 0x0104, length: 36 }, Extension { field_type: 0x0204, length: 104 }],
+        mac: Some(Mac { key_id: 0xdead_beef, digest_len: 16 }),
+        bad_trailer: true,
+    };
+    let response = PacketSummary {
+        length: 228,
+        leap: 1,
+        mode: 4,
+        stratum: 1,
+        poll: 4,
+        precision: -24,
+        reference_id: u32::from_be_bytes(*b"GPS\0"),
+        origin_ts: 0x1234_5678_9abc_def0,
+        receive_ts: 0xe09a_b596_0c62_5ccb,
+        transmit_ts: 0xe09a_b596_0c64_646b,
+        extensions: vec![Extension { field_type: 0x0404, length: 72 }],
+        mac: Some(Mac { key_id: 0, digest_len: 0 }),
+        bad_trailer: false,
+        ..request.clone()
+    };
+    (request, response)
+}
+
+/// A batch in which every field of every record type has a non-default value, so that decoding
+/// it proves each old key is still accepted (a forgotten alias would silently read a default).
+fn full_batch() -> Batch {
+    let (request, response) = full_packets();
+    let session = Session {
+        id: 0xfedc_ba98_7654_3210,
+        outcome: SessionOutcome::Answered,
+        client_ip: "2001:db8::7".parse().expect("ip"),
+        client_port: 4242,
+        server_ip: "2001:db8::1".parse().expect("ip"),
+        server_port: 10123,
+        vlan_id: Some(100),
+        inner_vlan_id: Some(4001),
+        request_time_ns: 1_559_246_614_027_454_001,
+        response_time_ns: Some(1_559_246_614_027_474_002),
+        request,
+        response: Some(response.clone()),
+        retransmits: 3,
+        t1_randomized: true,
+        interleaved: true,
+        client_to_server_latency_s: Some(-0.125),
+        server_processing_time_s: Some(0.000_007_5),
+        total_process_time_s: Some(0.000_020_001),
+    };
+    let symmetric = Observation {
+        id: 0x0102_0304_0506_0708,
+        time_ns: 1_559_246_616_000_000_009,
+        client_ip: "198.18.0.5".parse().expect("ip"),
+        client_port: 123,
+        server_ip: "198.18.0.1".parse().expect("ip"),
+        server_port: 123,
+        from_client: true,
+        vlan_id: Some(7),
+        inner_vlan_id: Some(8),
+        length: 228,
+        leap: 2,
+        version: 3,
+        mode: 1,
+        header: Some(PacketSummary { mode: 1, version: 3, ..response }),
+        control: None,
+        private: None,
+    };
+    let control = Observation {
+        id: 9,
+        mode: 6,
+        from_client: false,
+        header: None,
+        control: Some(Control {
+            response: true,
+            error: true,
+            more: true,
+            opcode: 10,
+            sequence: 513,
+            status: 0x0615,
+            association_id: 31337,
+            offset: 468,
+            count: 12,
+        }),
+        ..symmetric.clone()
+    };
+    let private = Observation {
+        id: 10,
+        mode: 7,
+        header: None,
+        private: Some(Private {
+            response: true,
+            more: true,
+            auth: true,
+            sequence: 127,
+            implementation: 3,
+            request_code: 42,
+            error: 5,
+            items: 6,
+            item_size: 72,
+        }),
+        ..symmetric.clone()
+    };
+    let mut batch = Batch::new(
+        "agent-7.example.net",
+        "bond0.100",
+        vec![Record::Session(session), Record::Observation(symmetric), Record::Observation(control), Record::Observation(private)],
+    );
+    batch.sent_ns = 1_559_246_617_123_456_789;
+    batch
+}
+
+/// Builds the batch a golden file must decode to.
+type Make = fn() -> Batch;
+
+/// The files this version writes, with the batches they encode.
+const CURRENT: [(&str, Make); 2] = [("batch_v1.msgpack", fixed_batch), ("batch_v1_all_fields.msgpack", full_batch)];
+
+/// Every golden file, with the commit that wrote it and the batch it must decode to.
+const GOLDEN: [(&str, &str, Make); 5] = [
+    ("batch_v1_long_keys.msgpack", "284daae: Rust field names as keys, records tagged `kind`", fixed_batch),
+    ("batch_v1_long_keys_sent_ns.msgpack", "7180ff3: long keys plus `sent_ns`", fixed_batch),
+    ("batch_v1_long_keys_all_fields.msgpack", "7180ff3's encoder, every field set", full_batch),
+    ("batch_v1.msgpack", "9071636: compact keys, zero values left out", fixed_batch),
+    ("batch_v1_all_fields.msgpack", "compact keys, every field set", full_batch),
+];
+
 #[test]
-fn schema_1_bytes_are_stable() {
-    let path = golden_dir().join("batch_v1.msgpack");
-    let bytes = batch::encode(&fixed_batch()).expect("encode");
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        std::fs::write(&path, &bytes).expect("write golden");
+fn current_encoding_is_stable() {
+    for (name, make) in CURRENT {
+        let path = golden_dir().join(name);
+        let bytes = batch::encode(&make()).expect("encode");
+        if std::env::var_os("UPDATE_EXPECT").is_some() && !path.exists() {
+            std::fs::write(&path, &bytes).expect("write golden");
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            bytes == committed,
+            "{name}: the encoding changed. Golden files are never overwritten: add a new file, point CURRENT at it, \
+             list it in GOLDEN and keep this one (see the module docs)"
+        );
     }
-    let committed = std::fs::read(&path).expect("committed golden file");
-    assert_eq!(bytes, committed, "schema 1 encoding changed; see the module docs");
     assert_eq!(fixed_batch().message_id(), "79b14622bec8d025e4f3a3ece13f0d72");
 }
 
 #[test]
-fn every_golden_file_still_decodes() {
-    let mut n = 0;
+fn every_golden_file_decodes_to_its_batch() {
+    for (name, origin, make) in GOLDEN {
+        let bytes = std::fs::read(golden_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = batch::decode(&bytes).unwrap_or_else(|e| panic!("{name} ({origin}) no longer decodes: {e}"));
+        assert_eq!(got, make(), "{name} ({origin})");
+    }
+    // Nothing in the directory escapes the table (an unlisted file would only be checked for
+    // decoding, not for what it decodes to).
     for entry in std::fs::read_dir(golden_dir()).expect("golden dir") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "msgpack") {
-            let batch = batch::decode(&std::fs::read(&path).expect("read")).expect("decodes");
-            assert!(!batch.records.is_empty(), "{}", path.display());
-            n += 1;
-        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        assert!(GOLDEN.iter().any(|(g, _, _)| *g == name), "{name} is not listed in GOLDEN");
     }
-    assert!(n >= 1);
-    let v1 = batch::decode(&std::fs::read(golden_dir().join("batch_v1.msgpack")).expect("read")).expect("decode");
-    assert_eq!(v1, fixed_batch());
+}
+
+#[test]
+fn old_and_new_keys_mix_and_bad_old_records_are_refused() {
+    // Keys are read one by one, so a compact message with some old keys still decodes.
+    let mut value = serde_json::to_value(full_batch()).expect("to value");
+    let first = value["records"][0].as_object_mut().expect("object");
+    let ci = first.remove("ci").expect("ci");
+    first.insert("client_ip".into(), ci);
+    first.insert("o".into(), serde_json::json!("answered"));
+    let mixed = rmp_serde::to_vec_named(&value).expect("encode");
+    assert_eq!(batch::decode(&mixed).expect("decodes"), full_batch());
+    // An old-shape record (`kind` tag) with a bad value is refused, not half read.
+    let mut value = serde_json::to_value(fixed_batch()).expect("to value");
+    let first = value["records"][0].as_object_mut().expect("object");
+    first.remove("k");
+    first.insert("kind".into(), serde_json::json!("session"));
+    first.insert("ci".into(), serde_json::json!("not an address"));
+    let err = batch::decode(&rmp_serde::to_vec_named(&value).expect("encode")).expect_err("bad address");
+    assert!(matches!(err, WireError::Decode(_)), "{err}");
 }
 
 #[test]
