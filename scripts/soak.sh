@@ -68,21 +68,21 @@ ip -n "$ns" link set lo up
 ip -n "$ns" link add soak0 type veth peer name soak1
 ip -n "$ns" link set soak0 up
 ip -n "$ns" link set soak1 up
-run() { ip netns exec "$ns" "$@"; }
+run() { ip netns exec "$ns" "$@"; }  # foreground only: backgrounded, $! would be a subshell
 
-run "$nats" -a 127.0.0.1 -p 14222 -js -sd "$out/nats" > "$out/nats.log" 2>&1 &
+ip netns exec "$ns" "$nats" -a 127.0.0.1 -p 14222 -js -sd "$out/nats" > "$out/nats.log" 2>&1 &
 echo $! > "$out/nats.pid"
 sleep 1
 export NTPSCOPE_NATS_URL=nats://127.0.0.1:14222 NO_COLOR=1 NTPSCOPE_LOG=warn
-run env DATABASE_URL="sqlite://$out/soak.db?mode=rwc" "$bin/ntpscope-sink" --status-interval 1 > "$out/sink.log" 2>&1 &
+ip netns exec "$ns" env DATABASE_URL="sqlite://$out/soak.db?mode=rwc" "$bin/ntpscope-sink" --status-interval 1 > "$out/sink.log" 2>&1 &
 echo $! > "$out/sink.pid"
 sleep 2
-run "$bin/ntpscope-capture" -i soak0 --output nats --agent-id soak --status-interval 1 --summary json > "$out/agent.log" 2>&1 &
+ip netns exec "$ns" "$bin/ntpscope-capture" -i soak0 --output nats --agent-id soak --status-interval 1 --summary json > "$out/agent.log" 2>&1 &
 echo $! > "$out/agent.pid"
-run "$bin/ntpscope-api" --listen 127.0.0.1:18000 --database-url "sqlite://$out/soak.db?mode=rw" > "$out/api.log" 2>&1 &
+ip netns exec "$ns" "$bin/ntpscope-api" --listen 127.0.0.1:18000 --database-url "sqlite://$out/soak.db?mode=rw" > "$out/api.log" 2>&1 &
 echo $! > "$out/api.pid"
 sleep 3
-run tcpreplay -q -i soak1 --loop=0 --pps="$pps" "$out/load.pcap" > "$out/tcpreplay.log" 2>&1 &
+ip netns exec "$ns" tcpreplay -q -i soak1 --loop=0 --pps="$pps" "$out/load.pcap" > "$out/tcpreplay.log" 2>&1 &
 echo $! > "$out/tcpreplay.pid"
 
 rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$(cat "$out/$1.pid")/status" 2>/dev/null || echo nan; }

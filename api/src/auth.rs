@@ -191,16 +191,28 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
         if declared.is_some_and(|n| n > self.limit) {
             return Err(poem::Error::from_string(format!("request body larger than {} bytes", self.limit), StatusCode::PAYLOAD_TOO_LARGE));
         }
+        // A streamed body over the limit fails the handler's read; whatever the handler then
+        // answers (a 400 from the JSON parser), the client is told the truth: 413.
+        let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         if declared.is_none() {
-            let limit = self.limit;
+            let (limit, flag) = (self.limit, over.clone());
             let mut seen = 0usize;
             let stream = req.take_body().into_bytes_stream().map(move |chunk| {
                 let chunk = chunk?;
                 seen += chunk.len();
-                if seen > limit { Err(std::io::Error::other(format!("request body larger than {limit} bytes"))) } else { Ok(chunk) }
+                if seen > limit {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Err(std::io::Error::other(format!("request body larger than {limit} bytes")))
+                } else {
+                    Ok(chunk)
+                }
             });
             req.set_body(poem::Body::from_bytes_stream(stream));
         }
-        self.inner.call(req).await.map(IntoResponse::into_response)
+        let resp = self.inner.call(req).await.map(IntoResponse::into_response);
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(poem::Error::from_string(format!("request body larger than {} bytes", self.limit), StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        resp
     }
 }

@@ -32,6 +32,9 @@ pub struct Cli {
     /// Seconds before a control request to an agent gives up (504).
     #[arg(long, default_value_t = 5.0)]
     pub control_timeout: f64,
+    /// Seconds a request may take until its response starts; 504 after.
+    #[arg(long, default_value_t = 30.0)]
+    pub request_timeout: f64,
     /// Seconds without a status update after which an agent counts as offline and the sink as
     /// stopped (health and statistics).
     #[arg(long, default_value_t = 30.0)]
@@ -71,6 +74,8 @@ pub struct Config {
     /// Control request timeout.
     pub control_timeout: Duration,
     /// Status age after which an agent is offline and the sink stopped.
+    /// Longest a request may take until its response starts.
+    pub request_timeout: Duration,
     pub stale_after: Duration,
     /// Public URL for the spec.
     pub public_url: Option<String>,
@@ -101,6 +106,9 @@ impl Cli {
         if !self.control_timeout.is_finite() || self.control_timeout <= 0.0 || self.control_timeout > 120.0 {
             return Err(ConfigError("--control-timeout must be between 0 and 120 seconds".into()));
         }
+        if !self.request_timeout.is_finite() || self.request_timeout < 0.1 || self.request_timeout > 3600.0 {
+            return Err(ConfigError("--request-timeout must be between 0.1 and 3600 seconds".into()));
+        }
         if !self.stale_after.is_finite() || self.stale_after < 1.0 || self.stale_after > 3600.0 {
             return Err(ConfigError("--stale-after must be between 1 and 3600 seconds".into()));
         }
@@ -115,6 +123,7 @@ impl Cli {
             max_export_rows: self.max_export_rows,
             control_timeout: Duration::from_secs_f64(self.control_timeout),
             stale_after: Duration::from_secs_f64(self.stale_after),
+            request_timeout: Duration::from_secs_f64(self.request_timeout),
             public_url: self.public_url,
             consumer: self.consumer,
             nats,

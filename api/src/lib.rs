@@ -30,7 +30,7 @@ pub mod state;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use poem::{
-    Endpoint, EndpointExt, Route,
+    Endpoint, EndpointExt, IntoResponse, Route,
     listener::{Listener, TcpListener},
     middleware::Tracing,
 };
@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let json = svc.spec_endpoint();
     let yaml = svc.spec_endpoint_yaml();
     let tokens = state.tokens.clone();
+    let limit = state.request_timeout;
     Route::new()
         .nest("/", svc)
         .nest("/docs", ui)
@@ -80,9 +81,14 @@ pub fn app(state: AppState) -> impl Endpoint {
         .data(state)
         .with(BodyLimit(1 << 20))
         .catch_all_error(error::json_errors)
-        .around(|ep, req| async move {
+        .around(move |ep, req| async move {
             let path = req.uri().path().to_string();
-            let mut resp = ep.call(req).await?;
+            // A slow database must not pile requests up: past the limit the client gets a 504
+            // (an export's body streams after its response has started, so it is not cut).
+            let mut resp = match tokio::time::timeout(limit, ep.call(req)).await {
+                Ok(resp) => resp?,
+                Err(_) => error::ApiError::timeout(format!("no response within {limit:?}")).into_response(),
+            };
             if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
                 resp.headers_mut().insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static(error::allowed_methods(&path)));
             }
@@ -134,6 +140,7 @@ impl AppStateBuilder {
                 control_timeout: Duration::from_secs(5),
                 consumer: ntp_wire::subject::DEFAULT_CONSUMER.to_string(),
                 public_url: None,
+                request_timeout: Duration::from_secs(30),
                 total: Arc::default(),
                 interface_stats: Arc::default(),
                 health: Arc::default(),
@@ -182,6 +189,13 @@ impl AppStateBuilder {
         self
     }
 
+    /// Longest a request may take until its response starts.
+    #[must_use]
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.state.request_timeout = t;
+        self
+    }
+
     /// The public base URL listed in the OpenAPI document (behind a proxy, say).
     #[must_use]
     pub fn public_url(mut self, url: Option<String>) -> Self {
@@ -209,6 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .control_timeout(config.control_timeout)
         .consumer(&config.consumer)
         .public_url(config.public_url.clone())
+        .request_timeout(config.request_timeout)
         .nats(config.nats.clone())
         .build();
     let acceptor = TcpListener::bind(config.listen).into_acceptor().await?;

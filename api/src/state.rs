@@ -43,6 +43,8 @@ pub struct AppState {
     pub control_timeout: Duration,
     /// Sink consumer name.
     pub consumer: String,
+    /// Longest a request may take until its response starts (`--request-timeout`); 504 after.
+    pub request_timeout: Duration,
     /// Public base URL for the OpenAPI document's `servers` (`--public-url`).
     pub public_url: Option<String>,
     /// Cached `COUNT(*)`.

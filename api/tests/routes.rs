@@ -413,6 +413,25 @@ fn content_type(resp: &poem::test::TestResponse) -> String {
     resp.0.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
+/// A body over 1 MiB is refused before it is read: 413, JSON, on any endpoint that takes one.
+async fn oversized_bodies_are_refused(f: &Fixture) {
+    let ips: Vec<String> = (0..100_000).map(|i| format!("198.18.{}.{}", i / 256 % 256, i % 256)).collect();
+    let body = serde_json::json!({"filters": {"client_ips": ips}});
+    assert!(serde_json::to_vec(&body).expect("json").len() > 1 << 20);
+    let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&body).send().await).await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["error"]["status"], 413, "{b}");
+}
+
+/// A request that outlasts `--request-timeout` gets a JSON 504 instead of holding the client.
+async fn slow_requests_time_out(f: &Fixture) {
+    let state = ntpscope_api::state::AppState { request_timeout: std::time::Duration::from_nanos(1), ..f.state.clone() };
+    let cli = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state))));
+    let (s, b) = json(cli.get("/api/ntp/history/clients").send().await).await;
+    assert_eq!(s, 504, "{b}");
+    assert!(b["error"]["message"].as_str().is_some_and(|m| m.contains("no response within")), "{b}");
+}
+
 /// The Swagger UI and both forms of the spec, with their content types; the YAML served is the
 /// generated contract (which `openapi_contract.rs` holds equal to `openapi.yaml`).
 async fn docs_are_served(f: &Fixture) {
@@ -780,6 +799,8 @@ async fn run_all(pg: bool) {
     detail_search_and_statistics(&f).await;
     export_streams(&f).await;
     docs_are_served(&f).await;
+    oversized_bodies_are_refused(&f).await;
+    slow_requests_time_out(&f).await;
     cleanup_needs_a_token(&f).await;
     done(f).await;
     computed_filters_and_sorts(pg).await;

@@ -204,3 +204,50 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     assert!(daemon.wait().expect("agent exit").success());
     drop(db);
 }
+
+/// A wrong token is logged as rejected, with the path and the peer but never the token; neither
+/// the wrong one nor the configured one appears in the log or in `--print-config`.
+#[test]
+fn auth_failures_are_logged_without_any_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ntp.db").display());
+    let migrated = Command::new(harness::bin("ntpscope-migrate")).args(["--database-url", &url, "up"]).output().expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let (good, bad) = ("configured-token-7f3a9c1e55d2", "guessed-token-0b1d2e3f4a5b6c");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let log = dir.path().join("api.log");
+    let mut api = harness::KillOnDrop(
+        Command::new(harness::bin("ntpscope-api"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--database-url", &url, "--protect-reads"])
+            .env("NTPSCOPE_API_TOKENS", good)
+            .env("NTPSCOPE_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("api"),
+    );
+    let base = format!("http://127.0.0.1:{port}/api/ntp/history/clients");
+    let status = |token: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {token}"), &base])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status(good) != "200" {
+        assert!(std::time::Instant::now() < deadline, "the API did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(bad), "403");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-TERM", &api.0.id().to_string()]).status();
+    let _ = api.0.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("Rejected an API token") && text.contains("/api/ntp/history/clients"), "{text}");
+    assert!(!text.contains(good) && !text.contains(bad), "a token leaked into the log:\n{text}");
+    let printed =
+        Command::new(harness::bin("ntpscope-api")).arg("--print-config").env("NTPSCOPE_API_TOKENS", good).output().expect("print");
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(!printed.contains(good), "{printed}");
+}

@@ -55,7 +55,7 @@ impl Drill {
     }
 
     /// The drill: `NTPSCOPE_DRILL_SESSIONS` (1 000 000), `_CLIENTS` (500 000), `_KILLS`
-    /// (24), `_CUT_SECS` (60), `_LOCK_SECS` (15), `_FULL_SECS` (15), `_SINK_BATCH` (500).
+    /// (24), `_CUT_SECS` (60), `_LOCK_SECS` (15), `_FULL_SECS` (15), `_SINK_BATCH` (200).
     fn from_env() -> Self {
         let n = |k: &str, d: u64| std::env::var(format!("NTPSCOPE_DRILL_{k}")).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
         Self {
@@ -65,7 +65,7 @@ impl Drill {
             cut: Duration::from_secs(n("CUT_SECS", 60)),
             lock: Duration::from_secs(n("LOCK_SECS", 15)),
             full: Duration::from_secs(n("FULL_SECS", 15)),
-            sink_batch: n("SINK_BATCH", 500) as u32,
+            sink_batch: n("SINK_BATCH", 200) as u32,
         }
     }
 }

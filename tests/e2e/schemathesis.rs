@@ -129,5 +129,8 @@ async fn schemathesis_finds_no_server_errors_and_no_contract_violations() {
         .expect("schemathesis");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "schemathesis found problems:\n{text}\napi log:\n{}", api_log());
+    // The summary, for the record (docs/reliability.md quotes the large-budget run).
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    eprintln!("schemathesis, {examples} examples per operation:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     drop(nats);
 }

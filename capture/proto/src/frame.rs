@@ -318,7 +318,7 @@ mod tests {
         assert!(d.truncated);
         for arphrd in [772u16, 65534, 776] {
             frame[2..4].copy_from_slice(&arphrd.to_be_bytes());
-            assert_eq!(decode(LinkType::LinuxSll, &frame), Ok(d.clone()), "ARPHRD {arphrd}");
+            assert_eq!(decode(LinkType::LinuxSll, &frame), Ok(d), "ARPHRD {arphrd}");
         }
     }
 
