@@ -85,16 +85,25 @@ pub fn app(state: AppState) -> impl Endpoint {
             let path = req.uri().path().to_string();
             // A slow database must not pile requests up: past the limit the client gets a 504
             // (an export's body streams after its response has started, so it is not cut).
-            let mut resp = match tokio::time::timeout(limit, ep.call(req)).await {
-                Ok(resp) => resp?,
-                Err(_) => error::ApiError::timeout(format!("no response within {limit:?}")).into_response(),
-            };
+            let mut resp = within(limit, ep.call(req)).await?;
             if resp.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
                 resp.headers_mut().insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static(error::allowed_methods(&path)));
             }
             Ok(resp)
         })
         .with(Tracing)
+}
+
+/// `response`, or a JSON 504 once `limit` has passed without it.
+async fn within<F, R>(limit: Duration, response: F) -> poem::Result<poem::Response>
+where
+    F: Future<Output = poem::Result<R>>,
+    R: IntoResponse,
+{
+    match tokio::time::timeout(limit, response).await {
+        Ok(resp) => resp.map(IntoResponse::into_response),
+        Err(_) => Ok(error::ApiError::timeout(format!("no response within {limit:?}")).into_response()),
+    }
 }
 
 /// Opens the database read-mostly and checks the schema.
@@ -230,4 +239,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(message = "API listening.", address = %config.listen, docs = %format!("http://{}/docs", config.listen));
     poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app(state), shutdown, Some(Duration::from_secs(10))).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slow_response_becomes_a_json_504() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, poem::Error>("late")
+        };
+        let resp = within(Duration::from_millis(20), slow).await.expect("response");
+        assert_eq!(resp.status(), poem::http::StatusCode::GATEWAY_TIMEOUT);
+        let body: serde_json::Value = serde_json::from_str(&resp.into_body().into_string().await.expect("body")).expect("JSON");
+        assert_eq!(body["error"]["status"], 504, "{body}");
+        let fast = within(Duration::from_secs(5), async { Ok::<_, poem::Error>("on time") }).await.expect("response");
+        assert_eq!(fast.status(), poem::http::StatusCode::OK);
+    }
 }
