@@ -293,6 +293,12 @@ async fn detail_search_and_statistics(f: &Fixture) {
 }
 
 async fn export_streams(f: &Fixture) {
+    // --max-export-rows caps every export, whatever limit the request asks for.
+    let state = ntpscope_api::state::AppState { max_export_rows: 5, ..f.state.clone() };
+    let capped = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state))));
+    let resp = capped.post("/api/ntp/history/export").body_json(&serde_json::json!({"format": "ndjson", "limit": 100})).send().await;
+    assert_eq!(resp.0.status().as_u16(), 200);
+    assert_eq!(resp.0.into_body().into_string().await.expect("ndjson").lines().count(), 5, "capped at --max-export-rows");
     let resp = f.cli.post("/api/ntp/history/export").body_json(&serde_json::json!({"format": "csv"})).send().await;
     assert_eq!(resp.0.status().as_u16(), 200);
     let disposition = resp.0.headers().get("content-disposition").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();

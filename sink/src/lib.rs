@@ -125,16 +125,16 @@ async fn report_status(
                     Ok(Ok(())) => stats.heartbeat_ok(),
                     Ok(Err(e)) => {
                         tracing::warn!(message = "Heartbeat not written to the database.", error = %e);
-                        stats.set_failing(Some(&format!("heartbeat: {e}")));
+                        stats.heartbeat_failed(&format!("heartbeat: {e}"));
                     }
-                    Err(e) => stats.set_failing(Some(&format!("heartbeat: {e}"))),
+                    Err(e) => stats.heartbeat_failed(&format!("heartbeat: {e}")),
                 }
             } else if started.elapsed() > HEARTBEAT_LIMIT {
                 tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed());
-                stats.set_failing(Some(&format!(
+                stats.heartbeat_failed(&format!(
                     "heartbeat: the database has accepted no write for {:.0?} (locked by another process?)",
                     started.elapsed()
-                )));
+                ));
             }
         }
         if heartbeat.is_none() {

@@ -143,13 +143,10 @@ impl SinkStats {
     }
 
     /// A heartbeat write failed: shown until a write succeeds.
-    pub fn set_failing(&self, error: Option<&str>) {
-        self.with(|t| match error {
-            None => t.failing = None,
-            Some(e) => {
-                let (since, batch) = t.failing.as_ref().map_or_else(|| (crate::clock::wall_ns(), false), |f| (f.1, f.2));
-                t.failing = Some((e.to_string(), since, batch));
-            }
+    pub fn heartbeat_failed(&self, error: &str) {
+        self.with(|t| {
+            let (since, batch) = t.failing.as_ref().map_or_else(|| (crate::clock::wall_ns(), false), |f| (f.1, f.2));
+            t.failing = Some((error.to_string(), since, batch));
         });
     }
 

@@ -31,10 +31,6 @@ fn term(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 /// Every column the sink writes, with plausible values derived from `n`; `last_seen` is a
 /// permutation of `n`, so sorting by it does not follow insertion order.
 const FILL: &str = "WITH RECURSIVE s(n) AS (SELECT ?1 UNION ALL SELECT n + 1 FROM s WHERE n < ?2)
@@ -170,7 +166,7 @@ struct Api {
 }
 
 fn start_api(db_path: &Path, nats_url: &str, log: &Path) -> Api {
-    let port = free_port();
+    let port = netlab::free_port().expect("port");
     let child = Command::new(release_bin("ntpscope-api"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--db-path", db_path.to_str().expect("path")])
         .env("NTPSCOPE_NATS_URL", nats_url)

@@ -214,7 +214,7 @@ fn auth_failures_are_logged_without_any_token() {
     let migrated = Command::new(harness::bin("ntpscope-migrate")).args(["--database-url", &url, "up"]).output().expect("migrate");
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let (good, bad) = ("configured-token-7f3a9c1e55d2", "guessed-token-0b1d2e3f4a5b6c");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = netlab::free_port().expect("port");
     let log = dir.path().join("api.log");
     let mut api = harness::KillOnDrop(
         Command::new(harness::bin("ntpscope-api"))

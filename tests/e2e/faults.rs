@@ -182,7 +182,7 @@ fn truth_of(pcap: &Path) -> (Truth, i64) {
 
 /// An API process with a short staleness limit, on a port picked free.
 fn start_api(database_url: &str, nats_url: &str, log: &Path) -> (KillOnDrop, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let port = netlab::free_port().expect("free port");
     let child = Command::new(harness::bin("ntpscope-api"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--database-url", database_url, "--nats-url", nats_url, "--stale-after", "3"])
         .env("NTPSCOPE_LOG", "info,async_nats=warn")

@@ -24,4 +24,4 @@ pub mod pcapgen;
 pub mod procfs;
 
 pub use lab::{Lab, require_tools};
-pub use nats::NatsServer;
+pub use nats::{NatsServer, free_port};

@@ -88,9 +88,7 @@ impl NatsServer {
     /// Starts an `n`-node JetStream cluster on loopback: random client ports, route ports picked
     /// free just before. Every node routes to every other.
     pub fn start_cluster(n: usize) -> anyhow::Result<Vec<Self>> {
-        let route_ports: Vec<u16> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-            .collect::<Result<_, _>>()?;
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let routes: Vec<String> = route_ports.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
         (0..n)
             .map(|i| {
@@ -193,4 +191,10 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A loopback TCP port that was free a moment ago (for programs that take a port number rather
+/// than port 0).
+pub fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())
 }
