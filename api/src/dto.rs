@@ -216,6 +216,22 @@ pub enum SortKey {
     AvgProcessingTime,
 }
 
+impl SortKey {
+    /// The name in the contract (and in cursors).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LastSeen => "last_seen",
+            Self::FirstSeen => "first_seen",
+            Self::SessionCount => "session_count",
+            Self::UnansweredCount => "unanswered_count",
+            Self::KodCount => "kod_count",
+            Self::ClientIp => "client_ip",
+            Self::AvgLatency => "avg_latency",
+            Self::AvgProcessingTime => "avg_processing_time",
+        }
+    }
+}
+
 /// Sort direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Default)]
 #[oai(rename_all = "lowercase")]
@@ -225,6 +241,16 @@ pub enum SortOrder {
     /// Descending (default).
     #[default]
     Desc,
+}
+
+impl SortOrder {
+    /// The name in the contract (and in cursors).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
 }
 
 /// A page of clients.

@@ -154,7 +154,7 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
         let mut sent = 0u64;
         while sent < limit {
             let size = CHUNK.min(limit - sent);
-            let (rows, next) = match query::page(&state.db, &parsed, sort, order, cursor.as_deref(), 0, size).await {
+            let (rows, next) = match query::page(&state, &parsed, sort, order, cursor.as_deref(), 0, size).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(message = "Export failed part-way; the body is truncated.", error = ?e);
@@ -162,20 +162,24 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
                     return;
                 }
             };
-            let mut buf = String::with_capacity(rows.len() * 700);
-            for m in rows {
-                let json = ClientRecord::from(m).to_json().unwrap_or(Value::Null);
+            let mut buf = Vec::with_capacity(rows.len() * crate::json::ROW_BYTES);
+            for m in &rows {
                 match format {
-                    ExportFormat::Csv => csv_row(&json, &mut buf),
+                    ExportFormat::Csv => {
+                        let json = ClientRecord::from(m.clone()).to_json().unwrap_or(Value::Null);
+                        let mut line = String::new();
+                        csv_row(&json, &mut line);
+                        buf.extend_from_slice(line.as_bytes());
+                    }
                     ExportFormat::Ndjson => {
-                        buf.push_str(&json.to_string());
-                        buf.push('\n');
+                        crate::json::client(&mut buf, m);
+                        buf.push(b'\n');
                     }
                     ExportFormat::Json => {
                         if sent > 0 {
-                            buf.push(',');
+                            buf.push(b',');
                         }
-                        buf.push_str(&json.to_string());
+                        crate::json::client(&mut buf, m);
                     }
                 }
                 sent += 1;

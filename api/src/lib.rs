@@ -23,7 +23,9 @@ pub mod dto;
 pub mod error;
 pub mod export;
 pub mod health;
+pub mod json;
 pub mod query;
+pub mod reader;
 pub mod routes;
 pub mod state;
 
@@ -142,6 +144,7 @@ impl AppStateBuilder {
     pub fn new(db: DatabaseConnection) -> Self {
         Self {
             state: AppState {
+                reader: reader::SqliteReader::for_database(&db).map(Arc::new),
                 db,
                 bus: Arc::default(),
                 tokens: Arc::new(Tokens::new(&[], false, false)),

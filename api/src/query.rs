@@ -1,4 +1,5 @@
-//! Read queries over `ntp_clients`, as free functions taking the connection.
+//! Read queries over `ntp_clients`, as free functions taking the state. Rows are read through
+//! [`crate::reader`]: rusqlite on an SQLite file, sea-orm otherwise, from the same built query.
 //!
 //! Lists use keyset paging: the cursor carries the last row's sort value and id, so a page deep
 //! in millions of rows costs what the first one does (with the default sort, which an index
@@ -20,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dto::{Filters, SortKey, SortOrder},
     error::ApiError,
+    reader,
+    state::AppState,
 };
 
 /// Filtered counts stop here; the response then says the total is a lower bound.
@@ -211,26 +214,6 @@ struct Cursor {
     id: i64,
 }
 
-fn key_name(k: SortKey) -> &'static str {
-    match k {
-        SortKey::LastSeen => "last_seen",
-        SortKey::FirstSeen => "first_seen",
-        SortKey::SessionCount => "session_count",
-        SortKey::UnansweredCount => "unanswered_count",
-        SortKey::KodCount => "kod_count",
-        SortKey::ClientIp => "client_ip",
-        SortKey::AvgLatency => "avg_latency",
-        SortKey::AvgProcessingTime => "avg_processing_time",
-    }
-}
-
-fn order_name(o: SortOrder) -> &'static str {
-    match o {
-        SortOrder::Asc => "asc",
-        SortOrder::Desc => "desc",
-    }
-}
-
 fn avg(count: C, sum: C) -> SimpleExpr {
     Expr::case(Expr::col(count).gt(0), Expr::col(sum).div(Expr::col(count))).finally(Expr::val(-1.0)).into()
 }
@@ -287,7 +270,7 @@ fn sort_value_expr(v: &SortValue) -> Option<Value> {
 
 /// The opaque cursor after `m`.
 pub fn encode_cursor(k: SortKey, o: SortOrder, m: &ntp_clients::Model) -> String {
-    let c = Cursor { k: key_name(k).into(), o: order_name(o).into(), v: sort_value(k, m), id: m.id };
+    let c = Cursor { k: k.as_str().into(), o: o.as_str().into(), v: sort_value(k, m), id: m.id };
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
 }
 
@@ -296,7 +279,7 @@ pub fn cursor_condition(k: SortKey, o: SortOrder, cursor: &str) -> Result<Condit
     let bad = |why: &str| ApiError::bad_request("cursor", format!("invalid cursor: {why}"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| bad("not base64url"))?;
     let c: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad("not a cursor"))?;
-    if c.k != key_name(k) || c.o != order_name(o) {
+    if c.k != k.as_str() || c.o != o.as_str() {
         return Err(bad("it belongs to another sort or order; start again without a cursor"));
     }
     let v = sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?;
@@ -325,7 +308,7 @@ pub fn select(p: &Parsed, k: SortKey, o: SortOrder) -> Select<Clients> {
 
 /// One page: rows plus the cursor for the next one (if more rows exist).
 pub async fn page(
-    db: &DatabaseConnection,
+    state: &AppState,
     p: &Parsed,
     k: SortKey,
     o: SortOrder,
@@ -339,7 +322,7 @@ pub async fn page(
         None if offset > 0 => q = q.offset(offset),
         None => {}
     }
-    let mut rows = q.limit(size + 1).all(db).await?;
+    let mut rows = reader::models(&state.db, state.reader.as_ref(), q.limit(size + 1)).await?;
     let more = rows.len() as u64 > size;
     rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
     let next = if more { rows.last().map(|m| encode_cursor(k, o, m)) } else { None };
@@ -347,26 +330,26 @@ pub async fn page(
 }
 
 /// Count of matching rows, stopping at [`COUNT_CAP`] + 1.
-pub async fn capped_count(db: &DatabaseConnection, p: &Parsed) -> Result<u64, ApiError> {
+pub async fn capped_count(state: &AppState, p: &Parsed) -> Result<u64, ApiError> {
     let inner = Clients::find().select_only().column(C::Id).filter(condition(p)).limit(COUNT_CAP + 1);
-    let backend = db.get_database_backend();
+    let backend = state.db.get_database_backend();
     let st = inner.build(backend);
     let wrapped = format!("SELECT COUNT(*) FROM ({}) AS capped", st.sql);
     let values = st.values.map(|v| v.0).unwrap_or_default();
-    let row = db.query_one_raw(Statement::from_sql_and_values(backend, wrapped, values)).await?;
-    Ok(row.and_then(|r| r.try_get_by_index::<i64>(0).ok()).and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+    let n = reader::integer(&state.db, state.reader.as_ref(), Statement::from_sql_and_values(backend, wrapped, values)).await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// `COUNT(*)` of the whole table (callers cache it).
-pub async fn total_count(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
-    let backend = db.get_database_backend();
-    let row = db.query_one_raw(Statement::from_string(backend, "SELECT COUNT(*) FROM ntp_clients")).await?;
-    Ok(row.and_then(|r| r.try_get_by_index::<i64>(0).ok()).and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+pub async fn total_count(state: &AppState) -> Result<u64, ApiError> {
+    let st = Statement::from_string(state.db.get_database_backend(), "SELECT COUNT(*) FROM ntp_clients");
+    Ok(u64::try_from(reader::integer(&state.db, state.reader.as_ref(), st).await?).unwrap_or(0))
 }
 
 /// Every row of one address.
-pub async fn by_ip(db: &DatabaseConnection, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
-    Ok(Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(10_000).all(db).await?)
+pub async fn by_ip(state: &AppState, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
+    let select = Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(10_000);
+    reader::models(&state.db, state.reader.as_ref(), select).await
 }
 
 /// Aggregates per host and interface.

@@ -20,7 +20,9 @@ use crate::{
         MetricStats, SearchRequest, ServiceStatistics, SinkStatistics, SortKey, SortOrder, StartCapture, StopCapture, StreamStatistics,
     },
     error::ApiError,
-    export, query,
+    export,
+    json::{ClientDetailJson, ClientPageJson, JsonBody},
+    query,
     state::{AppState, CACHE_TTL},
 };
 
@@ -124,27 +126,28 @@ async fn list(
     page: u32,
     page_size: u32,
     cursor: Option<&str>,
-) -> Result<ClientPage, ApiError> {
+) -> Result<JsonBody<ClientPage>, ApiError> {
     let parsed = query::parse(filters)?;
     let offset = if cursor.is_some() { 0 } else { u64::from(page.saturating_sub(1)) * u64::from(page_size) };
-    let (rows, next) = query::page(&state.db, &parsed, sort, order, cursor, offset, u64::from(page_size)).await?;
+    let (rows, next) = query::page(state, &parsed, sort, order, cursor, offset, u64::from(page_size)).await?;
     let (total, exact) = if parsed.is_empty() {
         (state.total_clients().await?, true)
     } else {
-        let n = query::capped_count(&state.db, &parsed).await?;
+        let n = query::capped_count(state, &parsed).await?;
         if n > query::COUNT_CAP { (query::COUNT_CAP, false) } else { (n, true) }
     };
-    Ok(ClientPage {
-        clients: rows.into_iter().map(ClientRecord::from).collect(),
+    Ok(ClientPageJson {
+        rows: &rows,
         page: if cursor.is_some() { 0 } else { page },
         page_size,
         total,
         total_exact: exact,
         pages: total.div_ceil(u64::from(page_size)),
-        next_cursor: next,
+        next_cursor: next.as_deref(),
         sort,
         order,
-    })
+    }
+    .to_body())
 }
 
 #[OpenApi(prefix_path = "/api/ntp", tag = "ApiTags::History")]
@@ -205,7 +208,7 @@ impl HistoryApi {
         /// Cursor from `next_cursor`.
         #[oai(validator(max_length = 512))]
         cursor: Query<Option<String>>,
-    ) -> Result<Json<ClientPage>, ApiError> {
+    ) -> Result<JsonBody<ClientPage>, ApiError> {
         let filters = Filters {
             search_ip: search_ip.0,
             interface_names: interface_name.0.into_iter().collect(),
@@ -219,7 +222,7 @@ impl HistoryApi {
             has_unanswered: has_unanswered.0,
             ..Filters::default()
         };
-        list(&state, &filters, sort.0, order.0, page.0, page_size.0, cursor.0.as_deref()).await.map(Json)
+        list(&state, &filters, sort.0, order.0, page.0, page_size.0, cursor.0.as_deref()).await
     }
 
     /// One client
@@ -233,22 +236,13 @@ impl HistoryApi {
         /// Client address.
         #[oai(validator(max_length = 64))]
         client_ip: Path<String>,
-    ) -> Result<Json<ClientDetail>, ApiError> {
+    ) -> Result<JsonBody<ClientDetail>, ApiError> {
         let ip = query::canonical_ip("client_ip", &client_ip.0)?.to_string();
-        let rows = query::by_ip(&state.db, &ip).await?;
+        let rows = query::by_ip(&state, &ip).await?;
         if rows.is_empty() {
             return Err(ApiError::not_found(format!("no history for {ip}")));
         }
-        let total_sessions = rows.iter().map(|r| r.session_count).sum();
-        let first = rows.iter().map(|r| r.first_seen).min().unwrap_or(0);
-        let last = rows.iter().map(|r| r.last_seen).max().unwrap_or(0);
-        Ok(Json(ClientDetail {
-            client_ip: ip,
-            records: rows.into_iter().map(ClientRecord::from).collect(),
-            total_sessions,
-            first_seen: ntp_wire::time::format_rfc3339(first),
-            last_seen: ntp_wire::time::format_rfc3339(last),
-        }))
+        Ok(ClientDetailJson { client_ip: &ip, rows: &rows }.to_body())
     }
 
     /// Search clients
@@ -256,9 +250,9 @@ impl HistoryApi {
     /// The seed's body (`filters.client_ips`, `filters.interface_names`, `pagination`) plus
     /// every filter of the list endpoint, the sort and a cursor.
     #[oai(path = "/history/search", method = "post", operation_id = "search_clients")]
-    async fn search(&self, state: Data<&AppState>, body: Json<SearchRequest>) -> Result<Json<ClientPage>, ApiError> {
+    async fn search(&self, state: Data<&AppState>, body: Json<SearchRequest>) -> Result<JsonBody<ClientPage>, ApiError> {
         let b = body.0;
-        list(&state, &b.filters, b.sort, b.order, b.pagination.page, b.pagination.page_size, b.pagination.cursor.as_deref()).await.map(Json)
+        list(&state, &b.filters, b.sort, b.order, b.pagination.page, b.pagination.page_size, b.pagination.cursor.as_deref()).await
     }
 
     /// Export clients

@@ -33,6 +33,8 @@ pub struct Bus {
 pub struct AppState {
     /// Database (read pool; cleanup writes in short chunks).
     pub db: DatabaseConnection,
+    /// Read-only rusqlite pool of the same file, when the database is SQLite on disk (hot reads).
+    pub reader: Option<Arc<crate::reader::SqliteReader>>,
     /// NATS, when reachable.
     pub bus: Arc<RwLock<Option<Bus>>>,
     /// Tokens.
@@ -70,14 +72,14 @@ impl AppState {
     }
 
     /// The table's row count, at most [`CACHE_TTL`] old.
-    pub async fn total_clients(&self) -> Result<u64, sea_orm::DbErr> {
+    pub async fn total_clients(&self) -> Result<u64, crate::error::ApiError> {
         let mut cache = self.total.lock().await;
         if let Some((at, n)) = *cache
             && at.elapsed() < CACHE_TTL
         {
             return Ok(n);
         }
-        let n = query::total_count(&self.db).await?;
+        let n = query::total_count(self).await?;
         *cache = Some((clock::monotonic(), n));
         Ok(n)
     }

@@ -60,6 +60,30 @@ pub fn format_rfc3339(ns: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{sub:09}Z", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
+/// [`format_rfc3339`] without an allocation, for the API's hot path. Every `i64` of nanoseconds
+/// lies in the years 1677–2262, so the text is always these 30 bytes.
+pub fn rfc3339_bytes(ns: i64) -> [u8; 30] {
+    let secs = ns.div_euclid(NANOS_PER_SEC);
+    let sub = ns.rem_euclid(NANOS_PER_SEC);
+    let (y, m, d) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
+    let sod = secs.rem_euclid(SECS_PER_DAY);
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, sod / 3600);
+    put(14, 2, (sod / 60) % 60);
+    put(17, 2, sod % 60);
+    put(20, 9, sub);
+    out
+}
+
 /// Parses an RFC 3339 date-time (`2024-01-02T03:04:05Z`, optional fraction up to nanoseconds,
 /// `Z` or a `±hh:mm` offset) into Unix nanoseconds. Returns `None` for anything else.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
@@ -164,6 +188,20 @@ mod tests {
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
         // Leap day.
         assert_eq!(format_rfc3339(951_782_400 * NANOS_PER_SEC), "2000-02-29T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn the_allocation_free_form_is_the_same_text() {
+        // Random instants over the whole i64 range (a 64-bit LCG walk), and its edges.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut all = vec![0, -1, 1, i64::MIN, i64::MAX, 951_782_400 * NANOS_PER_SEC];
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            all.push(x as i64);
+        }
+        for ns in all {
+            assert_eq!(std::str::from_utf8(&rfc3339_bytes(ns)).ok(), Some(format_rfc3339(ns).as_str()), "{ns}");
+        }
     }
 
     #[test]

@@ -1,0 +1,396 @@
+//! Where client rows are read from: sea-orm everywhere, and on SQLite a pool of read-only
+//! rusqlite connections for the hot reads (pages, lookups, capped counts).
+//!
+//! sqlx runs each SQLite connection on a worker thread and passes every row across a channel as
+//! a vector of copied values; a 100-row page of ~60 columns costs ~6 000 allocations and a task
+//! wake-up per row before sea-orm decodes it again by column name (docs/performance.md). Here the
+//! query is still built by sea-orm (one query builder for both backends), then run on a blocking
+//! thread with a cached prepared statement, and decoded by position into the same
+//! [`Model`]. Connections are opened read-only (`SQLITE_OPEN_READ_ONLY`, `query_only`) on
+//! the file the sea-orm pool uses, so this path can never write; WAL lets it read while the sink
+//! writes.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use entity::ntp_clients::{self, Model};
+use rusqlite::{Connection, OpenFlags, Row, types::Value as Sql};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Iterable, QueryTrait, Statement};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// How much of the file each connection maps: SQLite's compile-time ceiling (2 GiB). A page
+/// inside the map is read in place; one beyond it goes through `read()` into the connection's
+/// page cache, behind a mutex (`perf` showed that path when the map was 256 MiB of a 2.3 GB file).
+const MMAP_BYTES: i64 = 0x7fff_0000;
+
+/// Blocking reads at once (each holds one connection while it runs).
+const MAX_READERS: usize = 16;
+
+/// The read-only rusqlite pool of an SQLite database file.
+#[derive(Debug)]
+pub struct SqliteReader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+/// Errors of the SQLite read path (shown to the client only as a logged 500).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// SQLite said no.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A bound value of a type this path does not bind.
+    #[error("unsupported parameter {0:?}")]
+    Parameter(sea_orm::Value),
+    /// The statement's columns are not the entity's, in its order.
+    #[error("unexpected columns: {0:?}")]
+    Columns(Vec<String>),
+    /// The pool was closed (never, while the API runs).
+    #[error("reader pool closed")]
+    Closed,
+    /// The blocking task died.
+    #[error("reader task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        ApiError::internal(&e)
+    }
+}
+
+impl SqliteReader {
+    /// The reader of `db`'s file, when `db` is SQLite on a file (not in memory).
+    pub fn for_database(db: &DatabaseConnection) -> Option<Self> {
+        if db.get_database_backend() != DatabaseBackend::Sqlite {
+            return None;
+        }
+        let path = db.get_sqlite_connection_pool().connect_options().get_filename().to_path_buf();
+        path.is_file().then(|| Self::new(path))
+    }
+
+    /// A reader of the database file at `path` (connections open on first use).
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, idle: Mutex::default(), permits: Semaphore::new(MAX_READERS) }
+    }
+
+    fn open(&self) -> Result<Connection, rusqlite::Error> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "cache_size", -65_536)?;
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+        conn.pragma_update(None, "query_only", true)?;
+        // Plans must not depend on bound values: otherwise SQLite marks a statement whose
+        // `LIMIT ?` (or a range bound) it inspected as expired on every new binding, and each
+        // cached page query is compiled again (10 % of a page's CPU in `perf`). The keyset
+        // conditions are written to plan as range searches without their values (query.rs).
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection on a blocking thread.
+    async fn with<R, F>(self: &Arc<Self>, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, ReadError> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| ReadError::Closed)?;
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let pooled = me.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let conn = match pooled {
+                Some(c) => c,
+                None => me.open()?,
+            };
+            let out = f(&conn);
+            // A connection that failed is dropped rather than reused in an unknown state.
+            if out.is_ok()
+                && let Ok(mut idle) = me.idle.lock()
+            {
+                idle.push(conn);
+            }
+            out
+        })
+        .await?
+    }
+
+    /// The client rows a sea-orm `SELECT` of `ntp_clients` returns.
+    pub async fn models(self: &Arc<Self>, st: Statement) -> Result<Vec<Model>, ReadError> {
+        self.with(move |conn| {
+            let params = params(st.values)?;
+            let mut stmt = conn.prepare_cached(&st.sql)?;
+            check_columns(&stmt)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(model(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The first column of the first row of `st`, as an integer (counts).
+    pub async fn integer(self: &Arc<Self>, st: Statement) -> Result<i64, ReadError> {
+        self.with(move |conn| {
+            let params = params(st.values)?;
+            let mut stmt = conn.prepare_cached(&st.sql)?;
+            Ok(stmt.query_row(rusqlite::params_from_iter(params), |r| r.get(0))?)
+        })
+        .await
+    }
+}
+
+/// sea-query's bound values as SQLite values.
+fn params(values: Option<sea_orm::Values>) -> Result<Vec<Sql>, ReadError> {
+    use sea_orm::Value as V;
+    let int = |v: Option<i64>| v.map_or(Sql::Null, Sql::Integer);
+    values
+        .map(|v| v.0)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| {
+            Ok(match v {
+                V::Bool(b) => int(b.map(i64::from)),
+                V::TinyInt(i) => int(i.map(i64::from)),
+                V::SmallInt(i) => int(i.map(i64::from)),
+                V::Int(i) => int(i.map(i64::from)),
+                V::BigInt(i) => int(i),
+                V::TinyUnsigned(i) => int(i.map(i64::from)),
+                V::SmallUnsigned(i) => int(i.map(i64::from)),
+                V::Unsigned(i) => int(i.map(i64::from)),
+                V::BigUnsigned(Some(u)) if i64::try_from(u).is_ok() => Sql::Integer(u as i64),
+                V::BigUnsigned(None) => Sql::Null,
+                V::Float(f) => f.map_or(Sql::Null, |f| Sql::Real(f64::from(f))),
+                V::Double(f) => f.map_or(Sql::Null, Sql::Real),
+                V::String(s) => s.map_or(Sql::Null, Sql::Text),
+                V::Bytes(b) => b.map_or(Sql::Null, Sql::Blob),
+                other => return Err(ReadError::Parameter(other)),
+            })
+        })
+        .collect()
+}
+
+/// The statement returns the entity's columns in the entity's order (what [`model`] reads).
+fn check_columns(stmt: &rusqlite::CachedStatement<'_>) -> Result<(), ReadError> {
+    let names = stmt.column_names();
+    let expected = ntp_clients::Column::iter().map(|c| sea_orm::IdenStatic::as_str(&c));
+    if names.iter().copied().eq(expected) {
+        Ok(())
+    } else {
+        Err(ReadError::Columns(names.iter().map(ToString::to_string).collect()))
+    }
+}
+
+/// One row, by position, in the order of [`Model`]'s fields (checked by [`check_columns`]).
+fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        i - 1
+    };
+    Ok(Model {
+        id: r.get(next())?,
+        host: r.get(next())?,
+        interface_name: r.get(next())?,
+        client_ip: r.get(next())?,
+        client_ip_bin: r.get(next())?,
+        client_port: r.get(next())?,
+        server_ip: r.get(next())?,
+        server_port: r.get(next())?,
+        vlan_id: r.get(next())?,
+        ntp_version: r.get(next())?,
+        stratum: r.get(next())?,
+        precision: r.get(next())?,
+        root_delay: r.get(next())?,
+        root_dispersion: r.get(next())?,
+        reference_id: r.get(next())?,
+        leap_indicator: r.get(next())?,
+        poll_interval: r.get(next())?,
+        reference_timestamp: r.get(next())?,
+        originate_timestamp: r.get(next())?,
+        receive_timestamp: r.get(next())?,
+        transmit_timestamp: r.get(next())?,
+        client_to_server_latency: r.get(next())?,
+        server_processing_time: r.get(next())?,
+        total_process_time: r.get(next())?,
+        packet_length: r.get(next())?,
+        session_timestamp: r.get(next())?,
+        first_seen: r.get(next())?,
+        last_seen: r.get(next())?,
+        last_kiss_code: r.get(next())?,
+        last_mode: r.get(next())?,
+        t1_randomized: r.get(next())?,
+        session_count: r.get(next())?,
+        answered_count: r.get(next())?,
+        unanswered_count: r.get(next())?,
+        kod_count: r.get(next())?,
+        retransmit_count: r.get(next())?,
+        interleaved_count: r.get(next())?,
+        t1_randomized_count: r.get(next())?,
+        nts_count: r.get(next())?,
+        extension_count: r.get(next())?,
+        mac_count: r.get(next())?,
+        observation_count: r.get(next())?,
+        symmetric_count: r.get(next())?,
+        broadcast_count: r.get(next())?,
+        control_count: r.get(next())?,
+        private_count: r.get(next())?,
+        monlist_count: r.get(next())?,
+        latency_count: r.get(next())?,
+        latency_sum: r.get(next())?,
+        latency_min: r.get(next())?,
+        latency_max: r.get(next())?,
+        processing_count: r.get(next())?,
+        processing_sum: r.get(next())?,
+        processing_min: r.get(next())?,
+        processing_max: r.get(next())?,
+        turnaround_count: r.get(next())?,
+        turnaround_sum: r.get(next())?,
+        turnaround_min: r.get(next())?,
+        turnaround_max: r.get(next())?,
+        created_at: r.get(next())?,
+        updated_at: r.get(next())?,
+    })
+}
+
+/// Rows of a sea-orm `SELECT` of `ntp_clients`: through `reader` when there is one.
+pub async fn models(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, select: sea_orm::Select<ntp_clients::Entity>) -> Result<Vec<Model>, ApiError> {
+    match reader {
+        Some(r) => Ok(r.models(select.build(DatabaseBackend::Sqlite)).await?),
+        None => Ok(select.all(db).await?),
+    }
+}
+
+/// The integer `st` returns (built for `db`'s backend): through `reader` when there is one.
+pub async fn integer(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, st: Statement) -> Result<i64, ApiError> {
+    match reader {
+        Some(r) => Ok(r.integer(st).await?),
+        None => Ok(db.query_one_raw(st).await?.and_then(|r| r.try_get_by_index::<i64>(0).ok()).unwrap_or(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait};
+
+    use super::*;
+
+    /// Every column read by position equals what sea-orm reads by name, on a migrated file,
+    /// with NULLs and values in every optional column.
+    #[tokio::test]
+    async fn rows_read_by_position_equal_sea_orm_rows() {
+        use migration::MigratorTrait;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.db");
+        let db = Database::connect(format!("sqlite://{}?mode=rwc", path.display())).await.expect("open");
+        migration::Migrator::up(&db, None).await.expect("migrate");
+        for i in 0..40_i64 {
+            let full = i % 2 == 0;
+            let some_i = |v: i32| full.then_some(v);
+            let some_f = |v: f64| full.then_some(v);
+            ntp_clients::ActiveModel {
+                host: Set(format!("h{}", i % 3)),
+                interface_name: Set("eth0".into()),
+                client_ip: Set(format!("198.18.0.{i}")),
+                client_ip_bin: Set(full.then(|| vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 198, 18, 0, i as u8])),
+                client_port: Set(some_i(40_000 + i as i32)),
+                server_ip: Set(full.then(|| "198.19.0.1".into())),
+                server_port: Set(some_i(123)),
+                vlan_id: Set(some_i(7)),
+                ntp_version: Set(some_i(4)),
+                stratum: Set(some_i(2)),
+                precision: Set(some_i(-20)),
+                root_delay: Set(some_f(0.25)),
+                root_dispersion: Set(some_f(0.5)),
+                reference_id: Set(full.then(|| "GPS".into())),
+                leap_indicator: Set(some_i(0)),
+                poll_interval: Set(some_i(6)),
+                reference_timestamp: Set(full.then_some(i * 11)),
+                originate_timestamp: Set(full.then_some(i * 13)),
+                receive_timestamp: Set(full.then_some(i * 17)),
+                transmit_timestamp: Set(full.then_some(i * 19)),
+                client_to_server_latency: Set(some_f(0.001 * i as f64)),
+                server_processing_time: Set(some_f(1e-6)),
+                total_process_time: Set(some_f(2e-3)),
+                packet_length: Set(some_i(48)),
+                session_timestamp: Set(full.then_some(i * 23)),
+                first_seen: Set(i * 1_000),
+                last_seen: Set(i * 2_000),
+                last_kiss_code: Set(full.then(|| "RATE".into())),
+                last_mode: Set(some_i(4)),
+                t1_randomized: Set(full),
+                session_count: Set(i),
+                answered_count: Set(i + 1),
+                unanswered_count: Set(i + 2),
+                kod_count: Set(i + 3),
+                retransmit_count: Set(i + 4),
+                interleaved_count: Set(i + 5),
+                t1_randomized_count: Set(i + 6),
+                nts_count: Set(i + 7),
+                extension_count: Set(i + 8),
+                mac_count: Set(i + 9),
+                observation_count: Set(i + 10),
+                symmetric_count: Set(i + 11),
+                broadcast_count: Set(i + 12),
+                control_count: Set(i + 13),
+                private_count: Set(i + 14),
+                monlist_count: Set(i + 15),
+                latency_count: Set(i + 16),
+                latency_sum: Set(0.5 * i as f64),
+                latency_min: Set(some_f(0.125)),
+                latency_max: Set(some_f(0.75)),
+                processing_count: Set(i + 17),
+                processing_sum: Set(0.25),
+                processing_min: Set(some_f(1e-7)),
+                processing_max: Set(some_f(1e-5)),
+                turnaround_count: Set(i + 18),
+                turnaround_sum: Set(3.5),
+                turnaround_min: Set(some_f(1e-4)),
+                turnaround_max: Set(some_f(1e-2)),
+                created_at: Set(i * 29),
+                updated_at: Set(i * 31),
+                ..Default::default()
+            }
+            .insert(&db)
+            .await
+            .expect("insert");
+        }
+        let reader = Arc::new(SqliteReader::for_database(&db).expect("a file database has a reader"));
+        let select = || {
+            ntp_clients::Entity::find()
+                .filter(ntp_clients::Column::SessionCount.gte(3))
+                .filter(ntp_clients::Column::ClientIpBin.gt(vec![0_u8]).or(ntp_clients::Column::ClientIpBin.is_null()))
+                .order_by_desc(ntp_clients::Column::LastSeen)
+                .limit(30)
+        };
+        let by_name = select().all(&db).await.expect("sea-orm");
+        let by_position = reader.models(select().build(DatabaseBackend::Sqlite)).await.expect("rusqlite");
+        assert_eq!(by_name.len(), 30);
+        assert_eq!(by_position, by_name);
+        let count = Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM ntp_clients");
+        assert_eq!(reader.integer(count).await.expect("count"), 40);
+
+        // A projection that is not the entity's is refused, not misread.
+        let narrow = ntp_clients::Entity::find().select_only().column(ntp_clients::Column::Id).build(DatabaseBackend::Sqlite);
+        assert!(matches!(reader.models(narrow).await, Err(ReadError::Columns(_))));
+        // The connections cannot write.
+        let write = Statement::from_string(DatabaseBackend::Sqlite, "DELETE FROM ntp_clients");
+        assert!(reader.integer(write).await.is_err());
+        assert_eq!(ntp_clients::Entity::find().all(&db).await.expect("rows").len(), 40);
+    }
+
+    #[tokio::test]
+    async fn memory_databases_have_no_reader() {
+        let db = Database::connect("sqlite::memory:").await.expect("open");
+        assert!(SqliteReader::for_database(&db).is_none());
+    }
+}
