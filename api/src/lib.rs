@@ -154,6 +154,7 @@ impl AppStateBuilder {
                 public_url: None,
                 request_timeout: Duration::from_secs(30),
                 total: Arc::default(),
+                total_refreshing: Arc::default(),
                 interface_stats: Arc::default(),
                 health: Arc::default(),
             },

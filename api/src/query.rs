@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     dto::{Filters, SortKey, SortOrder},
     error::ApiError,
-    reader,
+    reader::{self, Cost},
     state::AppState,
 };
 
@@ -322,7 +322,10 @@ pub async fn page(
         None if offset > 0 => q = q.offset(offset),
         None => {}
     }
-    let mut rows = reader::models(&state.db, state.reader.as_ref(), q.limit(size + 1)).await?;
+    // Without filters, the indexed sorts walk an index for exactly the rows returned.
+    let indexed = matches!(k, SortKey::LastSeen | SortKey::ClientIp);
+    let cost = if p.is_empty() && indexed && offset == 0 && size < reader::INLINE_ROWS { Cost::Bounded } else { Cost::Open };
+    let mut rows = reader::models(&state.db, state.reader.as_ref(), q.limit(size + 1), cost).await?;
     let more = rows.len() as u64 > size;
     rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
     let next = if more { rows.last().map(|m| encode_cursor(k, o, m)) } else { None };
@@ -349,7 +352,8 @@ pub async fn total_count(state: &AppState) -> Result<u64, ApiError> {
 /// Every row of one address.
 pub async fn by_ip(state: &AppState, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
     let select = Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(10_000);
-    reader::models(&state.db, state.reader.as_ref(), select).await
+    // The `client_ip` index holds one entry per host and interface that saw the address.
+    reader::models(&state.db, state.reader.as_ref(), select, Cost::Bounded).await
 }
 
 /// Aggregates per host and interface.

@@ -28,6 +28,22 @@ use crate::error::ApiError;
 /// page cache, behind a mutex (`perf` showed that path when the map was 256 MiB of a 2.3 GB file).
 const MMAP_BYTES: i64 = 0x7fff_0000;
 
+/// How a read may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// An index walk of at most [`INLINE_ROWS`] rows (a keyset page without filters, one
+    /// address): under a millisecond, so it runs on the request's own worker thread. Handing
+    /// it to the blocking pool and back cost more than the read itself, and with two cores
+    /// sixteen runnable reader threads pre-empted the workers serving the sockets (a p99 of
+    /// 30–80 ms at 16 connections; docs/performance.md).
+    Bounded,
+    /// Anything else (filters that may scan, OFFSET, counts, exports): the blocking pool.
+    Open,
+}
+
+/// The most rows a [`Cost::Bounded`] read returns (≈ 1.5 ms of work).
+pub const INLINE_ROWS: u64 = 201;
+
 /// Blocking reads at once (each holds one connection while it runs).
 const MAX_READERS: usize = 16;
 
@@ -96,15 +112,15 @@ impl SqliteReader {
         Ok(conn)
     }
 
-    /// Runs `f` on a pooled connection on a blocking thread.
-    async fn with<R, F>(self: &Arc<Self>, f: F) -> Result<R, ReadError>
+    /// Runs `f` on a pooled connection: on the calling worker thread when the read is
+    /// [`Cost::Bounded`], on a blocking thread otherwise.
+    async fn with<R, F>(self: &Arc<Self>, cost: Cost, f: F) -> Result<R, ReadError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, ReadError> + Send + 'static,
     {
-        let _permit = self.permits.acquire().await.map_err(|_| ReadError::Closed)?;
         let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        let run = move || {
             let pooled = me.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             let conn = match pooled {
                 Some(c) => c,
@@ -118,13 +134,19 @@ impl SqliteReader {
                 idle.push(conn);
             }
             out
-        })
-        .await?
+        };
+        match cost {
+            Cost::Bounded => run(),
+            Cost::Open => {
+                let _permit = self.permits.acquire().await.map_err(|_| ReadError::Closed)?;
+                tokio::task::spawn_blocking(run).await?
+            }
+        }
     }
 
     /// The client rows a sea-orm `SELECT` of `ntp_clients` returns.
-    pub async fn models(self: &Arc<Self>, st: Statement) -> Result<Vec<Model>, ReadError> {
-        self.with(move |conn| {
+    pub async fn models(self: &Arc<Self>, st: Statement, cost: Cost) -> Result<Vec<Model>, ReadError> {
+        self.with(cost, move |conn| {
             let params = params(st.values)?;
             let mut stmt = conn.prepare_cached(&st.sql)?;
             check_columns(&stmt)?;
@@ -140,7 +162,7 @@ impl SqliteReader {
 
     /// The first column of the first row of `st`, as an integer (counts).
     pub async fn integer(self: &Arc<Self>, st: Statement) -> Result<i64, ReadError> {
-        self.with(move |conn| {
+        self.with(Cost::Open, move |conn| {
             let params = params(st.values)?;
             let mut stmt = conn.prepare_cached(&st.sql)?;
             Ok(stmt.query_row(rusqlite::params_from_iter(params), |r| r.get(0))?)
@@ -263,9 +285,14 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
 }
 
 /// Rows of a sea-orm `SELECT` of `ntp_clients`: through `reader` when there is one.
-pub async fn models(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, select: sea_orm::Select<ntp_clients::Entity>) -> Result<Vec<Model>, ApiError> {
+pub async fn models(
+    db: &DatabaseConnection,
+    reader: Option<&Arc<SqliteReader>>,
+    select: sea_orm::Select<ntp_clients::Entity>,
+    cost: Cost,
+) -> Result<Vec<Model>, ApiError> {
     match reader {
-        Some(r) => Ok(r.models(select.build(DatabaseBackend::Sqlite)).await?),
+        Some(r) => Ok(r.models(select.build(DatabaseBackend::Sqlite), cost).await?),
         None => Ok(select.all(db).await?),
     }
 }
@@ -373,15 +400,17 @@ mod tests {
                 .limit(30)
         };
         let by_name = select().all(&db).await.expect("sea-orm");
-        let by_position = reader.models(select().build(DatabaseBackend::Sqlite)).await.expect("rusqlite");
         assert_eq!(by_name.len(), 30);
-        assert_eq!(by_position, by_name);
+        for cost in [Cost::Bounded, Cost::Open] {
+            let by_position = reader.models(select().build(DatabaseBackend::Sqlite), cost).await.expect("rusqlite");
+            assert_eq!(by_position, by_name);
+        }
         let count = Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM ntp_clients");
         assert_eq!(reader.integer(count).await.expect("count"), 40);
 
         // A projection that is not the entity's is refused, not misread.
         let narrow = ntp_clients::Entity::find().select_only().column(ntp_clients::Column::Id).build(DatabaseBackend::Sqlite);
-        assert!(matches!(reader.models(narrow).await, Err(ReadError::Columns(_))));
+        assert!(matches!(reader.models(narrow, Cost::Open).await, Err(ReadError::Columns(_))));
         // The connections cannot write.
         let write = Statement::from_string(DatabaseBackend::Sqlite, "DELETE FROM ntp_clients");
         assert!(reader.integer(write).await.is_err());

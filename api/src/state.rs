@@ -2,7 +2,10 @@
 //! and the caches that keep expensive aggregates off the request path.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -51,6 +54,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Cached `COUNT(*)`.
     pub total: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// A background recount is running.
+    pub total_refreshing: Arc<AtomicBool>,
     /// Cached interface statistics.
     pub interface_stats: Arc<Mutex<Option<(Instant, InterfaceStatisticsList)>>>,
     /// Cached health report.
@@ -71,12 +76,25 @@ impl AppState {
         self.bus.read().await.clone()
     }
 
-    /// The table's row count, at most [`CACHE_TTL`] old.
+    /// The table's row count, at most [`CACHE_TTL`] old. Once the value is half that age, one
+    /// background task counts again while requests keep the cached value; so under steady
+    /// traffic no page waits behind `COUNT(*)` (110 ms at 5 M rows), and only a request after
+    /// an idle spell counts in line.
     pub async fn total_clients(&self) -> Result<u64, crate::error::ApiError> {
         let mut cache = self.total.lock().await;
         if let Some((at, n)) = *cache
             && at.elapsed() < CACHE_TTL
         {
+            if at.elapsed() >= CACHE_TTL / 2 && !self.total_refreshing.swap(true, Ordering::AcqRel) {
+                let state = self.clone();
+                tokio::spawn(async move {
+                    match query::total_count(&state).await {
+                        Ok(n) => *state.total.lock().await = Some((clock::monotonic(), n)),
+                        Err(e) => tracing::warn!(message = "Counting clients failed; keeping the last count.", error = ?e),
+                    }
+                    state.total_refreshing.store(false, Ordering::Release);
+                });
+            }
             return Ok(n);
         }
         let n = query::total_count(self).await?;
