@@ -13,6 +13,7 @@
 
 use std::marker::PhantomData;
 
+use crate::dto::{ClientDetail, ClientPage, SortKey, SortOrder};
 use entity::ntp_clients::Model;
 use poem::{IntoResponse, Response};
 use poem_openapi::{
@@ -21,7 +22,6 @@ use poem_openapi::{
     registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
     types::Type,
 };
-use crate::dto::{ClientDetail, ClientPage, SortKey, SortOrder};
 
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
@@ -148,10 +148,6 @@ fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Opti
     out.push(b'}');
 }
 
-fn str_ref(out: &mut Vec<u8>, s: &String) {
-    string(out, s);
-}
-
 fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
@@ -160,11 +156,11 @@ fn boolean(out: &mut Vec<u8>, b: bool) {
 pub fn client(out: &mut Vec<u8>, m: &Model) {
     out.extend_from_slice(b"{\"id\":");
     int(out, m.id);
-    put!(out, "host", &m.host, str_ref);
-    put!(out, "interface_name", &m.interface_name, str_ref);
-    put!(out, "client_ip", &m.client_ip, str_ref);
+    put!(out, "host", m.host.as_str(), string);
+    put!(out, "interface_name", m.interface_name.as_str(), string);
+    put!(out, "client_ip", m.client_ip.as_str(), string);
     field!(out, "client_port", m.client_port, int);
-    field!(out, "server_ip", &m.server_ip, str_ref);
+    field!(out, "server_ip", m.server_ip.as_deref(), string);
     field!(out, "server_port", m.server_port, int);
     field!(out, "vlan_id", m.vlan_id, int);
     field!(out, "ntp_version", m.ntp_version, int);
@@ -172,7 +168,7 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     field!(out, "precision", m.precision, int);
     field!(out, "root_delay", m.root_delay, float);
     field!(out, "root_dispersion", m.root_dispersion, float);
-    field!(out, "reference_id", &m.reference_id, str_ref);
+    field!(out, "reference_id", m.reference_id.as_deref(), string);
     field!(out, "leap_indicator", m.leap_indicator, int);
     field!(out, "poll_interval", m.poll_interval, int);
     field!(out, "reference_timestamp", m.reference_timestamp, time);
@@ -190,7 +186,7 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     put!(out, "answered_count", m.answered_count, int);
     put!(out, "unanswered_count", m.unanswered_count, int);
     put!(out, "kod_count", m.kod_count, int);
-    field!(out, "last_kiss_code", &m.last_kiss_code, str_ref);
+    field!(out, "last_kiss_code", m.last_kiss_code.as_deref(), string);
     put!(out, "retransmit_count", m.retransmit_count, int);
     put!(out, "interleaved_count", m.interleaved_count, int);
     put!(out, "t1_randomized_count", m.t1_randomized_count, int);

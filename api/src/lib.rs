@@ -5,7 +5,9 @@
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`routes`]: the operations (thin); [`dto`]: their types; [`error`]: the one error shape;
 //!   [`body`]: an optional JSON request body.
-//! - [`query`]: read queries, keyset paging, counts, aggregates, cleanup.
+//! - [`query`]: read queries, keyset paging, counts, aggregates, cleanup; [`reader`]: where
+//!   rows are read (rusqlite on an SQLite file, sea-orm otherwise); [`json`]: client pages and
+//!   lookups written straight to bytes.
 //! - [`export`]: streaming CSV/NDJSON/JSON.
 //! - [`agents`]: status documents and capture control over NATS; [`health`]: the health report.
 //! - [`auth`]: bearer tokens; [`state`]: shared state and caches; [`clock`]: clock reads.

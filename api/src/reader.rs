@@ -113,34 +113,50 @@ impl SqliteReader {
     }
 
     /// Runs `f` on a pooled connection: on the calling worker thread when the read is
-    /// [`Cost::Bounded`], on a blocking thread otherwise.
+    /// [`Cost::Bounded`], on a blocking thread otherwise. When the caller stops waiting (the
+    /// client went away, `--request-timeout` answered 504), the blocking read is interrupted
+    /// rather than left to run to its end, and its connection is closed.
     async fn with<R, F>(self: &Arc<Self>, cost: Cost, f: F) -> Result<R, ReadError>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, ReadError> + Send + 'static,
     {
-        let me = Arc::clone(self);
-        let run = move || {
-            let pooled = me.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
-            let conn = match pooled {
-                Some(c) => c,
-                None => me.open()?,
-            };
-            let out = f(&conn);
-            // A connection that failed is dropped rather than reused in an unknown state.
-            if out.is_ok()
-                && let Ok(mut idle) = me.idle.lock()
-            {
-                idle.push(conn);
-            }
-            out
-        };
         match cost {
-            Cost::Bounded => run(),
+            Cost::Bounded => {
+                let conn = self.take()?;
+                let out = f(&conn);
+                self.give_back(conn, out.is_ok());
+                out
+            }
             Cost::Open => {
                 let _permit = self.permits.acquire().await.map_err(|_| ReadError::Closed)?;
-                tokio::task::spawn_blocking(run).await?
+                let conn = self.take()?;
+                let mut interrupt = InterruptOnDrop(Some(conn.get_interrupt_handle()));
+                let (conn, out) = tokio::task::spawn_blocking(move || {
+                    let out = f(&conn);
+                    (conn, out)
+                })
+                .await?;
+                interrupt.0 = None;
+                self.give_back(conn, out.is_ok());
+                out
             }
+        }
+    }
+
+    /// An idle connection, or a new one.
+    fn take(&self) -> Result<Connection, ReadError> {
+        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => Ok(c),
+            None => Ok(self.open()?),
+        }
+    }
+
+    /// Returns a connection to the pool; one whose read failed is closed instead, rather than
+    /// reused in an unknown state.
+    fn give_back(&self, conn: Connection, ok: bool) {
+        if ok && let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
         }
     }
 
@@ -205,11 +221,7 @@ fn params(values: Option<sea_orm::Values>) -> Result<Vec<Sql>, ReadError> {
 fn check_columns(stmt: &rusqlite::CachedStatement<'_>) -> Result<(), ReadError> {
     let names = stmt.column_names();
     let expected = ntp_clients::Column::iter().map(|c| sea_orm::IdenStatic::as_str(&c));
-    if names.iter().copied().eq(expected) {
-        Ok(())
-    } else {
-        Err(ReadError::Columns(names.iter().map(ToString::to_string).collect()))
-    }
+    if names.iter().copied().eq(expected) { Ok(()) } else { Err(ReadError::Columns(names.iter().map(ToString::to_string).collect())) }
 }
 
 /// One row, by position, in the order of [`Model`]'s fields (checked by [`check_columns`]).
@@ -284,6 +296,19 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
     })
 }
 
+/// Interrupts the read of a dropped request (see [`SqliteReader::with`]). Its connection never
+/// returns to the pool: it is dropped with the abandoned result, so a late interrupt can only
+/// hit the read it was meant for.
+struct InterruptOnDrop(Option<rusqlite::InterruptHandle>);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.interrupt();
+        }
+    }
+}
+
 /// Rows of a sea-orm `SELECT` of `ntp_clients`: through `reader` when there is one.
 pub async fn models(
     db: &DatabaseConnection,
@@ -307,7 +332,9 @@ pub async fn integer(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait};
+    use sea_orm::{
+        ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait,
+    };
 
     use super::*;
 
@@ -415,6 +442,29 @@ mod tests {
         let write = Statement::from_string(DatabaseBackend::Sqlite, "DELETE FROM ntp_clients");
         assert!(reader.integer(write).await.is_err());
         assert_eq!(ntp_clients::Entity::find().all(&db).await.expect("rows").len(), 40);
+    }
+
+    /// A read whose caller gave up stops: dropping a runtime waits for its blocking tasks, so
+    /// this would take minutes if the abandoned count ran to its end.
+    #[test]
+    fn an_abandoned_read_is_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("i.db");
+        rusqlite::Connection::open(&path).and_then(|c| c.execute_batch("CREATE TABLE t(x)")).expect("db");
+        let reader = Arc::new(SqliteReader::new(path));
+        let forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000000000) SELECT count(*) FROM c";
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let started = crate::clock::monotonic();
+        let waited = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), reader.integer(Statement::from_string(DatabaseBackend::Sqlite, forever))).await
+        });
+        assert!(waited.is_err(), "the count cannot finish in 200 ms");
+        drop(rt);
+        assert!(started.elapsed() < Duration::from_secs(5), "the read ran on for {:?}", started.elapsed());
+        // The pool still serves reads afterwards.
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let one = rt.block_on(reader.integer(Statement::from_string(DatabaseBackend::Sqlite, "SELECT 1")));
+        assert_eq!(one.expect("read"), 1);
     }
 
     #[tokio::test]
