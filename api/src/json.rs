@@ -105,11 +105,18 @@ fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
-/// A float as serde_json writes it (so as poem-openapi did): non-finite values become `null`.
+/// A float as serde_json writes it (so as poem-openapi did). Only finite values reach it: see
+/// [`finite`].
 fn float(out: &mut Vec<u8>, v: f64) {
     if serde_json::to_writer(&mut *out, &v).is_err() {
         out.extend_from_slice(b"null");
     }
+}
+
+/// poem-openapi leaves out a field whose float is NaN or infinite (JSON has no such number, and
+/// the schema no `null`); so do we.
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|f| f.is_finite())
 }
 
 /// A capture time as RFC 3339 text (ASCII digits and separators: nothing to escape).
@@ -142,9 +149,9 @@ macro_rules! put {
 fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Option<f64>)) {
     out.extend_from_slice(b"{\"count\":");
     int(out, count);
-    field!(out, "avg", (count > 0).then(|| sum / count as f64), float);
-    field!(out, "min", min, float);
-    field!(out, "max", max, float);
+    field!(out, "avg", finite((count > 0).then(|| sum / count as f64)), float);
+    field!(out, "min", finite(min), float);
+    field!(out, "max", finite(max), float);
     out.push(b'}');
 }
 
@@ -166,8 +173,8 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     field!(out, "ntp_version", m.ntp_version, int);
     field!(out, "stratum", m.stratum, int);
     field!(out, "precision", m.precision, int);
-    field!(out, "root_delay", m.root_delay, float);
-    field!(out, "root_dispersion", m.root_dispersion, float);
+    field!(out, "root_delay", finite(m.root_delay), float);
+    field!(out, "root_dispersion", finite(m.root_dispersion), float);
     field!(out, "reference_id", m.reference_id.as_deref(), string);
     field!(out, "leap_indicator", m.leap_indicator, int);
     field!(out, "poll_interval", m.poll_interval, int);
@@ -175,9 +182,9 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     field!(out, "originate_timestamp", m.originate_timestamp, time);
     field!(out, "receive_timestamp", m.receive_timestamp, time);
     field!(out, "transmit_timestamp", m.transmit_timestamp, time);
-    field!(out, "client_to_server_latency", m.client_to_server_latency, float);
-    field!(out, "server_processing_time", m.server_processing_time, float);
-    field!(out, "total_process_time", m.total_process_time, float);
+    field!(out, "client_to_server_latency", finite(m.client_to_server_latency), float);
+    field!(out, "server_processing_time", finite(m.server_processing_time), float);
+    field!(out, "total_process_time", finite(m.total_process_time), float);
     field!(out, "packet_length", m.packet_length, int);
     field!(out, "session_timestamp", m.session_timestamp, time);
     put!(out, "first_seen", m.first_seen, time);
@@ -295,7 +302,8 @@ mod tests {
     use super::*;
     use crate::dto::ClientRecord;
 
-    /// Rows with every optional field present or absent, odd values and strings that need escaping.
+    /// Rows with every optional field present or absent, odd values (NaN and infinities too, which
+    /// no JSON number can hold) and strings that need escaping.
     fn rows(n: usize) -> Vec<Model> {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
@@ -326,7 +334,7 @@ mod tests {
                     stratum: int(7, 16),
                     precision: int(8, -24),
                     root_delay: float(9, f),
-                    root_dispersion: float(10, -f),
+                    root_dispersion: if i % 5 == 0 { Some(f64::NAN) } else { float(10, -f) },
                     reference_id: some(11).then(|| "GPS\u{0}".into()),
                     leap_indicator: int(12, 3),
                     poll_interval: int(13, -6),
@@ -336,7 +344,7 @@ mod tests {
                     transmit_timestamp: ts(17, i64::MIN),
                     client_to_server_latency: float(18, f * 3.0),
                     server_processing_time: float(19, 1e-9),
-                    total_process_time: float(20, 12345.678),
+                    total_process_time: if i % 11 == 0 { Some(f64::NEG_INFINITY) } else { float(20, 12345.678) },
                     packet_length: int(21, 48),
                     session_timestamp: ts(22, 1_559_246_614_027_454_000),
                     first_seen: r as i64 >> 1,
@@ -361,9 +369,9 @@ mod tests {
                     private_count: 14,
                     monlist_count: i64::MAX,
                     latency_count: if some(26) { 3 } else { 0 },
-                    latency_sum: f,
+                    latency_sum: if i % 13 == 0 { f64::NAN } else { f },
                     latency_min: float(27, f / 7.0),
-                    latency_max: float(28, f * 9.0),
+                    latency_max: if i % 7 == 0 { Some(f64::INFINITY) } else { float(28, f * 9.0) },
                     processing_count: i64::from(some(29)),
                     processing_sum: 1e-6,
                     processing_min: float(30, 1e-6),

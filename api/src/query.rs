@@ -349,11 +349,16 @@ pub async fn total_count(state: &AppState) -> Result<u64, ApiError> {
     Ok(u64::try_from(reader::integer(&state.db, state.reader.as_ref(), st).await?).unwrap_or(0))
 }
 
-/// Every row of one address.
+/// Every row of one address (at most 10 000).
 pub async fn by_ip(state: &AppState, ip: &str) -> Result<Vec<ntp_clients::Model>, ApiError> {
-    let select = Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(10_000);
-    // The `client_ip` index holds one entry per host and interface that saw the address.
-    reader::models(&state.db, state.reader.as_ref(), select, Cost::Bounded).await
+    let select = |limit: u64| Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(limit);
+    // The `client_ip` index holds one entry per host and interface that saw the address: a few
+    // rows, read in line. An address seen on more pairs than that is read again in the pool.
+    let rows = reader::models(&state.db, state.reader.as_ref(), select(reader::INLINE_ROWS), Cost::Bounded).await?;
+    if (rows.len() as u64) < reader::INLINE_ROWS {
+        return Ok(rows);
+    }
+    reader::models(&state.db, state.reader.as_ref(), select(10_000), Cost::Open).await
 }
 
 /// Aggregates per host and interface.

@@ -12,7 +12,10 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,6 +47,13 @@ pub enum Cost {
 /// The most rows a [`Cost::Bounded`] read returns (≈ 1.5 ms of work).
 pub const INLINE_ROWS: u64 = 201;
 
+/// Connections kept open between reads (more may be open while reads run).
+const MAX_IDLE: usize = 8;
+
+/// Page cache per connection, KiB: the map serves the file, so the cache only holds pages past
+/// the map and pages read from the WAL.
+const CACHE_KIB: i64 = 8_192;
+
 /// Blocking reads at once (each holds one connection while it runs).
 const MAX_READERS: usize = 16;
 
@@ -52,7 +62,7 @@ const MAX_READERS: usize = 16;
 pub struct SqliteReader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 /// Errors of the SQLite read path (shown to the client only as a logged 500).
@@ -67,6 +77,9 @@ pub enum ReadError {
     /// The statement's columns are not the entity's, in its order.
     #[error("unexpected columns: {0:?}")]
     Columns(Vec<String>),
+    /// The request stopped waiting before the read began.
+    #[error("read cancelled")]
+    Cancelled,
     /// The pool was closed (never, while the API runs).
     #[error("reader pool closed")]
     Closed,
@@ -93,14 +106,14 @@ impl SqliteReader {
 
     /// A reader of the database file at `path` (connections open on first use).
     pub fn new(path: PathBuf) -> Self {
-        Self { path, idle: Mutex::default(), permits: Semaphore::new(MAX_READERS) }
+        Self { path, idle: Mutex::default(), permits: Arc::new(Semaphore::new(MAX_READERS)) }
     }
 
     fn open(&self) -> Result<Connection, rusqlite::Error> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "cache_size", -65_536)?;
+        conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
         conn.pragma_update(None, "query_only", true)?;
         // Plans must not depend on bound values: otherwise SQLite marks a statement whose
@@ -129,15 +142,19 @@ impl SqliteReader {
                 out
             }
             Cost::Open => {
-                let _permit = self.permits.acquire().await.map_err(|_| ReadError::Closed)?;
+                // The permit travels with the read, so reads abandoned by their requests still
+                // count against MAX_READERS until they stop.
+                let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|_| ReadError::Closed)?;
                 let conn = self.take()?;
-                let mut interrupt = InterruptOnDrop(Some(conn.get_interrupt_handle()));
+                let flag = Arc::new(AtomicBool::new(false));
+                let cancel = CancelOnDrop(Some(Arc::clone(&flag)));
                 let (conn, out) = tokio::task::spawn_blocking(move || {
-                    let out = f(&conn);
+                    let _permit = permit;
+                    let out = cancellable(&conn, &flag, f);
                     (conn, out)
                 })
                 .await?;
-                interrupt.0 = None;
+                drop(cancel.disarm());
                 self.give_back(conn, out.is_ok());
                 out
             }
@@ -155,7 +172,10 @@ impl SqliteReader {
     /// Returns a connection to the pool; one whose read failed is closed instead, rather than
     /// reused in an unknown state.
     fn give_back(&self, conn: Connection, ok: bool) {
-        if ok && let Ok(mut idle) = self.idle.lock() {
+        if ok
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
             idle.push(conn);
         }
     }
@@ -296,17 +316,39 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
     })
 }
 
-/// Interrupts the read of a dropped request (see [`SqliteReader::with`]). Its connection never
-/// returns to the pool: it is dropped with the abandoned result, so a late interrupt can only
-/// hit the read it was meant for.
-struct InterruptOnDrop(Option<rusqlite::InterruptHandle>);
+/// Sets its flag when dropped while armed: the request stopped waiting for its read.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
 
-impl Drop for InterruptOnDrop {
+impl CancelOnDrop {
+    fn disarm(mut self) -> Option<Arc<AtomicBool>> {
+        self.0.take()
+    }
+}
+
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.interrupt();
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Runs `f` unless `cancelled` is already set, with a progress handler that stops SQLite once
+/// it is. (`sqlite3_interrupt` would not do: SQLite forgets an interrupt that arrives before
+/// the statement starts.) A connection whose read stopped is dropped, not pooled.
+fn cancellable<R>(
+    conn: &Connection,
+    cancelled: &Arc<AtomicBool>,
+    f: impl FnOnce(&Connection) -> Result<R, ReadError>,
+) -> Result<R, ReadError> {
+    if cancelled.load(Ordering::Relaxed) {
+        return Err(ReadError::Cancelled);
+    }
+    let flag = Arc::clone(cancelled);
+    conn.progress_handler(1_000, Some(move || flag.load(Ordering::Relaxed)))?;
+    let out = f(conn);
+    conn.progress_handler(0, None::<fn() -> bool>)?;
+    out
 }
 
 /// Rows of a sea-orm `SELECT` of `ntp_clients`: through `reader` when there is one.

@@ -62,6 +62,15 @@ pub struct AppState {
     pub health: Arc<Mutex<Option<(Instant, Health)>>>,
 }
 
+/// Clears a flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// How long cached aggregates live.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
 
@@ -88,17 +97,26 @@ impl AppState {
             if at.elapsed() >= CACHE_TTL / 2 && !self.total_refreshing.swap(true, Ordering::AcqRel) {
                 let state = self.clone();
                 tokio::spawn(async move {
+                    // Cleared however the task ends, so a failed recount is retried by the next request.
+                    let _refreshing = ClearOnDrop(Arc::clone(&state.total_refreshing));
+                    // Stamped when the count starts: the value is at most as old as that.
+                    let started = clock::monotonic();
                     match query::total_count(&state).await {
-                        Ok(n) => *state.total.lock().await = Some((clock::monotonic(), n)),
+                        Ok(n) => {
+                            let mut cache = state.total.lock().await;
+                            if cache.is_none_or(|(at, _)| at < started) {
+                                *cache = Some((started, n));
+                            }
+                        }
                         Err(e) => tracing::warn!(message = "Counting clients failed; keeping the last count.", error = ?e),
                     }
-                    state.total_refreshing.store(false, Ordering::Release);
                 });
             }
             return Ok(n);
         }
+        let started = clock::monotonic();
         let n = query::total_count(self).await?;
-        *cache = Some((clock::monotonic(), n));
+        *cache = Some((started, n));
         Ok(n)
     }
 

@@ -111,6 +111,9 @@ async fn empty_fixture(pg: bool, protect: Protect) -> Fixture {
     let db = ntpscope_api::open_database(&url).await.expect("open");
     let state =
         AppStateBuilder::new(db).tokens(&[TOKEN.to_string()], protect.reads, protect.export).control_timeout(CONTROL_TIMEOUT).build();
+    // SQLite files are read through the rusqlite pool, PostgreSQL through sea-orm: both paths
+    // answer every route test below.
+    assert_eq!(state.reader.is_some(), !pg, "the read path for {url}");
     let cli = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state.clone()))));
     Fixture { cli, state, writer, _dir: dir, pg_schema: schema }
 }
