@@ -509,6 +509,35 @@ mod tests {
         assert_eq!(one.expect("read"), 1);
     }
 
+    /// A request that gave up before its read began never starts it; one that gives up while
+    /// it runs stops it at the next progress check.
+    #[test]
+    fn cancellation_before_and_during_a_read() {
+        let conn = Connection::open_in_memory().expect("db");
+        let ran = std::cell::Cell::new(false);
+        let cancelled = Arc::new(AtomicBool::new(true));
+        let out = cancellable(&conn, &cancelled, |_| {
+            ran.set(true);
+            Ok(())
+        });
+        assert!(matches!(out, Err(ReadError::Cancelled)) && !ran.get());
+
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancelled);
+        let out = cancellable(&conn, &cancelled, move |c| {
+            flag.store(true, Ordering::Relaxed);
+            Ok(c.query_row("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        });
+        assert!(
+            matches!(out, Err(ReadError::Sqlite(rusqlite::Error::SqliteFailure(e, _))) if e.code == rusqlite::ErrorCode::OperationInterrupted)
+        );
+        // The connection still serves the next read.
+        let ok = cancellable(&conn, &Arc::new(AtomicBool::new(false)), |c| Ok(c.query_row("SELECT 2", [], |r| r.get::<_, i64>(0))?));
+        assert_eq!(ok.expect("read"), 2);
+    }
+
     #[tokio::test]
     async fn memory_databases_have_no_reader() {
         let db = Database::connect("sqlite::memory:").await.expect("open");
