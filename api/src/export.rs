@@ -163,23 +163,23 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
                 }
             };
             let mut buf = Vec::with_capacity(rows.len() * crate::json::ROW_BYTES);
-            for m in &rows {
+            let mut line = String::new();
+            for m in rows {
                 match format {
                     ExportFormat::Csv => {
-                        let json = ClientRecord::from(m.clone()).to_json().unwrap_or(Value::Null);
-                        let mut line = String::new();
-                        csv_row(&json, &mut line);
+                        line.clear();
+                        csv_row(&ClientRecord::from(m).to_json().unwrap_or(Value::Null), &mut line);
                         buf.extend_from_slice(line.as_bytes());
                     }
                     ExportFormat::Ndjson => {
-                        crate::json::client(&mut buf, m);
+                        crate::json::client(&mut buf, &m);
                         buf.push(b'\n');
                     }
                     ExportFormat::Json => {
                         if sent > 0 {
                             buf.push(b',');
                         }
-                        crate::json::client(&mut buf, m);
+                        crate::json::client(&mut buf, &m);
                     }
                 }
                 sent += 1;

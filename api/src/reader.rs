@@ -1,12 +1,12 @@
-//! Where client rows are read from: sea-orm everywhere, and on SQLite a pool of read-only
-//! rusqlite connections for the hot reads (pages, lookups, capped counts).
+//! Where client rows are read from: sea-orm on PostgreSQL, and on an SQLite file a pool of
+//! read-only rusqlite connections (pages, lookups, counts, exports).
 //!
 //! sqlx runs each SQLite connection on a worker thread and passes every row across a channel as
 //! a vector of copied values; a 100-row page of ~60 columns costs ~6 000 allocations and a task
 //! wake-up per row before sea-orm decodes it again by column name (docs/performance.md). Here the
-//! query is still built by sea-orm (one query builder for both backends), then run on a blocking
-//! thread with a cached prepared statement, and decoded by position into the same
-//! [`Model`]. Connections are opened read-only (`SQLITE_OPEN_READ_ONLY`, `query_only`) on
+//! query is still built by sea-orm (one query builder for both backends), then run with a cached
+//! prepared statement (in line when it is [`Cost::Bounded`], on the blocking pool otherwise),
+//! and decoded by position into the same [`Model`]. Connections are opened read-only (`SQLITE_OPEN_READ_ONLY`, `query_only`) on
 //! the file the sea-orm pool uses, so this path can never write; WAL lets it read while the sink
 //! writes.
 
@@ -154,7 +154,7 @@ impl SqliteReader {
                     (conn, out)
                 })
                 .await?;
-                drop(cancel.disarm());
+                cancel.disarm();
                 self.give_back(conn, out.is_ok());
                 out
             }
@@ -320,8 +320,8 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
 struct CancelOnDrop(Option<Arc<AtomicBool>>);
 
 impl CancelOnDrop {
-    fn disarm(mut self) -> Option<Arc<AtomicBool>> {
-        self.0.take()
+    fn disarm(mut self) {
+        self.0 = None;
     }
 }
 
