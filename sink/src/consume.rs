@@ -17,7 +17,6 @@
 //! nothing is acknowledged and JetStream redelivers later.
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -112,28 +111,7 @@ fn decode(msg: &jetstream::Message) -> Result<Batch, WireError> {
     Ok(b)
 }
 
-/// A closed batch on its way to the writer: the messages, and their records already aggregated
-/// per client on the assumption that none was applied before (the writer checks, and aggregates
-/// again without the ones that were).
-struct Sealed {
-    batch: Vec<Delivered>,
-    deltas: BTreeMap<aggregate::ClientKey, aggregate::ClientDelta>,
-}
-
-impl Sealed {
-    fn new(batch: Vec<Delivered>) -> Self {
-        let deltas = aggregate::aggregate(batch.iter().filter_map(|d| d.decoded.as_ref().ok()));
-        Self { batch, deltas }
-    }
-}
-
 /// Runs until `shutdown` resolves; the batch in hand is committed and acknowledged first.
-///
-/// Two tasks, so that the database never waits for the bus: this one receives, decodes and
-/// aggregates the next batch while the writer commits the previous one. The channel between them
-/// holds one batch, so at most three are in hand (receiving, queued, committing); JetStream's
-/// `max_ack_pending` bounds them as well. The writer commits batches one at a time and in order,
-/// so each transaction sees the applied ids of every batch before it.
 pub async fn run(
     js: jetstream::Context,
     consumer: PullConsumer,
@@ -142,49 +120,15 @@ pub async fn run(
     stats: Arc<SinkStats>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (to_writer, from_loop) = tokio::sync::mpsc::channel::<Sealed>(1);
-    let writer = tokio::spawn(write_batches(js.clone(), db, cfg.clone(), stats, from_loop, shutdown.clone()));
-    let received = receive(&consumer, &cfg, to_writer, &mut shutdown).await;
-    // The sender is gone: the writer commits what it was given, then ends.
-    let written = writer.await.map_err(|e| anyhow::anyhow!("writer task: {e}"))?;
-    js.client().flush().await.ok();
-    received.and(written)
-}
-
-/// Commits sealed batches in order until the receiving side hangs up.
-async fn write_batches(
-    js: jetstream::Context,
-    db: DatabaseConnection,
-    cfg: LoopConfig,
-    stats: Arc<SinkStats>,
-    mut batches: tokio::sync::mpsc::Receiver<Sealed>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    while let Some(sealed) = batches.recv().await {
-        commit(&js, &db, &cfg, &stats, sealed, &mut shutdown).await?;
-    }
-    Ok(())
-}
-
-/// Pulls, decodes and batches messages, handing each full or expired batch to the writer.
-async fn receive(
-    consumer: &PullConsumer,
-    cfg: &LoopConfig,
-    writer: tokio::sync::mpsc::Sender<Sealed>,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
     let mut pending: Vec<Delivered> = Vec::new();
     let mut records = 0usize;
     let mut opened: Option<Instant> = None;
-    let mut messages = open_messages(consumer).await?;
+    let mut messages = open_messages(&consumer).await?;
     loop {
         let deadline = opened.map(|t| t + cfg.batch_interval);
         let full = records >= cfg.batch_size || pending.len() >= cfg.max_messages;
         if full || deadline.is_some_and(|d| clock::monotonic() >= d) {
-            if writer.send(Sealed::new(std::mem::take(&mut pending))).await.is_err() {
-                // The writer stopped (shutdown during a failing batch): its error is the answer.
-                return Ok(());
-            }
+            commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
             records = 0;
             opened = None;
             continue;
@@ -206,15 +150,16 @@ async fn receive(
                 None => {
                     tracing::warn!(message = "Consumer stream ended; reopening.");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    messages = open_messages(consumer).await?;
+                    messages = open_messages(&consumer).await?;
                 }
             },
             () = tokio::time::sleep(sleep) => {}
             _ = shutdown.changed() => {
                 tracing::info!(message = "Shutting down: committing the batch in hand.", messages = pending.len());
                 if !pending.is_empty() {
-                    let _ = writer.send(Sealed::new(std::mem::take(&mut pending))).await;
+                    commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
                 }
+                js.client().flush().await.ok();
                 return Ok(());
             }
         }
@@ -238,23 +183,23 @@ async fn commit(
     db: &DatabaseConnection,
     cfg: &LoopConfig,
     stats: &SinkStats,
-    sealed: Sealed,
+    batch: Vec<Delivered>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = clock::monotonic();
     let mut attempt = 0u32;
     let mut last_progress = clock::monotonic();
     let outcome = loop {
-        match apply(db, cfg, stats, &sealed, started).await {
+        match apply(db, cfg, stats, &batch, started).await {
             Ok(o) => break o,
             Err(e) => {
                 attempt += 1;
                 stats.add_error(&format!("{e:#}"));
                 crate::db::discard_sqlite_connection(db).await;
                 let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
-                tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = sealed.batch.len());
+                tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
                 if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
-                    for d in &sealed.batch {
+                    for d in &batch {
                         let _ = d.msg.ack_with(AckKind::Progress).await;
                     }
                     last_progress = clock::monotonic();
@@ -270,7 +215,7 @@ async fn commit(
         }
     };
     // Committed: now, and only now, acknowledge.
-    for d in &sealed.batch {
+    for d in &batch {
         if let Err(reason) = &d.decoded {
             dead_letter(js, d, &reason.to_string()).await;
             let _ = d.msg.ack_with(AckKind::Term).await;
@@ -308,10 +253,9 @@ async fn apply(
     db: &DatabaseConnection,
     cfg: &LoopConfig,
     stats: &SinkStats,
-    sealed: &Sealed,
+    batch: &[Delivered],
     started: Instant,
 ) -> anyhow::Result<StateDelta> {
-    let batch = &sealed.batch;
     let now = clock::unique_wall_ns();
     // SQLite: take the write lock up front (BEGIN IMMEDIATE), so a batch that reads before it
     // writes waits out a busy database (busy_timeout) instead of failing its lock upgrade.
@@ -359,16 +303,8 @@ async fn apply(
         }
         applied.push((id.clone(), d.seq));
     }
-    // Aggregated when sealed; again only if some messages turned out to be applied already.
-    let decoded = batch.iter().filter(|d| d.decoded.is_ok()).count();
-    let again;
-    let deltas = if fresh.len() == decoded {
-        &sealed.deltas
-    } else {
-        again = aggregate::aggregate(fresh.iter().copied());
-        &again
-    };
-    let counts = store::upsert(&txn, deltas, now).await?;
+    let deltas = aggregate::aggregate(fresh.iter().copied());
+    let counts = store::upsert(&txn, &deltas, now).await?;
     delta.total_inserted = counts.inserted;
     delta.total_updated = counts.updated;
     delta.batch_records = delta.total_processed;
