@@ -6,6 +6,7 @@
 //! ```
 //!
 //! 1. encode only: records/s of MessagePack encoding (named fields) into 1000-record messages;
+//!    then decode only: the same messages through the sink's `batch::decode`;
 //! 2. agent publisher: 2 M session records handed over in capture batches of 1000, through the
 //!    agent's publisher (encode, `Nats-Msg-Id`, 256 acks in flight) until every ack is in;
 //! 3. bare loop: the same number of pre-encoded messages of the same size published with
@@ -74,6 +75,19 @@ async fn main() {
         msg_bytes,
         msg_bytes / PER_BATCH as usize
     );
+
+    // 1b. Decoding, as the sink does it (`batch::decode`: MessagePack, checks).
+    let encoded: Vec<Vec<u8>> =
+        data.iter().map(|recs| batch::encode(&Batch::new("bench", "eth0", recs.clone())).expect("encode")).collect();
+    let start = Instant::now();
+    let mut decoded = 0usize;
+    for bytes in &encoded {
+        decoded += batch::decode(bytes).expect("decode").records.len();
+    }
+    let dec = start.elapsed().as_secs_f64();
+    assert_eq!(decoded, RECORDS as usize);
+    println!("decode only (the sink's batch::decode): {:.2} s = {:.2} M records/s", dec, f64::from(RECORDS) / dec / 1e6);
+    drop(encoded);
 
     // 2. The agent's publisher.
     let client = ntpscope_bus::connect(&ntpscope_bus::NatsConfig { url: nats.url.clone(), ..Default::default() }).await.expect("connect");

@@ -76,16 +76,20 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, WireError> {
 
 /// Decodes a batch, refusing schemas newer than this crate understands.
 ///
-/// Schema 1 was first written with the Rust field names as keys and records tagged
-/// `kind: session | observation` (agents before the compact keys). The aliases on every record
-/// field accept those names; only the tag key needs a second shape (`LongTagBatch`), tried when
-/// the compact one fails, so current messages never pay for it.
+/// Records decode fastest with their tag as the first key, which is how every encoder of this
+/// crate writes them (see [`Record`]). Two slower shapes are tried only when that fails, so
+/// current messages never pay for them: records whose tag comes later in the map, and schema 1
+/// as the first agents wrote it, with the Rust field names as keys (the aliases on every record
+/// field accept those) and the tag under `kind` anywhere in the record.
 pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     let batch = match rmp_serde::from_slice::<Batch>(bytes) {
         Ok(batch) => batch,
-        Err(e) => match rmp_serde::from_slice::<LongTagBatch>(bytes) {
-            Ok(old) => old.into_batch(),
-            Err(_) => return Err(WireError::Decode(e.to_string())),
+        Err(e) => match rmp_serde::from_slice::<SlowBatch<AnyOrderRecord>>(bytes) {
+            Ok(b) => b.into_batch(),
+            Err(_) => match rmp_serde::from_slice::<SlowBatch<LongTagRecord>>(bytes) {
+                Ok(b) => b.into_batch(),
+                Err(_) => return Err(WireError::Decode(e.to_string())),
+            },
         },
     };
     if batch.schema == 0 || batch.schema > SCHEMA_VERSION {
@@ -97,19 +101,31 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     Ok(batch)
 }
 
-/// A schema 1 batch as the first agents wrote it: records tagged by `kind` (serde cannot alias
-/// the tag key of an internally tagged enum). Record fields decode through the aliases of the
-/// current types, so only the envelope is repeated here.
+/// A batch decoded through serde's derived internally tagged records, which find the tag
+/// anywhere in the record. Only the envelope is repeated here; record fields decode through the
+/// current types.
 #[derive(Deserialize)]
-struct LongTagBatch {
+struct SlowBatch<R> {
     schema: u16,
     agent: String,
     interface: String,
     #[serde(rename = "sent", alias = "sent_ns", default)]
     sent_ns: i64,
-    records: Vec<LongTagRecord>,
+    records: Vec<R>,
 }
 
+/// A record tagged `k`, the tag anywhere.
+#[derive(Deserialize)]
+#[serde(tag = "k")]
+enum AnyOrderRecord {
+    #[serde(rename = "s", alias = "session")]
+    Session(Session),
+    #[serde(rename = "o", alias = "observation")]
+    Observation(Observation),
+}
+
+/// A record tagged `kind`, the tag anywhere (serde cannot alias the tag key of an internally
+/// tagged enum).
 #[derive(Deserialize)]
 #[serde(tag = "kind")]
 enum LongTagRecord {
@@ -119,16 +135,27 @@ enum LongTagRecord {
     Observation(Observation),
 }
 
-impl LongTagBatch {
+impl From<AnyOrderRecord> for Record {
+    fn from(r: AnyOrderRecord) -> Self {
+        match r {
+            AnyOrderRecord::Session(s) => Record::Session(s),
+            AnyOrderRecord::Observation(o) => Record::Observation(o),
+        }
+    }
+}
+
+impl From<LongTagRecord> for Record {
+    fn from(r: LongTagRecord) -> Self {
+        match r {
+            LongTagRecord::Session(s) => Record::Session(s),
+            LongTagRecord::Observation(o) => Record::Observation(o),
+        }
+    }
+}
+
+impl<R: Into<Record>> SlowBatch<R> {
     fn into_batch(self) -> Batch {
-        let records = self
-            .records
-            .into_iter()
-            .map(|r| match r {
-                LongTagRecord::Session(s) => Record::Session(s),
-                LongTagRecord::Observation(o) => Record::Observation(o),
-            })
-            .collect();
+        let records = self.records.into_iter().map(Into::into).collect();
         Batch { schema: self.schema, agent: self.agent, interface: self.interface, sent_ns: self.sent_ns, records }
     }
 }

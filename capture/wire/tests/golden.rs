@@ -335,6 +335,22 @@ fn old_and_new_keys_mix_and_bad_old_records_are_refused() {
 }
 
 #[test]
+fn records_decode_wherever_their_tag_is() {
+    // The encoder writes the tag first, which the fast path requires.
+    let fast = batch::encode(&full_batch()).expect("encode");
+    assert_eq!(rmp_serde::from_slice::<Batch>(&fast).expect("fast path"), full_batch());
+    // serde_json's map sorts its keys, so `k` comes after `ci`, `cp`, …: the fast path refuses
+    // the record and the slow path reads it, to the same batch.
+    let value = serde_json::to_value(full_batch()).expect("to value");
+    for record in value["records"].as_array().expect("records") {
+        assert_ne!(record.as_object().expect("object").keys().next().map(String::as_str), Some("k"));
+    }
+    let late = rmp_serde::to_vec_named(&value).expect("encode");
+    assert!(rmp_serde::from_slice::<Batch>(&late).is_err(), "the fast path needs the tag first");
+    assert_eq!(batch::decode(&late).expect("slow path"), full_batch());
+}
+
+#[test]
 fn named_fields_let_schemas_evolve_both_ways() {
     // A newer agent adds fields: an old reader ignores them.
     let mut value = serde_json::to_value(fixed_batch()).expect("to value");
