@@ -77,18 +77,31 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, WireError> {
 /// Decodes a batch, refusing schemas newer than this crate understands.
 ///
 /// Records decode fastest with their tag as the first key, which is how every encoder of this
-/// crate writes them (see [`Record`]). Two slower shapes are tried only when that fails, so
-/// current messages never pay for them: records whose tag comes later in the map, and schema 1
-/// as the first agents wrote it, with the Rust field names as keys (the aliases on every record
-/// field accept those) and the tag under `kind` anywhere in the record.
+/// crate writes them, under `k` or, in schema 1 as the first agents wrote it, `kind` (the aliases
+/// on every record field accept those agents' Rust field names). Two slower shapes are tried only
+/// when that fails, so current messages never pay for them: a `k` tag later in the record, and a
+/// `kind` tag later in the record.
 pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     let batch = match rmp_serde::from_slice::<Batch>(bytes) {
         Ok(batch) => batch,
-        Err(e) => match rmp_serde::from_slice::<SlowBatch<AnyOrderRecord>>(bytes) {
+        Err(fast) => match rmp_serde::from_slice::<SlowBatch<AnyOrderRecord>>(bytes) {
             Ok(b) => b.into_batch(),
-            Err(_) => match rmp_serde::from_slice::<SlowBatch<LongTagRecord>>(bytes) {
+            Err(slow) => match rmp_serde::from_slice::<SlowBatch<LongTagRecord>>(bytes) {
                 Ok(b) => b.into_batch(),
-                Err(_) => return Err(WireError::Decode(e.to_string())),
+                // A late tag is allowed, so when that is all the fast path objected to, the error
+                // of the shape whose tag the record has names the real defect.
+                Err(long) => {
+                    let fast = fast.to_string();
+                    let slow = slow.to_string();
+                    let reason = if !fast.contains(crate::record::TAG_NOT_FIRST) {
+                        fast
+                    } else if slow.contains("missing field `k`") {
+                        long.to_string()
+                    } else {
+                        slow
+                    };
+                    return Err(WireError::Decode(reason));
+                }
             },
         },
     };

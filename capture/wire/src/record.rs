@@ -29,9 +29,9 @@ pub const SCHEMA_VERSION: u16 = 1;
 ///
 /// Serialised as an internally tagged map (the tag first). Deserialised by hand (below), reading
 /// the tag and then the fields straight from the decoder; serde's derived internally tagged
-/// decoding buffers every record into an intermediate tree first, which made decoding 1.5× slower
-/// than encoding. A map whose tag is not its first key is refused here and decoded by the slow
-/// path in [`crate::batch::decode`].
+/// decoding buffers every record into an intermediate tree first, and made decoding about half
+/// as fast as encoding. A map whose tag is not its first key is refused here and decoded by the
+/// slower paths of [`crate::batch::decode`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "k")]
 pub enum Record {
@@ -42,6 +42,9 @@ pub enum Record {
     #[serde(rename = "o", alias = "observation")]
     Observation(Observation),
 }
+
+/// The fast path's complaint when a record's first key is not its tag.
+pub(crate) const TAG_NOT_FIRST: &str = "the record's tag `k` is not its first key";
 
 /// The tag's key: `k`, or `kind` as the first agents wrote it.
 #[derive(Deserialize)]
@@ -75,7 +78,7 @@ impl<'de> Deserialize<'de> for Record {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
                 match map.next_key::<RecordKey>()? {
                     Some(RecordKey::Tag) => {}
-                    _ => return Err(serde::de::Error::custom("the record's tag `k` is not its first key")),
+                    _ => return Err(serde::de::Error::custom(TAG_NOT_FIRST)),
                 }
                 let kind: RecordKind = map.next_value()?;
                 let fields = serde::de::value::MapAccessDeserializer::new(map);

@@ -348,6 +348,24 @@ fn records_decode_wherever_their_tag_is() {
     let late = rmp_serde::to_vec_named(&value).expect("encode");
     assert!(rmp_serde::from_slice::<Batch>(&late).is_err(), "the fast path needs the tag first");
     assert_eq!(batch::decode(&late).expect("slow path"), full_batch());
+    // The first agents' tag key, `kind`, later in the record: the third shape.
+    let mut value = value;
+    for record in value["records"].as_array_mut().expect("records") {
+        let record = record.as_object_mut().expect("object");
+        let tag = record.remove("k").expect("tag");
+        record.insert("kind".into(), tag);
+        assert_ne!(record.keys().next().map(String::as_str), Some("kind"));
+    }
+    let late_kind = rmp_serde::to_vec_named(&value).expect("encode");
+    assert_eq!(batch::decode(&late_kind).expect("slowest path"), full_batch());
+    // A late tag is not the defect reported when a record has a real one.
+    value["records"][0]["ci"] = serde_json::json!("not an address");
+    let err = batch::decode(&rmp_serde::to_vec_named(&value).expect("encode")).expect_err("bad address");
+    assert!(err.to_string().contains("invalid IP address"), "{err}");
+    value["records"][0].as_object_mut().expect("object").remove("kind");
+    value["records"][0]["k"] = serde_json::json!("s");
+    let err = batch::decode(&rmp_serde::to_vec_named(&value).expect("encode")).expect_err("bad address");
+    assert!(err.to_string().contains("invalid IP address"), "{err}");
 }
 
 #[test]
