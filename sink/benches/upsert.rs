@@ -152,8 +152,8 @@ fn to_sql(v: &Value) -> rusqlite::types::Value {
 enum RawForm {
     /// The sink's SQL text, `RETURNING created_at` included.
     Returning,
-    /// No `RETURNING` (SQLite runs it as a trigger program per row, and with it every statement
-    /// keeps a statement journal); each key is looked up in the unique index first.
+    /// No `RETURNING` (with it, a statement keeps a statement journal; see the module doc);
+    /// each key is looked up in the unique index first.
     Probe,
 }
 

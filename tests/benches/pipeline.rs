@@ -21,25 +21,27 @@ use std::{
 
 use netlab::bench::{peak_rss_mib, release_bin};
 
-fn query_i64(db: &Path, sql: &str) -> i64 {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output();
-    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+/// One integer from the database, through the `sqlite3` shell.
+fn query_i64(db: &Path, sql: &str) -> Result<i64, String> {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().map_err(|e| format!("sqlite3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("sqlite3: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("not a count: {e}"))
 }
 
 /// Records the sink has committed: one row of `sink_state`, written in the transaction that
-/// applies them. Polling it costs little (a `sqlite3` process every 50 ms); summing
-/// `session_count` over the table that often (as the first version of this bench did) is a full
-/// scan competing with the sink for CPU. The generated capture holds request/response pairs
-/// only, so every record is one session.
+/// applies them (0 while the sink has not created its tables yet). Polling it costs little (a
+/// `sqlite3` process every 50 ms); summing `session_count` over the table that often (as the
+/// first version of this bench did) is a full scan competing with the sink for CPU. The generated
+/// capture holds request/response pairs only, so every record is one session.
 fn records_committed(db: &Path) -> i64 {
-    query_i64(db, "SELECT COALESCE(SUM(total_processed),0) FROM sink_state")
+    query_i64(db, "SELECT COALESCE(SUM(total_processed),0) FROM sink_state").unwrap_or(0)
 }
 
 /// Sessions in the table; any failure to read them is an error, not zero.
 fn sessions_stored(db: &Path) -> i64 {
-    let out = Command::new("sqlite3").arg(db).arg("SELECT COALESCE(SUM(session_count),0) FROM ntp_clients").output().expect("sqlite3");
-    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+    query_i64(db, "SELECT COALESCE(SUM(session_count),0) FROM ntp_clients").expect("sessions in the table")
 }
 
 fn term(child: &mut Child) {

@@ -88,17 +88,14 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
             Ok(b) => b.into_batch(),
             Err(slow) => match rmp_serde::from_slice::<SlowBatch<LongTagRecord>>(bytes) {
                 Ok(b) => b.into_batch(),
-                // A late tag is allowed, so when that is all the fast path objected to, the error
-                // of the shape whose tag the record has names the real defect.
+                // A late tag is allowed, so when that is all the fast path objected to, the real
+                // defect is in what the two tag-anywhere shapes say.
                 Err(long) => {
                     let fast = fast.to_string();
-                    let slow = slow.to_string();
-                    let reason = if !fast.contains(crate::record::TAG_NOT_FIRST) {
-                        fast
-                    } else if slow.contains("missing field `k`") {
-                        long.to_string()
+                    let reason = if fast.contains(crate::record::TAG_NOT_FIRST) {
+                        format!("read with the tag `k` anywhere: {slow}; with the tag `kind` anywhere: {long}")
                     } else {
-                        slow
+                        fast
                     };
                     return Err(WireError::Decode(reason));
                 }
