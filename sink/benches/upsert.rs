@@ -28,6 +28,10 @@ use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome};
 use ntpscope_sink::{aggregate, db, store};
 use sea_orm::{ConnectionTrait, DbBackend, TransactionTrait, Value};
 
+/// The sink binary's allocator (see sink/src/main.rs), for every variant alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: u32 = 1_000_000;
 const CLIENTS: u32 = 200_000;
 const T0: i64 = 1_767_225_600_000_000_000;

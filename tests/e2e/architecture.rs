@@ -130,3 +130,17 @@ fn the_api_reads_the_contracts_but_not_the_capture_code() {
         assert!(api.contains(needed), "ntpscope-api should share {needed}, not redefine it");
     }
 }
+
+/// The sink's allocator covers SQLite too: with mimalloc's `override` feature the binary defines
+/// `malloc` itself, and SQLite's statement-journal chunks no longer go through glibc (about a
+/// fifth of the sink's CPU; docs/performance.md). Without the feature, or without the
+/// `#[global_allocator]` that links mimalloc in, the symbol would come from libc.
+#[test]
+fn the_sink_binary_brings_its_own_malloc() {
+    let sink = crate::harness::bin("ntpscope-sink");
+    let out = Command::new("nm").args(["--defined-only", "--extern-only"]).arg(&sink).output().expect("nm (binutils)");
+    assert!(out.status.success(), "nm: {}", String::from_utf8_lossy(&out.stderr));
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let defines = |name: &str| symbols.lines().any(|l| l.split_whitespace().nth(2) == Some(name) && l.contains(" T "));
+    assert!(defines("mi_malloc") && defines("malloc") && defines("free"), "{} does not define mimalloc's malloc and free", sink.display());
+}
