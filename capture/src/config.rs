@@ -100,6 +100,11 @@ pub struct Cli {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Read files at their capture pace times FACTOR (1 = as captured, 10 = ten times faster),
+    /// like tcpreplay's --multiplier, instead of as fast as possible. Live sources ignore it.
+    #[arg(long, value_name = "FACTOR")]
+    pub replay_speed: Option<f64>,
+
     /// Records a capture thread hands over at once (and so, at most, per NATS message).
     #[arg(long, default_value_t = 1000)]
     pub batch_records: usize,
@@ -220,6 +225,8 @@ pub struct Config {
     pub daemon: bool,
     /// Draw a progress bar for large files when stderr is a terminal.
     pub progress: bool,
+    /// Pace files at their capture timing times this factor (`None`: as fast as possible).
+    pub replay_speed: Option<f64>,
     /// Records per batch handed from a capture thread to the output.
     pub batch_records: NonZeroUsize,
     /// How long a capture thread holds a partial batch.
@@ -351,6 +358,12 @@ impl Cli {
             flush_pending: self.flush_pending,
             daemon: self.daemon,
             progress: !self.no_progress,
+            replay_speed: match self.replay_speed {
+                Some(f) if !(f.is_finite() && (1e-3..=1e6).contains(&f)) => {
+                    return Err(ConfigError(format!("--replay-speed must be between 0.001 and 1000000, got {f}")));
+                }
+                other => other,
+            },
             batch_records: NonZeroUsize::new(self.batch_records)
                 .filter(|n| n.get() <= 100_000)
                 .ok_or_else(|| ConfigError("--batch-records must be between 1 and 100000".into()))?,

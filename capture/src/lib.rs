@@ -61,6 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             batch_interval: config.batch_interval,
             flush_pending: config.flush_pending,
             progress: config.progress,
+            replay_speed: config.replay_speed,
         },
     ));
     for spec in &config.sources {

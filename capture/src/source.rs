@@ -245,6 +245,8 @@ pub struct LoopContext {
     pub status: Arc<Mutex<SourceStatus>>,
     /// Draw a progress bar for big files on a terminal.
     pub progress: bool,
+    /// Files: replay at the capture's own pace times this factor (`None`: flat out).
+    pub replay_speed: Option<f64>,
 }
 
 impl LoopContext {
@@ -326,6 +328,7 @@ fn capture_loop<T: Activated + ?Sized>(
     let mut n: u64 = 0;
     let mut bytes_read: u64 = 24;
     let mut dropped: u64 = 0;
+    let mut pace = ctx.replay_speed.filter(|_| !live).map(Pace::new);
     let result = loop {
         match cap.next_packet() {
             Ok(pkt) => {
@@ -338,6 +341,11 @@ fn capture_loop<T: Activated + ?Sized>(
                 }
                 bytes_read += 16 + u64::from(pkt.header.caplen);
                 if out.len() >= ctx.batch_records && !send(ctx, &mut out, live, &mut dropped) {
+                    break Ok(());
+                }
+                if let Some(pace) = pace.as_mut()
+                    && !pace.wait_for(time_ns, ctx)
+                {
                     break Ok(());
                 }
                 // Files are read flat out: look at the clock and the stop flag every 4096 packets.
@@ -378,6 +386,38 @@ fn capture_loop<T: Activated + ?Sized>(
     }
     publish_status(ctx, &analyzer, &mut cap, live, dropped);
     result
+}
+
+/// Replaying a file at its capture pace (times a factor): the instant the first packet was read
+/// anchors the file's first timestamp, and each packet waits until its own time has come (one
+/// look at the monotonic clock per packet, only when pacing). Packets stamped before the first
+/// one are read on without waiting.
+struct Pace {
+    speed: f64,
+    /// The first packet's capture time and the monotonic instant it was read.
+    start: Option<(i64, std::time::Instant)>,
+}
+
+impl Pace {
+    fn new(speed: f64) -> Self {
+        Self { speed, start: None }
+    }
+
+    /// Sleeps until the packet captured at `time_ns` is due; false when the source is stopping.
+    fn wait_for(&mut self, time_ns: i64, ctx: &LoopContext) -> bool {
+        let (t0, at) = *self.start.get_or_insert_with(|| (time_ns, clock::monotonic()));
+        let due = Duration::from_secs_f64(((time_ns - t0).max(0) as f64 / 1e9) / self.speed);
+        loop {
+            if ctx.stopping() {
+                return false;
+            }
+            let Some(left) = due.checked_sub(at.elapsed()).filter(|d| !d.is_zero()) else {
+                return true;
+            };
+            // Short naps, so a stop request is seen within 100 ms even in a slow replay.
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
 }
 
 /// Hands the batch over; returns false when the output has gone away.

@@ -53,6 +53,8 @@ pub struct SourceDefaults {
     pub flush_pending: bool,
     /// Progress bars for big files.
     pub progress: bool,
+    /// Pace files at their capture timing times this factor.
+    pub replay_speed: Option<f64>,
 }
 
 /// Parameters a running capture was started with.
@@ -174,6 +176,7 @@ impl Supervisor {
             flush_pending: self.defaults.flush_pending,
             status: status.clone(),
             progress: self.defaults.progress,
+            replay_speed: self.defaults.replay_speed,
         };
         let thread = std::thread::Builder::new()
             .name(format!("capture-{name}"))

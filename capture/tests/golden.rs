@@ -211,6 +211,33 @@ fn clear_errors_for_bad_sources_and_flags() {
     let (code, err) = run(&["-r", "x.pcap", "--timeout=0"]);
     assert_eq!(code, Some(78));
     assert!(err.contains("--timeout"), "{err}");
+    for bad in ["0", "-1", "NaN", "inf"] {
+        let (code, err) = run(&["-r", "x.pcap", &format!("--replay-speed={bad}")]);
+        assert_eq!(code, Some(78), "--replay-speed={bad}: {err}");
+        assert!(err.contains("--replay-speed"), "{err}");
+    }
+}
+
+/// `--replay-speed` reads a file at its capture pace times the factor: `tcpdump-ntp-control.pcap`
+/// spans 14.94 s (first to last packet, `capinfos`), so at 10× its last packet cannot be read
+/// before 1.49 s, and flat out the whole file takes a fraction of that. The records are the
+/// same either way.
+#[test]
+#[allow(clippy::disallowed_methods)] // the test measures wall time
+fn replay_speed_paces_a_file_by_its_timestamps() {
+    let path = fixtures().join("tcpdump-ntp-control.pcap");
+    let path = path.to_str().expect("path");
+    let started = std::time::Instant::now();
+    let flat = capture(&["-r", path]);
+    let flat_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let paced = capture(&["-r", path, "--replay-speed", "10"]);
+    let paced_time = started.elapsed();
+    assert!(paced_time.as_secs_f64() >= 1.494, "paced replay took {paced_time:?}");
+    assert!(paced_time.as_secs_f64() < 14.9, "the factor was not applied: {paced_time:?}");
+    assert!(flat_time.as_secs_f64() < 1.494, "flat-out read took {flat_time:?}");
+    assert_eq!(paced.stdout, flat.stdout);
+    assert!(!flat.lines.is_empty());
 }
 
 /// `fixtures/derived/` holds the same packets as `zeek-ntp2.pcap` rewritten by Wireshark's

@@ -20,6 +20,9 @@
 //!   checks, which abort, such a statement keeps a statement journal. A single-row upsert
 //!   without it keeps none. (The sink's multi-row statements keep the journal either way, and
 //!   there the lookup measured no faster than `RETURNING`; see docs/performance.md.)
+//!
+//! Every variant allocates through mimalloc, as the sink binary does (since commit 01ae539;
+//! earlier figures in docs/performance.md were measured with glibc's malloc).
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
 use std::time::{Duration, Instant};

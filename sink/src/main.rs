@@ -6,8 +6,9 @@ use ntpscope_sink::{Cli, run, shutdown_signal};
 
 /// mimalloc for every allocation of the process, SQLite's included (the `override` feature
 /// replaces `malloc`). Multi-row upserts make SQLite keep a statement journal in memory, a few
-/// thousand 1 KiB chunks allocated and freed per statement; glibc's malloc spent about a fifth
-/// of the sink's CPU on them (`unlink_chunk`, `malloc_consolidate`). See docs/performance.md.
+/// thousand 1 KiB chunks allocated and freed per statement; with glibc's malloc about a fifth of
+/// the sink's CPU went to `malloc` and `free` (`unlink_chunk`, `malloc_consolidate`), much of it
+/// for those chunks. See docs/performance.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

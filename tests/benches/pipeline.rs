@@ -4,7 +4,13 @@
 //! ```text
 //! cargo bench -p e2e --bench pipeline              # 2 M sessions over 200 k clients
 //! cargo bench -p e2e --bench pipeline -- 500000    # fewer sessions
+//! cargo bench -p e2e --bench pipeline -- --replay-speed=2   # offered at 20 k sessions/s
 //! ```
+//!
+//! Without `--replay-speed` the agent reads the file flat out, so the figure is the rate the
+//! pipeline sustains and the latency is mostly queueing in the stream. With it the agent paces
+//! the file at its timestamps (one request every 100 µs, so 10 k sessions/s) times the factor:
+//! the latency at that offered load.
 //!
 //! Throughput is sessions divided by the time from the agent's start to the commit that makes
 //! the table hold every session. Latency is, per applied message, the sink's commit time minus
@@ -51,6 +57,7 @@ fn term(child: &mut Child) {
 
 fn main() {
     let requests: u32 = std::env::args().find_map(|a| a.parse().ok()).unwrap_or(2_000_000);
+    let speed: Option<String> = std::env::args().find_map(|a| a.strip_prefix("--replay-speed=").map(str::to_string));
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "ntpscope-capture", "-p", "ntpscope-sink"])
         .status()
@@ -73,11 +80,12 @@ fn main() {
         .expect("sink");
     std::thread::sleep(Duration::from_secs(2));
     let start = Instant::now();
-    let agent = Command::new(release_bin("ntpscope-capture"))
-        .args(["-r", pcap.to_str().expect("path"), "--output", "nats", "--nats-url", &nats.url, "--flush-pending", "--summary", "none"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("agent");
+    let mut agent = Command::new(release_bin("ntpscope-capture"));
+    agent.args(["-r", pcap.to_str().expect("path"), "--output", "nats", "--nats-url", &nats.url, "--flush-pending", "--summary", "none"]);
+    if let Some(speed) = &speed {
+        agent.args(["--replay-speed", speed]);
+    }
+    let agent = agent.stdout(Stdio::null()).spawn().expect("agent");
     let agent_pid = agent.id();
     let mut agent_rss = 0.0f64;
     let mut agent = agent;
@@ -102,7 +110,13 @@ fn main() {
     term(&mut sink);
     let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
     let lag = log.lines().find(|l| l.contains("Sink stopped")).unwrap_or("(no lag line)").to_string();
-    println!("# pipeline benchmark: {total} sessions ({answered} answered, {unanswered} unanswered), 200000 clients");
+    println!(
+        "# pipeline benchmark: {total} sessions ({answered} answered, {unanswered} unanswered), 200000 clients, {}",
+        speed.as_ref().map_or_else(
+            || "file read flat out".to_string(),
+            |s| format!("replayed at {s}x its pace ({} k sessions/s offered)", s.parse::<f64>().map_or(f64::NAN, |f| f * 10.0))
+        )
+    );
     println!(
         "pcap → committed rows: {:.2} s = {:.0} sessions/s (agent finished publishing after {:.2} s)",
         elapsed.as_secs_f64(),
