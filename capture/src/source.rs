@@ -329,11 +329,29 @@ fn capture_loop<T: Activated + ?Sized>(
     let mut bytes_read: u64 = 24;
     let mut dropped: u64 = 0;
     let mut pace = ctx.replay_speed.filter(|_| !live).map(Pace::new);
-    let result = loop {
+    let result = 'read: loop {
         match cap.next_packet() {
             Ok(pkt) => {
                 let ts = pkt.header.ts;
                 let time_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec;
+                if let Some(pace) = pace.as_mut() {
+                    while let Some(left) = pace.left(time_ns) {
+                        if ctx.stopping() {
+                            break 'read Ok(());
+                        }
+                        // Before a long wait, let the replay's time move on (requests unanswered by
+                        // then are reported) and hand over what is in hand, as a live capture would.
+                        analyzer.advance(pace.now_ns(), &mut out);
+                        if !out.is_empty() && left >= ctx.batch_interval {
+                            if !send(ctx, &mut out, live, &mut dropped) {
+                                break 'read Ok(());
+                            }
+                            last_send = clock::monotonic();
+                        }
+                        // Short naps, so a stop request is seen within 100 ms even in a slow replay.
+                        std::thread::sleep(left.min(Duration::from_millis(100)));
+                    }
+                }
                 analyzer.handle_frame(time_ns, pkt.data, &mut out);
                 n += 1;
                 if let Some(seen) = seen {
@@ -343,13 +361,9 @@ fn capture_loop<T: Activated + ?Sized>(
                 if out.len() >= ctx.batch_records && !send(ctx, &mut out, live, &mut dropped) {
                     break Ok(());
                 }
-                if let Some(pace) = pace.as_mut()
-                    && !pace.wait_for(time_ns, ctx)
-                {
-                    break Ok(());
-                }
-                // Files are read flat out: look at the clock and the stop flag every 4096 packets.
-                if !live && !n.is_multiple_of(4096) {
+                // Files read flat out look at the clock and the stop flag every 4096 packets; a
+                // paced file, like a live source, after every packet.
+                if !live && pace.is_none() && !n.is_multiple_of(4096) {
                     continue;
                 }
                 if let Some(bar) = bar {
@@ -403,20 +417,18 @@ impl Pace {
         Self { speed, start: None }
     }
 
-    /// Sleeps until the packet captured at `time_ns` is due; false when the source is stopping.
-    fn wait_for(&mut self, time_ns: i64, ctx: &LoopContext) -> bool {
+    /// How long the packet captured at `time_ns` must still wait; `None` when it is due.
+    fn left(&mut self, time_ns: i64) -> Option<Duration> {
         let (t0, at) = *self.start.get_or_insert_with(|| (time_ns, clock::monotonic()));
-        let due = Duration::from_secs_f64(((time_ns - t0).max(0) as f64 / 1e9) / self.speed);
-        loop {
-            if ctx.stopping() {
-                return false;
-            }
-            let Some(left) = due.checked_sub(at.elapsed()).filter(|d| !d.is_zero()) else {
-                return true;
-            };
-            // Short naps, so a stop request is seen within 100 ms even in a slow replay.
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
+        let offset_s = time_ns.saturating_sub(t0).max(0) as f64 / 1e9;
+        let due = Duration::try_from_secs_f64(offset_s / self.speed).unwrap_or(Duration::MAX);
+        due.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    /// The capture time the replay has reached: every packet stamped before it has been read
+    /// (the one waiting is stamped later).
+    fn now_ns(&self) -> i64 {
+        self.start.map_or(i64::MIN, |(t0, at)| t0.saturating_add((at.elapsed().as_secs_f64() * self.speed * 1e9) as i64))
     }
 }
 
