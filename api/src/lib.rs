@@ -30,6 +30,7 @@ pub mod query;
 pub mod reader;
 pub mod routes;
 pub mod state;
+pub mod total;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -156,7 +157,6 @@ impl AppStateBuilder {
                 public_url: None,
                 request_timeout: Duration::from_secs(30),
                 total: Arc::default(),
-                total_refreshing: Arc::default(),
                 interface_stats: Arc::default(),
                 health: Arc::default(),
             },

@@ -4,8 +4,9 @@
 //! Lists use keyset paging: the cursor carries the last row's sort value and id, so a page deep
 //! in millions of rows costs what the first one does (with the default sort, which an index
 //! serves). `page`/`page_size` (OFFSET) remain for compatibility with the seed and are fine for
-//! shallow pages. Totals never scan the table per request: the unfiltered count is cached and
-//! refreshed in the background, and filtered counts stop at [`COUNT_CAP`].
+//! shallow pages. Totals never scan the table per request: the unfiltered count follows the
+//! sinks' inserted-row counter between rare counts ([`crate::total`]), and filtered counts stop
+//! at [`COUNT_CAP`].
 
 use std::net::IpAddr;
 
@@ -23,6 +24,7 @@ use crate::{
     error::ApiError,
     reader::{self, Cost},
     state::AppState,
+    total::Snapshot,
 };
 
 /// Filtered counts stop here; the response then says the total is a lower bound.
@@ -343,10 +345,22 @@ pub async fn capped_count(state: &AppState, p: &Parsed) -> Result<u64, ApiError>
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// `COUNT(*)` of the whole table (callers cache it).
-pub async fn total_count(state: &AppState) -> Result<u64, ApiError> {
-    let st = Statement::from_string(state.db.get_database_backend(), "SELECT COUNT(*) FROM ntp_clients");
-    Ok(u64::try_from(reader::integer(&state.db, state.reader.as_ref(), st).await?).unwrap_or(0))
+/// The sinks' cumulative count of inserted rows (see [`crate::total`]).
+const SINK_INSERTED: &str = "SELECT CAST(COALESCE(SUM(total_inserted), 0) AS BIGINT) FROM sink_state";
+
+/// `COUNT(*)` of the whole table and the sinks' inserted-row counter, in one statement and so
+/// one snapshot (callers keep it; see [`crate::total`]).
+pub async fn count_snapshot(state: &AppState) -> Result<Snapshot, ApiError> {
+    let sql = format!("SELECT (SELECT COUNT(*) FROM ntp_clients), ({SINK_INSERTED})");
+    let st = Statement::from_string(state.db.get_database_backend(), sql);
+    let v = reader::integers(&state.db, state.reader.as_ref(), st, 2).await?;
+    Ok(Snapshot { rows: u64::try_from(v[0]).unwrap_or(0), inserted: v[1] })
+}
+
+/// The sinks' inserted-row counter alone (one row per sink: cheap).
+pub async fn sink_inserted(state: &AppState) -> Result<i64, ApiError> {
+    let st = Statement::from_string(state.db.get_database_backend(), SINK_INSERTED);
+    reader::integer(&state.db, state.reader.as_ref(), st).await
 }
 
 /// Every row of one address (at most 10 000).

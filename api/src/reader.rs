@@ -196,12 +196,12 @@ impl SqliteReader {
         .await
     }
 
-    /// The first column of the first row of `st`, as an integer (counts).
-    pub async fn integer(self: &Arc<Self>, st: Statement) -> Result<i64, ReadError> {
+    /// The first `n` columns of the first row of `st`, as integers (counts).
+    pub async fn integers(self: &Arc<Self>, st: Statement, n: usize) -> Result<Vec<i64>, ReadError> {
         self.with(Cost::Open, move |conn| {
             let params = params(st.values)?;
             let mut stmt = conn.prepare_cached(&st.sql)?;
-            Ok(stmt.query_row(rusqlite::params_from_iter(params), |r| r.get(0))?)
+            Ok(stmt.query_row(rusqlite::params_from_iter(params), |r| (0..n).map(|i| r.get(i)).collect())?)
         })
         .await
     }
@@ -366,10 +366,17 @@ pub async fn models(
 
 /// The integer `st` returns (built for `db`'s backend): through `reader` when there is one.
 pub async fn integer(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, st: Statement) -> Result<i64, ApiError> {
-    match reader {
-        Some(r) => Ok(r.integer(st).await?),
-        None => Ok(db.query_one_raw(st).await?.and_then(|r| r.try_get_by_index::<i64>(0).ok()).unwrap_or(0)),
+    Ok(integers(db, reader, st, 1).await?[0])
+}
+
+/// The first `n` columns of the first row of `st`, as integers (a missing row or a NULL reads
+/// as 0), through the reader on an SQLite file, through sea-orm otherwise.
+pub async fn integers(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, st: Statement, n: usize) -> Result<Vec<i64>, ApiError> {
+    if let Some(r) = reader {
+        return Ok(r.integers(st, n).await?);
     }
+    let row = db.query_one_raw(st).await?;
+    Ok((0..n).map(|i| row.as_ref().and_then(|r| r.try_get_by_index::<i64>(i).ok()).unwrap_or(0)).collect())
 }
 
 #[cfg(test)]
@@ -475,14 +482,14 @@ mod tests {
             assert_eq!(by_position, by_name);
         }
         let count = Statement::from_string(DatabaseBackend::Sqlite, "SELECT COUNT(*) FROM ntp_clients");
-        assert_eq!(reader.integer(count).await.expect("count"), 40);
+        assert_eq!(reader.integers(count, 1).await.expect("count"), [40]);
 
         // A projection that is not the entity's is refused, not misread.
         let narrow = ntp_clients::Entity::find().select_only().column(ntp_clients::Column::Id).build(DatabaseBackend::Sqlite);
         assert!(matches!(reader.models(narrow, Cost::Open).await, Err(ReadError::Columns(_))));
         // The connections cannot write.
         let write = Statement::from_string(DatabaseBackend::Sqlite, "DELETE FROM ntp_clients");
-        assert!(reader.integer(write).await.is_err());
+        assert!(reader.integers(write, 1).await.is_err());
         assert_eq!(ntp_clients::Entity::find().all(&db).await.expect("rows").len(), 40);
     }
 
@@ -498,15 +505,16 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let started = crate::clock::monotonic();
         let waited = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(200), reader.integer(Statement::from_string(DatabaseBackend::Sqlite, forever))).await
+            tokio::time::timeout(Duration::from_millis(200), reader.integers(Statement::from_string(DatabaseBackend::Sqlite, forever), 1))
+                .await
         });
         assert!(waited.is_err(), "the count cannot finish in 200 ms");
         drop(rt);
         assert!(started.elapsed() < Duration::from_secs(5), "the read ran on for {:?}", started.elapsed());
         // The pool still serves reads afterwards.
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let one = rt.block_on(reader.integer(Statement::from_string(DatabaseBackend::Sqlite, "SELECT 1")));
-        assert_eq!(one.expect("read"), 1);
+        let one = rt.block_on(reader.integers(Statement::from_string(DatabaseBackend::Sqlite, "SELECT 1"), 1));
+        assert_eq!(one.expect("read"), [1]);
     }
 
     /// A request that gave up before its read began never starts it; one that gives up while

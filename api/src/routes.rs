@@ -296,7 +296,7 @@ impl HistoryApi {
             (None, None) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before")),
         };
         let deleted = query::delete_older_than(&state.db, cutoff).await?;
-        *state.total.lock().await = None;
+        state.total.deleted(deleted).await;
         tracing::info!(message = "Cleanup.", deleted, cutoff = %ntp_wire::time::format_rfc3339(cutoff));
         Ok(Json(CleanupResult { deleted, cutoff: ntp_wire::time::format_rfc3339(cutoff) }))
     }

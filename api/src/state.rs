@@ -2,10 +2,7 @@
 //! and the caches that keep expensive aggregates off the request path.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +15,7 @@ use crate::{
     clock,
     dto::{Health, InterfaceStatisticsList},
     query,
+    total::{Next, TotalCounter},
 };
 
 /// The NATS side, once connected.
@@ -52,23 +50,12 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Public base URL for the OpenAPI document's `servers` (`--public-url`).
     pub public_url: Option<String>,
-    /// Cached `COUNT(*)`.
-    pub total: Arc<Mutex<Option<(Instant, u64)>>>,
-    /// A background recount is running.
-    pub total_refreshing: Arc<AtomicBool>,
+    /// The table's row count, kept without `COUNT(*)` on the request path.
+    pub total: Arc<TotalCounter>,
     /// Cached interface statistics.
     pub interface_stats: Arc<Mutex<Option<(Instant, InterfaceStatisticsList)>>>,
     /// Cached health report.
     pub health: Arc<Mutex<Option<(Instant, Health)>>>,
-}
-
-/// Clears a flag when dropped.
-struct ClearOnDrop(Arc<AtomicBool>);
-
-impl Drop for ClearOnDrop {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
 }
 
 /// How long cached aggregates live.
@@ -85,39 +72,26 @@ impl AppState {
         self.bus.read().await.clone()
     }
 
-    /// The table's row count, at most [`CACHE_TTL`] old. Once the value is half that age, one
-    /// background task counts again while requests keep the cached value; so under steady
-    /// traffic no page waits behind `COUNT(*)` (110 ms at 5 M rows), and only a request after
-    /// an idle spell counts in line.
+    /// The table's row count (see [`crate::total`]): the last count plus what the sinks have
+    /// inserted since, minus this API's cleanups; the table is counted again in the background
+    /// every [`crate::total::RECOUNT_PERIOD`].
     pub async fn total_clients(&self) -> Result<u64, crate::error::ApiError> {
-        let mut cache = self.total.lock().await;
-        if let Some((at, n)) = *cache
-            && at.elapsed() < CACHE_TTL
-        {
-            if at.elapsed() >= CACHE_TTL / 2 && !self.total_refreshing.swap(true, Ordering::AcqRel) {
+        let now = clock::monotonic();
+        let next = self.total.get(now, async || query::sink_inserted(self).await, async || query::count_snapshot(self).await).await?;
+        match next {
+            Next::Serve(n) => Ok(n),
+            Next::ServeAndRecount(n, epoch) => {
                 let state = self.clone();
                 tokio::spawn(async move {
-                    // Cleared however the task ends, so a failed recount is retried by the next request.
-                    let _refreshing = ClearOnDrop(Arc::clone(&state.total_refreshing));
-                    // Stamped when the count starts: the value is at most as old as that.
-                    let started = clock::monotonic();
-                    match query::total_count(&state).await {
-                        Ok(n) => {
-                            let mut cache = state.total.lock().await;
-                            if cache.is_none_or(|(at, _)| at < started) {
-                                *cache = Some((started, n));
-                            }
-                        }
-                        Err(e) => tracing::warn!(message = "Counting clients failed; keeping the last count.", error = ?e),
+                    let snapshot = query::count_snapshot(&state).await;
+                    if let Err(e) = &snapshot {
+                        tracing::warn!(message = "Counting clients failed; keeping the last count.", error = ?e);
                     }
+                    state.total.recounted(now, epoch, snapshot.ok()).await;
                 });
+                Ok(n)
             }
-            return Ok(n);
         }
-        let started = clock::monotonic();
-        let n = query::total_count(self).await?;
-        *cache = Some((started, n));
-        Ok(n)
     }
 
     /// The health report, at most [`HEALTH_TTL`] old.
