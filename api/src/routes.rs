@@ -295,8 +295,9 @@ impl HistoryApi {
             (Some(_), Some(_)) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before, not both")),
             (None, None) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before")),
         };
+        // The next request counts the table, whether the cleanup ends, fails or is abandoned.
+        let _recount = state.total.forget_around();
         let deleted = query::delete_older_than(&state.db, cutoff).await?;
-        state.total.deleted(deleted).await;
         tracing::info!(message = "Cleanup.", deleted, cutoff = %ntp_wire::time::format_rfc3339(cutoff));
         Ok(Json(CleanupResult { deleted, cutoff: ntp_wire::time::format_rfc3339(cutoff) }))
     }

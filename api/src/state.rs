@@ -15,7 +15,7 @@ use crate::{
     clock,
     dto::{Health, InterfaceStatisticsList},
     query,
-    total::{Next, TotalCounter},
+    total::{Found, Next, TotalCounter},
 };
 
 /// The NATS side, once connected.
@@ -73,21 +73,23 @@ impl AppState {
     }
 
     /// The table's row count (see [`crate::total`]): the last count plus what the sinks have
-    /// inserted since, minus this API's cleanups; the table is counted again in the background
-    /// every [`crate::total::RECOUNT_PERIOD`].
+    /// inserted since. Only the first request (and the first after a cleanup) waits for a
+    /// count; refreshes run in the background.
     pub async fn total_clients(&self) -> Result<u64, crate::error::ApiError> {
-        let now = clock::monotonic();
-        let next = self.total.get(now, async || query::sink_inserted(self).await, async || query::count_snapshot(self).await).await?;
-        match next {
+        match self.total.get(clock::monotonic(), async || query::count_snapshot(self).await).await? {
             Next::Serve(n) => Ok(n),
-            Next::ServeAndRecount(n, epoch) => {
+            Next::ServeAndRefresh(n, refresh) => {
                 let state = self.clone();
                 tokio::spawn(async move {
-                    let snapshot = query::count_snapshot(&state).await;
-                    if let Err(e) = &snapshot {
-                        tracing::warn!(message = "Counting clients failed; keeping the last count.", error = ?e);
+                    let found = if refresh.recount() {
+                        query::count_snapshot(&state).await.map(Found::Snapshot)
+                    } else {
+                        query::sink_inserted(&state).await.map(Found::Inserted)
+                    };
+                    if let Err(e) = &found {
+                        tracing::warn!(message = "Reading the client count failed; keeping the last total.", error = ?e);
                     }
-                    state.total.recounted(now, epoch, snapshot.ok()).await;
+                    refresh.finish(found.ok()).await;
                 });
                 Ok(n)
             }

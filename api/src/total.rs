@@ -6,26 +6,38 @@
 //! Recounting every few seconds put one of the box's two cores out of reach of the request
 //! handlers for that long, and showed as the p99 of every page (docs/performance.md).
 //!
-//! Instead the table is counted rarely, in the same statement (one snapshot) as the sink's
-//! cumulative count of inserted rows, `SUM(sink_state.total_inserted)`, which the sink updates in
+//! Instead the table is counted rarely, in the same statement (one snapshot) as the sinks'
+//! cumulative count of inserted rows, `SUM(sink_state.total_inserted)`, which a sink updates in
 //! the transaction that inserts them. Between counts the total is the counted rows plus what the
-//! sinks inserted since, minus what this API's cleanups deleted since: exact while the sinks and
-//! this API are the table's only writers. Rows written by anything else (a manual import,
-//! another API instance's cleanup) are picked up by the background recount every
-//! [`RECOUNT_PERIOD`]; a sink counter that went backwards (a `sink_state` row deleted) makes the
-//! next request count in line.
+//! sinks have inserted since.
+//!
+//! - Requests never wait for a read, except the first one (and the first after a cleanup), which
+//!   counts the table in line. Once the served total is [`TOTAL_TTL`] old, the request that
+//!   notices starts one background read of the sinks' counter (or, when the count is
+//!   [`RECOUNT_PERIOD`] old, of a new count) and is served the last total; a failed read keeps
+//!   the last total.
+//! - A cleanup by this API makes the next request count the table again: [`TotalCounter::forget`]
+//!   when it starts and when it ends (or fails, or is abandoned), and reads begun before either
+//!   are discarded.
+//! - Rows written by anything else (the Flask seed's import, another API replica's cleanup) are
+//!   seen at the next count, at most [`RECOUNT_PERIOD`] plus the time to the next request later.
+//!   A sinks' counter that went backwards (a `sink_state` row deleted) makes the next request
+//!   count the table.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use tokio::sync::Mutex;
 
-/// How long a derived total is served before the sinks' counter is read again.
+/// How long a total is served before the sinks' counter is read again.
 pub const TOTAL_TTL: Duration = Duration::from_secs(1);
 
-/// How often the table is counted again in the background.
+/// How old a count may grow before a background read counts the table again.
 pub const RECOUNT_PERIOD: Duration = Duration::from_mins(5);
 
 /// A count of the table and the sinks' inserted-row counter, read in one snapshot.
@@ -37,112 +49,148 @@ pub struct Snapshot {
     pub inserted: i64,
 }
 
+/// What a background read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A new count ([`Refresh::recount`]).
+    Snapshot(Snapshot),
+    /// The sinks' counter now.
+    Inserted(i64),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Base {
     snapshot: Snapshot,
     at: Instant,
-    /// Rows this API deleted since the snapshot.
-    deleted: u64,
-}
-
-impl Base {
-    /// The total now, given the sinks' counter now; `None` when the counter went backwards.
-    fn total(&self, inserted: i64) -> Option<u64> {
-        let added = u64::try_from(inserted.checked_sub(self.snapshot.inserted)?).ok()?;
-        Some(self.snapshot.rows.saturating_add(added).saturating_sub(self.deleted))
-    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     base: Option<Base>,
+    /// The total last served, and when it was read.
     served: Option<(Instant, u64)>,
-    /// Bumped by every cleanup, so a recount that began before it does not undo its subtraction.
+    /// The value of [`TotalCounter::epoch`] that `base` belongs to.
     epoch: u64,
 }
 
-/// What the caller must do next (see [`TotalCounter::get`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the caller does next (see [`TotalCounter::get`]).
+#[derive(Debug)]
 pub enum Next {
-    /// Nothing: serve this total.
+    /// Serve this total.
     Serve(u64),
-    /// Serve this total, and start a background recount (with this epoch).
-    ServeAndRecount(u64, u64),
+    /// Serve this total, and run this read in the background.
+    ServeAndRefresh(u64, Refresh),
 }
 
-/// The cached total.
+/// The total, kept.
 #[derive(Debug, Default)]
 pub struct TotalCounter {
     inner: Mutex<Inner>,
-    recounting: AtomicBool,
+    /// Bumped by [`Self::forget`]; a base or a read from another epoch is discarded.
+    epoch: AtomicU64,
+    /// A background read is running (cleared when its [`Refresh`] is dropped, however it ends).
+    refreshing: AtomicBool,
 }
 
 impl TotalCounter {
-    /// The total at `now`. `inserted` reads the sinks' counter, `count` counts the table; each
-    /// is called only when needed (the counter at most once per [`TOTAL_TTL`], the table only
-    /// without a usable count).
-    pub async fn get<E, FI, FC>(&self, now: Instant, inserted: FI, count: FC) -> Result<Next, E>
+    /// The total at `now`. `count` counts the table; it runs in line only when there is no
+    /// usable count (the first request, after a cleanup or a counter that went backwards).
+    pub async fn get<E, FC>(self: &Arc<Self>, now: Instant, count: FC) -> Result<Next, E>
     where
-        FI: AsyncFnOnce() -> Result<i64, E>,
         FC: AsyncFnOnce() -> Result<Snapshot, E>,
     {
+        let epoch = self.epoch.load(Ordering::Acquire);
         let mut inner = self.inner.lock().await;
-        if let Some((at, n)) = inner.served
-            && now.saturating_duration_since(at) < TOTAL_TTL
-        {
+        if inner.epoch != epoch {
+            *inner = Inner { epoch, ..Inner::default() };
+        }
+        let (Some(base), Some((at, n))) = (inner.base, inner.served) else {
+            let snapshot = count().await?;
+            *inner = Inner { base: Some(Base { snapshot, at: now }), served: Some((now, snapshot.rows)), epoch };
+            return Ok(Next::Serve(snapshot.rows));
+        };
+        if now.saturating_duration_since(at) < TOTAL_TTL || self.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(Next::Serve(n));
         }
-        let derived = match inner.base {
-            Some(base) => base.total(inserted().await?).map(|n| (n, base.at)),
-            None => None,
-        };
-        let (n, counted_at) = if let Some(d) = derived {
-            d
-        } else {
-            let snapshot = count().await?;
-            inner.base = Some(Base { snapshot, at: now, deleted: 0 });
-            (snapshot.rows, now)
-        };
-        inner.served = Some((now, n));
-        if now.saturating_duration_since(counted_at) >= RECOUNT_PERIOD && !self.recounting.swap(true, Ordering::AcqRel) {
-            return Ok(Next::ServeAndRecount(n, inner.epoch));
-        }
-        Ok(Next::Serve(n))
+        let recount = now.saturating_duration_since(base.at) >= RECOUNT_PERIOD;
+        Ok(Next::ServeAndRefresh(n, Refresh { counter: Arc::clone(self), epoch, started: now, recount }))
     }
 
-    /// Ends a background recount started at `started` under `epoch`: its snapshot becomes the
-    /// base unless a cleanup ran meanwhile (then the next period counts again). `None` when the
-    /// count failed.
-    pub async fn recounted(&self, started: Instant, epoch: u64, snapshot: Option<Snapshot>) {
-        {
-            let mut inner = self.inner.lock().await;
-            if let Some(snapshot) = snapshot
-                && inner.epoch == epoch
-            {
-                inner.base = Some(Base { snapshot, at: started, deleted: 0 });
-                inner.served = None;
+    /// Drops the count: the next request counts the table, and reads begun before now are
+    /// discarded. Synchronous, so a guard can call it when dropped.
+    pub fn forget(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// [`Self::forget`] now and again when the guard is dropped: held across a cleanup, so that
+    /// a count taken while rows were being deleted never outlives it.
+    #[must_use]
+    pub fn forget_around(self: &Arc<Self>) -> ForgetOnDrop {
+        self.forget();
+        ForgetOnDrop(Arc::clone(self))
+    }
+}
+
+/// See [`TotalCounter::forget_around`].
+#[derive(Debug)]
+pub struct ForgetOnDrop(Arc<TotalCounter>);
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        self.0.forget();
+    }
+}
+
+/// A background read the caller runs ([`Next::ServeAndRefresh`]).
+#[derive(Debug)]
+pub struct Refresh {
+    counter: Arc<TotalCounter>,
+    epoch: u64,
+    started: Instant,
+    recount: bool,
+}
+
+impl Refresh {
+    /// Count the table (in one statement with the sinks' counter) rather than read the counter.
+    pub fn recount(&self) -> bool {
+        self.recount
+    }
+
+    /// Applies what the read found (`None`: it failed, and the last total stays for another
+    /// [`TOTAL_TTL`]).
+    pub async fn finish(self, found: Option<Found>) {
+        let mut inner = self.counter.inner.lock().await;
+        if inner.epoch != self.epoch || self.counter.epoch.load(Ordering::Acquire) != self.epoch {
+            return;
+        }
+        let Some(base) = inner.base else { return };
+        match found {
+            Some(Found::Snapshot(snapshot)) => {
+                inner.base = Some(Base { snapshot, at: self.started });
+                inner.served = Some((self.started, snapshot.rows));
+            }
+            Some(Found::Inserted(inserted)) => match added(base.snapshot.inserted, inserted) {
+                Some(added) => inner.served = Some((self.started, base.snapshot.rows.saturating_add(added))),
+                None => *inner = Inner { epoch: self.epoch, ..Inner::default() },
+            },
+            None => {
+                if let Some((_, n)) = inner.served {
+                    inner.served = Some((self.started, n));
+                }
             }
         }
-        self.recounting.store(false, Ordering::Release);
     }
+}
 
-    /// Drops what is known, so the next request counts the table in line.
-    pub async fn forget(&self) {
-        let mut inner = self.inner.lock().await;
-        inner.epoch += 1;
-        inner.base = None;
-        inner.served = None;
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        self.counter.refreshing.store(false, Ordering::Release);
     }
+}
 
-    /// This API deleted `rows` rows.
-    pub async fn deleted(&self, rows: u64) {
-        let mut inner = self.inner.lock().await;
-        inner.epoch += 1;
-        if let Some(base) = &mut inner.base {
-            base.deleted = base.deleted.saturating_add(rows);
-        }
-        inner.served = None;
-    }
+/// Rows the sinks inserted between two readings of their counter; `None` when it went back.
+fn added(then: i64, now: i64) -> Option<u64> {
+    u64::try_from(now.checked_sub(then)?).ok()
 }
 
 #[cfg(test)]
@@ -151,13 +199,12 @@ mod tests {
 
     use super::*;
 
-    /// A database stand-in: the table's rows and the sinks' counter, and how often each was read.
+    /// A database stand-in: the table's rows and the sinks' counter, and how often it was counted.
     #[derive(Default)]
     struct Fake {
         rows: Cell<u64>,
         inserted: Cell<i64>,
         counts: Cell<u32>,
-        reads: Cell<u32>,
     }
 
     impl Fake {
@@ -167,83 +214,111 @@ mod tests {
             self.inserted.set(self.inserted.get() + i64::try_from(n).expect("small"));
         }
 
-        async fn get(&self, c: &TotalCounter, now: Instant) -> Next {
-            c.get::<(), _, _>(
-                now,
-                async || {
-                    self.reads.set(self.reads.get() + 1);
-                    Ok(self.inserted.get())
-                },
-                async || {
-                    self.counts.set(self.counts.get() + 1);
-                    Ok(Snapshot { rows: self.rows.get(), inserted: self.inserted.get() })
-                },
-            )
+        fn snapshot(&self) -> Snapshot {
+            Snapshot { rows: self.rows.get(), inserted: self.inserted.get() }
+        }
+
+        async fn get(&self, c: &Arc<TotalCounter>, now: Instant) -> Next {
+            c.get::<(), _>(now, async || {
+                self.counts.set(self.counts.get() + 1);
+                Ok(self.snapshot())
+            })
             .await
             .expect("infallible")
         }
+
+        /// Runs the background read a request asked for, as the API does; the total served.
+        async fn serve(&self, c: &Arc<TotalCounter>, now: Instant) -> u64 {
+            match self.get(c, now).await {
+                Next::Serve(n) => n,
+                Next::ServeAndRefresh(n, r) => {
+                    let found = if r.recount() { Found::Snapshot(self.snapshot()) } else { Found::Inserted(self.inserted.get()) };
+                    r.finish(Some(found)).await;
+                    n
+                }
+            }
+        }
     }
 
-    fn served(n: Next) -> u64 {
-        match n {
-            Next::Serve(n) | Next::ServeAndRecount(n, _) => n,
-        }
+    fn setup() -> (Fake, Arc<TotalCounter>, Instant) {
+        (Fake::default(), Arc::default(), crate::clock::monotonic())
     }
 
     #[tokio::test]
     async fn the_total_follows_the_sinks_without_counting_again() {
-        let (db, c, t0) = (Fake::default(), TotalCounter::default(), crate::clock::monotonic());
+        let (db, c, t0) = setup();
         db.rows.set(40); // rows from before the sinks' counter (an import)
         db.sink_inserts(60);
-        assert_eq!(db.get(&c, t0).await, Next::Serve(100));
+        assert_eq!(db.serve(&c, t0).await, 100, "the first request counts");
         db.sink_inserts(25);
-        // Within the TTL the same figure, without a read.
-        assert_eq!(db.get(&c, t0 + TOTAL_TTL / 2).await, Next::Serve(100));
-        assert_eq!(db.reads.get(), 0);
-        // After it, the sinks' counter moves the total; the table is not counted again.
-        assert_eq!(db.get(&c, t0 + TOTAL_TTL).await, Next::Serve(125));
-        c.deleted(30).await;
-        db.rows.set(db.rows.get() - 30);
-        assert_eq!(db.get(&c, t0 + TOTAL_TTL).await, Next::Serve(95), "a cleanup counts at once");
-        assert_eq!((db.counts.get(), db.reads.get()), (1, 2));
+        assert_eq!(db.serve(&c, t0 + TOTAL_TTL / 2).await, 100, "within the TTL: the same figure");
+        // The request after the TTL is served at once and reads the counter behind it.
+        assert_eq!(db.serve(&c, t0 + TOTAL_TTL).await, 100);
+        assert_eq!(db.serve(&c, t0 + TOTAL_TTL).await, 125);
+        assert_eq!(db.counts.get(), 1, "the table was counted once");
+    }
+
+    #[tokio::test]
+    async fn one_background_read_at_a_time_and_failures_keep_the_total() {
+        let (db, c, t0) = setup();
+        db.sink_inserts(10);
+        db.serve(&c, t0).await;
+        db.sink_inserts(5);
+        let t1 = t0 + TOTAL_TTL;
+        let Next::ServeAndRefresh(10, first) = db.get(&c, t1).await else { panic!("a read is due") };
+        assert!(matches!(db.get(&c, t1).await, Next::Serve(10)), "no second read while one runs");
+        first.finish(None).await;
+        assert!(matches!(db.get(&c, t1).await, Next::Serve(10)), "a failed read keeps the total for a TTL");
+        // A read that dies without finishing (a panicking task) frees the slot.
+        let Next::ServeAndRefresh(_, dying) = db.get(&c, t1 + TOTAL_TTL).await else { panic!("a read is due") };
+        drop(dying);
+        assert_eq!(db.serve(&c, t1 + TOTAL_TTL).await, 10);
+        assert_eq!(db.serve(&c, t1 + TOTAL_TTL).await, 15);
     }
 
     #[tokio::test]
     async fn foreign_rows_are_picked_up_by_the_periodic_recount() {
-        let (db, c, t0) = (Fake::default(), TotalCounter::default(), crate::clock::monotonic());
+        let (db, c, t0) = setup();
         db.sink_inserts(10);
-        assert_eq!(db.get(&c, t0).await, Next::Serve(10));
+        db.serve(&c, t0).await;
         db.rows.set(db.rows.get() + 5); // written by something other than a sink
         let later = t0 + RECOUNT_PERIOD;
-        let Next::ServeAndRecount(n, epoch) = db.get(&c, later).await else { panic!("a recount is due") };
-        assert_eq!(n, 10, "served from the old base meanwhile");
-        // One recount at a time.
-        assert_eq!(db.get(&c, later + TOTAL_TTL).await, Next::Serve(10));
-        c.recounted(later, epoch, Some(Snapshot { rows: db.rows.get(), inserted: db.inserted.get() })).await;
-        assert_eq!(served(db.get(&c, later + TOTAL_TTL).await), 15);
+        let Next::ServeAndRefresh(n, r) = db.get(&c, later).await else { panic!("a recount is due") };
+        assert!(r.recount());
+        assert_eq!(n, 10, "served from the old count meanwhile");
+        r.finish(Some(Found::Snapshot(db.snapshot()))).await;
+        assert_eq!(db.serve(&c, later).await, 15);
     }
 
     #[tokio::test]
-    async fn a_recount_older_than_a_cleanup_is_dropped() {
-        let (db, c, t0) = (Fake::default(), TotalCounter::default(), crate::clock::monotonic());
+    async fn a_cleanup_makes_the_next_request_count_and_voids_older_reads() {
+        let (db, c, t0) = setup();
         db.sink_inserts(50);
-        db.get(&c, t0).await;
+        db.serve(&c, t0).await;
         let later = t0 + RECOUNT_PERIOD;
-        let Next::ServeAndRecount(_, epoch) = db.get(&c, later).await else { panic!("a recount is due") };
-        let before_cleanup = Snapshot { rows: db.rows.get(), inserted: db.inserted.get() };
-        c.deleted(20).await;
-        db.rows.set(30);
-        c.recounted(later, epoch, Some(before_cleanup)).await;
-        assert_eq!(served(db.get(&c, later + TOTAL_TTL).await), 30, "the cleanup's subtraction stands");
+        let Next::ServeAndRefresh(_, before_cleanup) = db.get(&c, later).await else { panic!("a recount is due") };
+        let stale = db.snapshot();
+        {
+            let _cleanup = c.forget_around();
+            db.rows.set(40); // deleting, chunk by chunk
+            // A request during the cleanup counts what it sees...
+            assert_eq!(db.serve(&c, later).await, 40);
+            db.rows.set(30);
+        }
+        // ...and that count does not outlive the cleanup, nor does the read begun before it.
+        before_cleanup.finish(Some(Found::Snapshot(stale))).await;
+        assert_eq!(db.serve(&c, later).await, 30);
+        assert_eq!(db.counts.get(), 3);
     }
 
     #[tokio::test]
     async fn a_counter_that_went_backwards_counts_in_line() {
-        let (db, c, t0) = (Fake::default(), TotalCounter::default(), crate::clock::monotonic());
+        let (db, c, t0) = setup();
         db.sink_inserts(70);
-        db.get(&c, t0).await;
+        db.serve(&c, t0).await;
         db.inserted.set(5); // a sink_state row deleted by hand
-        assert_eq!(db.get(&c, t0 + TOTAL_TTL).await, Next::Serve(70));
-        assert_eq!(db.counts.get(), 2);
+        assert_eq!(db.serve(&c, t0 + TOTAL_TTL).await, 70, "served, and the read finds the counter went back");
+        assert_eq!(db.serve(&c, t0 + TOTAL_TTL).await, 70);
+        assert_eq!(db.counts.get(), 2, "counted again");
     }
 }
