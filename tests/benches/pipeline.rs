@@ -5,6 +5,7 @@
 //! cargo bench -p e2e --bench pipeline              # 2 M sessions over 200 k clients
 //! cargo bench -p e2e --bench pipeline -- 500000    # fewer sessions
 //! cargo bench -p e2e --bench pipeline -- --replay-speed=2   # offered at 20 k sessions/s
+//! cargo bench -p e2e --bench pipeline -- --replay-speed=2 --batch-interval=0.5   # the sink's interval (default 1 s)
 //! ```
 //!
 //! Without `--replay-speed` the agent reads the file flat out, so the figure is the rate the
@@ -58,6 +59,8 @@ fn term(child: &mut Child) {
 fn main() {
     let requests: u32 = std::env::args().find_map(|a| a.parse().ok()).unwrap_or(2_000_000);
     let speed: Option<String> = std::env::args().find_map(|a| a.strip_prefix("--replay-speed=").map(str::to_string));
+    let interval: String =
+        std::env::args().find_map(|a| a.strip_prefix("--batch-interval=").map(str::to_string)).unwrap_or_else(|| "1".into());
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "ntpscope-capture", "-p", "ntpscope-sink"])
         .status()
@@ -72,7 +75,7 @@ fn main() {
     let db = dir.path().join("ntp_clients.db");
     let sink_log = dir.path().join("sink.log");
     let mut sink = Command::new(release_bin("ntpscope-sink"))
-        .args(["--db-path", db.to_str().expect("path"), "--batch-size", "100000", "--batch-interval", "1", "--ack-wait", "60"])
+        .args(["--db-path", db.to_str().expect("path"), "--batch-size", "100000", "--batch-interval", &interval, "--ack-wait", "60"])
         .env("NTPSCOPE_NATS_URL", &nats.url)
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&sink_log).expect("log"))
@@ -111,7 +114,7 @@ fn main() {
     let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
     let lag = log.lines().find(|l| l.contains("Sink stopped")).unwrap_or("(no lag line)").to_string();
     println!(
-        "# pipeline benchmark: {total} sessions ({answered} answered, {unanswered} unanswered), 200000 clients, {}",
+        "# pipeline benchmark: {total} sessions ({answered} answered, {unanswered} unanswered), 200000 clients, sink --batch-interval {interval}, {}",
         speed.as_ref().map_or_else(
             || "file read flat out".to_string(),
             |s| format!("replayed at {s}x its pace ({} k sessions/s offered)", s.parse::<f64>().map_or(f64::NAN, |f| f * 10.0))
