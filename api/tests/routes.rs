@@ -746,7 +746,7 @@ async fn capture_control(pg: bool) {
     let nats = netlab::NatsServer::start().expect("nats-server (run scripts/install-deps.sh or set NATS_SERVER_BIN)");
     let api_conn = async_nats::connect(&nats.url).await.expect("connect");
     let js = async_nats::jetstream::new(api_conn.clone());
-    let kv = ntpscope_bus::status_store(&js, false).await.expect("status bucket");
+    let kv = ntpscope_bus::status_store(&js, &ntpscope_bus::StreamSettings::default()).await.expect("status bucket");
     *f.state.bus.write().await = Some(ntpscope_api::state::Bus { client: api_conn, js, kv: Some(kv.clone()) });
     let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).send().await).await;
     assert_error(s, &b, 404, None);

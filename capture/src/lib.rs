@@ -181,7 +181,7 @@ async fn connect_bus(
         .max_ack_inflight(config.bus.inflight.max(16) * 2)
         .build(client.clone());
     ntpscope_bus::ensure_stream(&js, &config.bus.stream).await?.log();
-    let kv = ntpscope_bus::status_store(&js, config.bus.stream.check_only).await?;
+    let kv = ntpscope_bus::status_store(&js, &config.bus.stream).await?;
     Ok((client, js, kv))
 }
 

@@ -24,10 +24,12 @@ use std::{
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{PullConsumer, pull},
+    context::ConsumerInfoErrorKind,
     message::PublishMessage,
 };
 use futures_util::StreamExt;
 use ntp_wire::{Batch, WireError, batch, subject};
+use ntpscope_bus::{Backoff, BusError, retry_transient};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
 use crate::{
@@ -66,24 +68,42 @@ pub struct LoopConfig {
 /// table makes the ones that were committed after all harmless. Without an existing consumer
 /// (first start, or deleted by hand) delivery starts after what the database says was applied.
 /// One sink runs per consumer name.
-pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config, db_hint: Option<u64>) -> anyhow::Result<PullConsumer> {
+///
+/// Waits out a leader election ([`Backoff::ELECTION`]); a floor read before a failed try is kept
+/// for the next one, which finds the consumer already deleted.
+pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config, db_hint: Option<u64>) -> Result<PullConsumer, BusError> {
+    let floor = std::cell::Cell::new(None);
+    let what = format!("opening consumer {}", cfg.consumer);
+    retry_transient(&what, Backoff::ELECTION, || ensure_consumer_once(js, cfg, db_hint, &floor)).await
+}
+
+async fn ensure_consumer_once(
+    js: &jetstream::Context,
+    cfg: &crate::Config,
+    db_hint: Option<u64>,
+    floor: &std::cell::Cell<Option<u64>>,
+) -> Result<PullConsumer, BusError> {
     // `run` created or checked the stream before.
-    let stream = js.get_stream(subject::STREAM).await.map_err(|e| anyhow::anyhow!("opening stream NTP: {e}"))?;
-    let start = match stream.get_consumer::<pull::Config>(&cfg.consumer).await {
-        Ok(mut existing) => {
-            let info = existing.info().await.map_err(|e| anyhow::anyhow!("reading consumer {}: {e}", cfg.consumer))?;
-            let floor = info.ack_floor.stream_sequence;
+    let stream = js.get_stream(subject::STREAM).await.map_err(|e| BusError::jetstream("opening stream NTP", &e))?;
+    match stream.consumer_info(&cfg.consumer).await {
+        Ok(info) => {
+            let ack_floor = info.ack_floor.stream_sequence;
             tracing::info!(
                 message = "Resuming after the consumer's ack floor.",
-                ack_floor = floor,
+                ack_floor,
                 unacknowledged = info.num_ack_pending,
                 pending = info.num_pending
             );
-            stream.delete_consumer(&cfg.consumer).await.map_err(|e| anyhow::anyhow!("resetting consumer {}: {e}", cfg.consumer))?;
-            Some(floor + 1)
+            floor.set(Some(ack_floor + 1));
+            stream
+                .delete_consumer(&cfg.consumer)
+                .await
+                .map_err(|e| BusError::jetstream(format!("resetting consumer {}", cfg.consumer), &e))?;
         }
-        Err(_) => db_hint,
-    };
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+        Err(e) => return Err(BusError::jetstream(format!("reading consumer {}", cfg.consumer), &e)),
+    }
+    let start = floor.get().or(db_hint);
     let config = pull::Config {
         durable_name: Some(cfg.consumer.clone()),
         description: Some("ntpscope sink".into()),
@@ -98,7 +118,7 @@ pub async fn ensure_consumer(js: &jetstream::Context, cfg: &crate::Config, db_hi
         },
         ..Default::default()
     };
-    stream.create_consumer(config).await.map_err(|e| anyhow::anyhow!("creating consumer {}: {e}", cfg.consumer))
+    stream.create_consumer(config).await.map_err(|e| BusError::jetstream(format!("creating consumer {}", cfg.consumer), &e))
 }
 
 /// Decodes and validates a message.
@@ -166,15 +186,19 @@ pub async fn run(
     }
 }
 
-async fn open_messages(consumer: &PullConsumer) -> anyhow::Result<pull::Stream> {
-    consumer
-        .stream()
-        .max_messages_per_batch(100)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("opening the consumer's message stream: {e}"))
+/// Opens the pull stream, waiting out a leader election ([`Backoff::ELECTION`]).
+async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError> {
+    retry_transient("opening the consumer's message stream", Backoff::ELECTION, || async {
+        consumer
+            .stream()
+            .max_messages_per_batch(100)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| BusError::jetstream("opening the consumer's message stream", &e))
+    })
+    .await
 }
 
 /// Applies a batch in one transaction (retrying on failure), then acknowledges it.

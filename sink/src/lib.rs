@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let row = entity::sink_state::Entity::find_by_id(config.consumer.clone()).one(&db).await?;
     let hint = store::resume_hint(&db).await?.or_else(|| row.as_ref().map(|r| u64::try_from(r.last_sequence).unwrap_or(0) + 1));
     let consumer = consume::ensure_consumer(&js, &config, hint).await?;
-    let kv = ntpscope_bus::status_store(&js, config.stream.check_only).await?;
+    let kv = ntpscope_bus::status_store(&js, &config.stream).await?;
     let stats = Arc::new(stats::SinkStats::from_row(row.as_ref()));
     tracing::info!(
         message = "Sink started.",

@@ -254,7 +254,7 @@ async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stre
     assert!(placed, "R3 stream not placed: {}", nodes[0].log());
 
     let db_url = harness::sqlite_url(dir.path());
-    let _sink = Sink::start(&db_url, &urls, &dir.path().join("sink.log"), &["--batch-size", "1000", "--stream-replicas", "3"]);
+    let sink = Sink::start(&db_url, &urls, &dir.path().join("sink.log"), &["--batch-size", "1000", "--stream-replicas", "3"]);
     let publisher = harness::KillOnDrop(
         Command::new(harness::bin("ntpscope-capture"))
             .args(replay)
@@ -295,9 +295,50 @@ async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stre
     assert!(at_kill < messages, "the leader died after the last message ({at_kill} of {messages}): not mid-stream");
     let db = open(&db_url).await;
     let done = wait_until(Duration::from_secs(120), || async { stored_records(&db).await == total }).await;
-    assert!(done, "stored {} of {total}", stored_records(&db).await);
+    assert!(done, "stored {} of {total}; the sink's log:\n{}", stored_records(&db).await, sink.log_text());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_same(&expected(&truth), &stored(&db).await);
+}
+
+/// Services that start while the cluster is electing a new stream leader wait the election out
+/// (before, both exited on the first timed-out JetStream call, and the sink stored nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_and_an_agent_started_while_the_cluster_elects_a_leader_wait_it_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("synthetic.pcap");
+    let spec = pcapgen::Spec { requests: 2_000, clients: 300, unanswered_every: 10, clustered: true, ..pcapgen::Spec::default() };
+    pcapgen::write(&pcap, &spec).expect("pcap");
+    let replay = ["-r", pcap.to_str().expect("path"), "--agent-id", "edge", "--flush-pending"];
+    let truth = lines(&agent(&replay, None));
+    let total = truth.len() as i64;
+
+    let mut nodes = NatsServer::start_cluster(3).expect("cluster");
+    let urls = nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",");
+    let settings = ntpscope_bus::StreamSettings { replicas: 3, ..Default::default() };
+    let cfg = ntpscope_bus::NatsConfig { url: urls.clone(), connect_timeout: Duration::from_secs(10), ..Default::default() };
+    let client = ntpscope_bus::connect(&cfg).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let placed = wait_until(Duration::from_secs(30), || async { ntpscope_bus::ensure_stream(&js, &settings).await.is_ok() }).await;
+    assert!(placed, "R3 stream not placed: {}", nodes[0].log());
+    let leader = js.get_stream("NTP").await.expect("stream").info().await.expect("info").cluster.clone().and_then(|c| c.leader);
+    let victim = leader.expect("stream leader").trim_start_matches('n').parse::<usize>().expect("node name");
+
+    let db_url = harness::sqlite_url(dir.path());
+    let mut sink = Sink::start(&db_url, &urls, &dir.path().join("sink.log"), &["--stream-replicas", "3"]);
+    nodes[victim].kill();
+    let out = Command::new(harness::bin("ntpscope-capture"))
+        .args(replay)
+        .args(["--output", "nats", "--nats-url", &urls, "--stream-replicas", "3", "--summary", "json"])
+        .env("NTPSCOPE_LOG", "warn")
+        .output()
+        .expect("agent");
+    assert!(out.status.success(), "the agent: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&out)["publisher"]["records_acked"].as_i64(), Some(total));
+    let db = open(&db_url).await;
+    let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await;
+    assert!(done, "stored {} of {total}; the sink's log:\n{}", stored_records(&db).await, sink.log_text());
+    assert_same(&expected(&truth), &stored(&db).await);
+    assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
 }
 
 /// A scratch root holding the units, the binaries at their ExecStart paths and the host's own

@@ -7,12 +7,14 @@
 //! - [`StreamSettings`] and [`ensure_stream`]: create the `NTP` stream, or converge an existing
 //!   one to the configured limits and say what changed.
 //! - [`status_store`]: the `ntpscope_status` KV bucket.
+//! - [`transient`]: start-up calls ride through a cluster's leader election instead of failing.
 //! - [`settings`]: `--config FILE` (TOML) and `--print-config` for every service.
 //! - [`shutdown_signal`]: the SIGINT/SIGTERM future every service's `run` stops on.
 //!
 //! Subject and stream names come from `ntp_wire::subject`; nothing here invents a name.
 
 pub mod settings;
+pub mod transient;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -21,6 +23,8 @@ use async_nats::{
     jetstream::{self, kv, stream},
 };
 use ntp_wire::subject;
+
+pub use crate::transient::{Backoff, retry_transient};
 
 /// Why talking to NATS failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,8 @@ pub enum BusError {
         what: String,
         /// The error.
         detail: String,
+        /// Whether trying again shortly may succeed (a timeout, a leader election).
+        transient: bool,
     },
     /// A credential file could not be read.
     #[error("cannot read {path}: {detail}")]
@@ -65,9 +71,21 @@ pub enum BusError {
     },
 }
 
-fn js_err(what: impl Into<String>) -> impl FnOnce(&dyn std::fmt::Display) -> BusError {
+impl BusError {
+    /// A failed JetStream call, classified by [`transient::is_transient`].
+    pub fn jetstream(what: impl Into<String>, e: &(dyn std::error::Error + 'static)) -> Self {
+        Self::JetStream { what: what.into(), detail: e.to_string(), transient: transient::is_transient(e) }
+    }
+
+    /// Whether trying again shortly may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::JetStream { transient: true, .. })
+    }
+}
+
+fn js_err<E: std::error::Error + 'static>(what: impl Into<String>) -> impl FnOnce(&E) -> BusError {
     let what = what.into();
-    move |e| BusError::JetStream { what, detail: e.to_string() }
+    move |e| BusError::jetstream(what, e)
 }
 
 /// How to authenticate.
@@ -428,8 +446,13 @@ impl StreamOutcome {
     }
 }
 
-/// Creates the stream, or brings an existing one to `settings` and reports the differences.
+/// Creates the stream, or brings an existing one to `settings` and reports the differences;
+/// waits out a leader election ([`Backoff::ELECTION`]).
 pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -> Result<StreamOutcome, BusError> {
+    retry_transient("converging stream NTP", Backoff::ELECTION, || ensure_stream_once(js, settings)).await
+}
+
+async fn ensure_stream_once(js: &jetstream::Context, settings: &StreamSettings) -> Result<StreamOutcome, BusError> {
     let want = settings.config();
     let existing = match js.get_stream(subject::STREAM).await {
         Ok(mut s) => Some(s.info().await.map_err(|e| js_err("reading stream info")(&e))?.config.clone()),
@@ -451,6 +474,7 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
                 detail: "this service only checks it (--stream-check-only); start the sink, which creates it, \
                          or create it with a user allowed to"
                     .into(),
+                transient: false,
             });
         }
         js.create_stream(want).await.map_err(|e| js_err("creating stream NTP")(&e))?;
@@ -480,6 +504,7 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
                  (back up and delete the stream, or point ntpscope at another server)",
                 have.storage
             ),
+            transient: false,
         });
     }
     if diffs.is_empty() {
@@ -488,21 +513,26 @@ pub async fn ensure_stream(js: &jetstream::Context, settings: &StreamSettings) -
     if settings.check_only {
         return Ok(StreamOutcome::Differs(diffs));
     }
-    js.update_stream(want).await.map_err(|e| BusError::JetStream {
-        what: format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")),
-        detail: e.to_string(),
-    })?;
+    js.update_stream(want)
+        .await
+        .map_err(|e| BusError::jetstream(format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")), &e))?;
     Ok(StreamOutcome::Updated(diffs))
 }
 
-/// The status KV bucket (created on first use unless `check_only`; one value per key, kept a day).
-pub async fn status_store(js: &jetstream::Context, check_only: bool) -> Result<kv::Store, BusError> {
+/// The status KV bucket: created on first use unless `check_only`, with the stream's replicas (a
+/// bucket on one node of a cluster would take every service down with that node); one value per
+/// key, kept a day. Waits out a leader election ([`Backoff::ELECTION`]).
+pub async fn status_store(js: &jetstream::Context, settings: &StreamSettings) -> Result<kv::Store, BusError> {
+    retry_transient("opening KV bucket ntpscope_status", Backoff::ELECTION, || status_store_once(js, settings)).await
+}
+
+async fn status_store_once(js: &jetstream::Context, settings: &StreamSettings) -> Result<kv::Store, BusError> {
     match js.get_key_value(subject::STATUS_BUCKET).await {
         Ok(store) => Ok(store),
-        Err(e) if check_only => Err(BusError::JetStream {
-            what: format!("opening KV bucket {} (--stream-check-only: start the sink, which creates it)", subject::STATUS_BUCKET),
-            detail: e.to_string(),
-        }),
+        Err(e) if settings.check_only => Err(BusError::jetstream(
+            format!("opening KV bucket {} (--stream-check-only: start the sink, which creates it)", subject::STATUS_BUCKET),
+            &e,
+        )),
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: subject::STATUS_BUCKET.to_string(),
@@ -510,6 +540,7 @@ pub async fn status_store(js: &jetstream::Context, check_only: bool) -> Result<k
                 history: 1,
                 max_age: Duration::from_hours(24),
                 storage: stream::StorageType::File,
+                num_replicas: settings.replicas,
                 ..Default::default()
             })
             .await
