@@ -13,8 +13,8 @@
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, OnceLock, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -57,12 +57,47 @@ const CACHE_KIB: i64 = 8_192;
 /// Blocking reads at once (each holds one connection while it runs).
 const MAX_READERS: usize = 16;
 
+/// Connections opened and mapped for the next requests when a commit is noticed.
+const SPARES: usize = 2;
+
+/// Between two refreshes of retired connections: each takes a core for tens of milliseconds,
+/// and back to back they starve the request threads of the other.
+const REFRESH_PAUSE: Duration = Duration::from_millis(20);
+
 /// The read-only rusqlite pool of an SQLite database file.
+///
+/// **Who unmaps.** When another connection (the sink) commits, each pooled connection, at its
+/// next read, resets its cache and unmaps its view of the file (SQLite's `pager_reset` and
+/// `unixUnmapfile`). Unmapping a 2 GiB view whose pages a second of random reads has touched
+/// takes 25-125 ms (`perf`), and on a request's thread it stalls every request queued behind it.
+/// So before each read one statement on a connection that maps nothing (`PRAGMA data_version`)
+/// says whether anything was committed since the last look; if so the pool starts a new
+/// generation: connections of older generations are retired and refreshed by the `sqlite-watch`
+/// thread (a read there does the unmapping, then they rejoin the pool), and the request that
+/// noticed opens and maps [`SPARES`] new connections for the requests that follow. This only
+/// decides which thread pays for the unmapping: every read still sees a consistent snapshot,
+/// as SQLite guarantees for any connection.
 #[derive(Debug)]
 pub struct SqliteReader {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is retired.
+    retiring: Condvar,
+    /// Bumped each time a commit by another connection is noticed.
+    generation: AtomicU64,
     permits: Arc<Semaphore>,
+    watcher: OnceLock<()>,
+    /// The connection that maps nothing, and the `data_version` it last answered.
+    sentinel: Mutex<Option<(Connection, Option<i64>)>>,
+}
+
+/// Connections between reads.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Connections that have read nothing older than their generation.
+    idle: Vec<(u64, Connection)>,
+    /// Connections of older generations, for the watcher.
+    retired: Vec<Connection>,
 }
 
 /// Errors of the SQLite read path (shown to the client only as a logged 500).
@@ -106,7 +141,15 @@ impl SqliteReader {
 
     /// A reader of the database file at `path` (connections open on first use).
     pub fn new(path: PathBuf) -> Self {
-        Self { path, idle: Mutex::default(), permits: Arc::new(Semaphore::new(MAX_READERS)) }
+        Self {
+            path,
+            pool: Mutex::default(),
+            retiring: Condvar::new(),
+            generation: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(MAX_READERS)),
+            watcher: OnceLock::new(),
+            sentinel: Mutex::new(None),
+        }
     }
 
     fn open(&self) -> Result<Connection, rusqlite::Error> {
@@ -134,10 +177,16 @@ impl SqliteReader {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, ReadError> + Send + 'static,
     {
+        self.watcher.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            if let Err(e) = std::thread::Builder::new().name("sqlite-watch".into()).spawn(move || watch(&weak)) {
+                tracing::warn!(message = "No commit watcher for the SQLite readers.", error = %e);
+            }
+        });
         match cost {
             Cost::Bounded => {
                 let conn = self.take()?;
-                let out = f(&conn);
+                let out = f(&conn.1);
                 self.give_back(conn, out.is_ok());
                 out
             }
@@ -150,7 +199,7 @@ impl SqliteReader {
                 let cancel = CancelOnDrop(Some(Arc::clone(&flag)));
                 let (conn, out) = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    let out = cancellable(&conn, &flag, f);
+                    let out = cancellable(&conn.1, &flag, f);
                     (conn, out)
                 })
                 .await?;
@@ -161,23 +210,96 @@ impl SqliteReader {
         }
     }
 
-    /// An idle connection, or a new one.
-    fn take(&self) -> Result<Connection, ReadError> {
-        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            Some(c) => Ok(c),
-            None => Ok(self.open()?),
+    /// An idle connection of the current generation, or a new one.
+    fn take(&self) -> Result<(u64, Connection), ReadError> {
+        self.check_commit();
+        let current = self.generation.load(Ordering::Acquire);
+        if let Ok(mut pool) = self.pool.lock() {
+            while let Some((generation, conn)) = pool.idle.pop() {
+                if generation == current {
+                    return Ok((generation, conn));
+                }
+                pool.retired.push(conn);
+                self.retiring.notify_one();
+            }
         }
+        Ok((current, self.open()?))
     }
 
     /// Returns a connection to the pool; one whose read failed is closed instead, rather than
-    /// reused in an unknown state.
-    fn give_back(&self, conn: Connection, ok: bool) {
-        if ok
-            && let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(conn);
+    /// reused in an unknown state. One of an older generation, or one too many, goes to the
+    /// watcher, which refreshes or closes it: neither happens on a request's thread.
+    fn give_back(&self, (generation, conn): (u64, Connection), ok: bool) {
+        if !ok {
+            return;
         }
+        if let Ok(mut pool) = self.pool.lock() {
+            if generation == self.generation.load(Ordering::Acquire) && pool.idle.len() < MAX_IDLE {
+                pool.idle.push((generation, conn));
+            } else {
+                pool.retired.push(conn);
+                self.retiring.notify_one();
+            }
+        }
+    }
+
+    /// Starts a new generation when another connection has committed since the last look.
+    fn check_commit(&self) {
+        let Ok(mut guard) = self.sentinel.lock() else { return };
+        if guard.is_none() {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let Ok(conn) = Connection::open_with_flags(&self.path, flags) else { return };
+            if conn.pragma_update(None, "mmap_size", 0).is_err() {
+                return;
+            }
+            *guard = Some((conn, None));
+        }
+        let Some((conn, last)) = guard.as_mut() else { return };
+        let Ok(now) = conn.prepare_cached("PRAGMA data_version").and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0))) else {
+            return;
+        };
+        let changed = last.is_some_and(|l| l != now);
+        *last = Some(now);
+        drop(guard);
+        if changed {
+            self.renew();
+        }
+    }
+
+    /// A new generation: mapped spares for it, and every idle connection retired.
+    fn renew(&self) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let spares: Vec<Connection> = (0..SPARES).filter_map(|_| self.open().ok().filter(mapped)).collect();
+        if let Ok(mut pool) = self.pool.lock() {
+            let stale = std::mem::take(&mut pool.idle);
+            pool.retired.extend(stale.into_iter().map(|(_, c)| c));
+            pool.idle.extend(spares.into_iter().map(|c| (generation, c)));
+            self.retiring.notify_one();
+        }
+    }
+
+    /// Refreshes the retired connections, one at a time: the first read of each drops its map
+    /// of the file, here and not in a request, and it rejoins the pool (or is closed, when the
+    /// pool is full). Waits up to `wait` for one; returns whether any was there.
+    fn refresh_retired(&self, wait: Duration) -> bool {
+        let Ok(pool) = self.pool.lock() else { return false };
+        let Ok((mut pool, _)) = self.retiring.wait_timeout_while(pool, wait, |p| p.retired.is_empty()) else { return false };
+        let mut any = false;
+        while let Some(conn) = pool.retired.pop() {
+            any = true;
+            let full = pool.idle.len() >= MAX_IDLE;
+            drop(pool);
+            let generation = self.generation.load(Ordering::Acquire);
+            if !full && mapped(&conn) {
+                self.give_back((generation, conn), true);
+            } else {
+                drop(conn);
+            }
+            std::thread::sleep(REFRESH_PAUSE);
+            let Ok(next) = self.pool.lock() else { return any };
+            pool = next;
+        }
+        any
     }
 
     /// The client rows a sea-orm `SELECT` of `ntp_clients` returns.
@@ -204,6 +326,18 @@ impl SqliteReader {
             Ok(stmt.query_row(rusqlite::params_from_iter(params), |r| (0..n).map(|i| r.get(i)).collect())?)
         })
         .await
+    }
+}
+
+/// Runs a read that maps the file (it reads the schema), so the map exists before a request.
+fn mapped(conn: &Connection) -> bool {
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)).is_ok()
+}
+
+/// The `sqlite-watch` thread: refreshes retired connections until the reader is dropped.
+fn watch(reader: &Weak<SqliteReader>) {
+    while let Some(r) = reader.upgrade() {
+        r.refresh_retired(Duration::from_secs(1));
     }
 }
 
@@ -515,6 +649,46 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let one = rt.block_on(reader.integers(Statement::from_string(DatabaseBackend::Sqlite, "SELECT 1"), 1));
         assert_eq!(one.expect("read"), [1]);
+    }
+
+    /// A commit by another connection starts a new generation: the next read sees it, the
+    /// connections that read before it are refreshed by the watcher (not by a request) and come
+    /// back to the pool; reads without a commit in between start none.
+    #[test]
+    fn a_commit_elsewhere_retires_the_pool_and_the_watcher_refreshes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g.db");
+        let writer = rusqlite::Connection::open(&path).expect("db");
+        writer.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x)").expect("schema");
+        let reader = Arc::new(SqliteReader::new(path));
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let count =
+            || rt.block_on(reader.integers(Statement::from_string(DatabaseBackend::Sqlite, "SELECT count(*) FROM t"), 1)).expect("read")[0];
+        let generations = |r: &SqliteReader| {
+            let pool = r.pool.lock().expect("pool");
+            (pool.idle.iter().map(|(g, _)| *g).collect::<Vec<_>>(), pool.retired.len())
+        };
+        assert_eq!((count(), count()), (0, 0));
+        assert_eq!(reader.generation.load(Ordering::Acquire), 0, "no commit, no new generation");
+        assert_eq!(generations(&reader), (vec![0], 0));
+
+        writer.execute("INSERT INTO t VALUES (1)", []).expect("insert");
+        assert_eq!(count(), 1, "the read after the commit sees it");
+        assert_eq!(reader.generation.load(Ordering::Acquire), 1);
+        // The connection that read before the commit was retired; the watcher refreshes it and
+        // it rejoins the pool at the new generation beside the spares.
+        let started = crate::clock::monotonic();
+        loop {
+            let (idle, retired) = generations(&reader);
+            if retired == 0 && idle.len() == SPARES + 1 {
+                assert!(idle.iter().all(|g| *g == 1), "{idle:?}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "not refreshed: idle {idle:?}, retired {retired}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(count(), 1);
+        assert_eq!(reader.generation.load(Ordering::Acquire), 1);
     }
 
     /// A request that gave up before its read began never starts it; one that gives up while
