@@ -74,9 +74,12 @@ const REFRESH_PAUSE: Duration = Duration::from_millis(20);
 /// says whether anything was committed since the last look; if so the pool starts a new
 /// generation: connections of older generations are retired and refreshed by the `sqlite-watch`
 /// thread (a read there does the unmapping, then they rejoin the pool), and the request that
-/// noticed opens and maps [`SPARES`] new connections for the requests that follow. This only
-/// decides which thread pays for the unmapping: every read still sees a consistent snapshot,
-/// as SQLite guarantees for any connection.
+/// noticed opens and maps [`SPARES`] new connections for the requests that follow. A request
+/// still unmaps in two narrow cases: a commit that lands between its look and its read, and a
+/// connection closed after a failed read. When commits come faster than the watcher refreshes,
+/// it closes the backlog instead (closing unmaps under SQLite's global VFS mutex, which is why
+/// refreshing is preferred). This only decides which thread pays for the unmapping: every read
+/// still sees a consistent snapshot, as SQLite guarantees for any connection.
 #[derive(Debug)]
 pub struct SqliteReader {
     path: PathBuf,
@@ -260,16 +263,21 @@ impl SqliteReader {
         };
         let changed = last.is_some_and(|l| l != now);
         *last = Some(now);
-        drop(guard);
         if changed {
-            self.renew();
+            // Bumped before the lock is released: a request that looks next sees the new
+            // generation, not "no change" and an old connection.
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            drop(guard);
+            self.renew(generation);
         }
     }
 
-    /// A new generation: mapped spares for it, and every idle connection retired.
-    fn renew(&self) {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let spares: Vec<Connection> = (0..SPARES).filter_map(|_| self.open().ok().filter(mapped)).collect();
+    /// A new generation: mapped spares for it (unless the watcher is behind), and every idle
+    /// connection retired.
+    fn renew(&self, generation: u64) {
+        let behind = self.pool.lock().map_or(true, |p| p.retired.len() >= MAX_IDLE);
+        let spares: Vec<Connection> =
+            if behind { Vec::new() } else { (0..SPARES).filter_map(|_| self.open().ok().filter(mapped)).collect() };
         if let Ok(mut pool) = self.pool.lock() {
             let stale = std::mem::take(&mut pool.idle);
             pool.retired.extend(stale.into_iter().map(|(_, c)| c));
@@ -288,14 +296,16 @@ impl SqliteReader {
         while let Some(conn) = pool.retired.pop() {
             any = true;
             let full = pool.idle.len() >= MAX_IDLE;
+            // Commits faster than the refreshes: close the backlog rather than let it grow.
+            let behind = pool.retired.len() >= MAX_IDLE;
             drop(pool);
             let generation = self.generation.load(Ordering::Acquire);
-            if !full && mapped(&conn) {
+            if !full && !behind && mapped(&conn) {
                 self.give_back((generation, conn), true);
+                std::thread::sleep(REFRESH_PAUSE);
             } else {
                 drop(conn);
             }
-            std::thread::sleep(REFRESH_PAUSE);
             let Ok(next) = self.pool.lock() else { return any };
             pool = next;
         }
@@ -337,6 +347,9 @@ fn mapped(conn: &Connection) -> bool {
 /// The `sqlite-watch` thread: refreshes retired connections until the reader is dropped.
 fn watch(reader: &Weak<SqliteReader>) {
     while let Some(r) = reader.upgrade() {
+        if r.pool.is_poisoned() {
+            return;
+        }
         r.refresh_retired(Duration::from_secs(1));
     }
 }

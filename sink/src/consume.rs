@@ -186,7 +186,8 @@ pub async fn run(
     }
 }
 
-/// Opens the pull stream, waiting out a leader election ([`Backoff::ELECTION`]).
+/// Opens the pull stream. (In async-nats 0.51 this only subscribes to an inbox and makes no
+/// JetStream request; should it fail with a timeout, it is retried like the start-up calls.)
 async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError> {
     retry_transient("opening the consumer's message stream", Backoff::ELECTION, || async {
         consumer

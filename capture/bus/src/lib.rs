@@ -527,12 +527,15 @@ pub async fn status_store(js: &jetstream::Context, settings: &StreamSettings) ->
 }
 
 async fn status_store_once(js: &jetstream::Context, settings: &StreamSettings) -> Result<kv::Store, BusError> {
+    let what = format!("opening KV bucket {}", subject::STATUS_BUCKET);
     match js.get_key_value(subject::STATUS_BUCKET).await {
         Ok(store) => Ok(store),
-        Err(e) if settings.check_only => Err(BusError::jetstream(
-            format!("opening KV bucket {} (--stream-check-only: start the sink, which creates it)", subject::STATUS_BUCKET),
-            &e,
-        )),
+        // Only a bucket that does not exist is created; any other failure (a timeout during an
+        // election) is reported, classified, and the caller retries the whole lookup.
+        Err(e) if !bucket_missing(&e) => Err(BusError::jetstream(what, &e)),
+        Err(e) if settings.check_only => {
+            Err(BusError::jetstream(format!("{what} (--stream-check-only: start the sink, which creates it)"), &e))
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: subject::STATUS_BUCKET.to_string(),
@@ -546,6 +549,17 @@ async fn status_store_once(js: &jetstream::Context, settings: &StreamSettings) -
             .await
             .map_err(|e| js_err("creating KV bucket ntpscope_status")(&e)),
     }
+}
+
+/// Whether a failed bucket lookup means the bucket's stream does not exist.
+fn bucket_missing(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+    if let Some(g) = e.downcast_ref::<GetStreamError>()
+        && let GetStreamErrorKind::JetStream(j) = g.kind()
+    {
+        return j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND;
+    }
+    e.source().is_some_and(bucket_missing)
 }
 
 /// Resolves on SIGINT or SIGTERM: the shutdown future every service binary passes to its `run`.

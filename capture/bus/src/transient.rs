@@ -13,8 +13,8 @@ use async_nats::jetstream::{
     self, ErrorCode,
     consumer::{StreamError, StreamErrorKind},
     context::{
-        ConsumerInfoError, ConsumerInfoErrorKind, CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
-        GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
+        AccountError, AccountErrorKind, ConsumerInfoError, ConsumerInfoErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
     },
     stream::{ConsumerError, ConsumerErrorKind},
 };
@@ -40,7 +40,7 @@ impl Backoff {
 
 /// JetStream API error codes that mean "ask again shortly": no leader yet, or the asset's
 /// replicas are catching up.
-const BUSY: [ErrorCode; 9] = [
+const BUSY: [ErrorCode; 8] = [
     ErrorCode::CLUSTER_NOT_AVAILABLE,
     ErrorCode::CLUSTER_NOT_ACTIVE,
     ErrorCode::CLUSTER_NOT_LEADER,
@@ -49,11 +49,11 @@ const BUSY: [ErrorCode; 9] = [
     ErrorCode::RAFT_GENERAL,
     ErrorCode::STREAM_OFFLINE,
     ErrorCode::CONSUMER_OFFLINE,
-    ErrorCode::CLUSTER_NO_PEERS,
 ];
 
 fn busy(e: &jetstream::Error) -> bool {
-    BUSY.contains(&e.error_code()) || e.code() == 503
+    // Not every 503: "JetStream not enabled for the account" is one, and it is for good.
+    BUSY.contains(&e.error_code())
 }
 
 /// Whether `e` (or what caused it) is a timeout, a request nobody answered, or a JetStream
@@ -90,6 +90,13 @@ pub fn is_transient(e: &(dyn StdError + 'static)) -> bool {
             | ConsumerInfoErrorKind::Request
             | ConsumerInfoErrorKind::Offline => Some(true),
             ConsumerInfoErrorKind::JetStream(j) => Some(busy(&j)),
+            _ => None,
+        }
+    } else if let Some(e) = e.downcast_ref::<AccountError>() {
+        // `create_key_value` asks for the account's limits first.
+        match e.kind() {
+            AccountErrorKind::TimedOut => Some(true),
+            AccountErrorKind::JetStream(j) => Some(busy(&j)),
             _ => None,
         }
     } else if let Some(e) = e.downcast_ref::<CreateKeyValueError>() {
@@ -182,6 +189,9 @@ mod tests {
         // "insufficient resources" (an R3 stream on one server) stays an error.
         assert!(!is_transient(&CreateStreamError::new(CreateStreamErrorKind::JetStream(answer(500, 10023)))));
         assert!(!is_transient(&GetStreamError::new(GetStreamErrorKind::JetStream(answer(404, 10059)))));
+        // "JetStream not enabled for account" comes as a 503 too, and is not going away.
+        assert!(!is_transient(&CreateStreamError::new(CreateStreamErrorKind::JetStream(answer(503, 10039)))));
+        assert!(is_transient(&AccountError::new(AccountErrorKind::TimedOut)));
     }
 
     const FAST: Backoff = Backoff { first: Duration::from_millis(1), max: Duration::from_millis(8), grace: Duration::from_secs(60) };
