@@ -233,33 +233,61 @@ async fn api_reaches_the_agent_as_user_api(nats: &NatsServer, db_url: &str) {
     assert_eq!(r.0.status().as_u16(), 200);
 }
 
+/// A synthetic capture, the records the agent makes of it, and a 3-node cluster on loopback
+/// holding the R3 stream `NTP`.
+struct Cluster {
+    dir: tempfile::TempDir,
+    pcap: String,
+    truth: Vec<Value>,
+    nodes: Vec<NatsServer>,
+    urls: String,
+    js: async_nats::jetstream::Context,
+}
+
+impl Cluster {
+    async fn start(requests: u32, clients: u32) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("synthetic.pcap");
+        let spec = pcapgen::Spec { requests, clients, unanswered_every: 10, clustered: true, ..pcapgen::Spec::default() };
+        pcapgen::write(&path, &spec).expect("pcap");
+        let pcap = path.to_str().expect("path").to_string();
+        let truth = lines(&agent(&["-r", &pcap, "--agent-id", "edge", "--flush-pending"], None));
+        let nodes = NatsServer::start_cluster(3).expect("cluster");
+        let urls = nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",");
+        // JetStream needs a meta leader before an R3 stream can be placed.
+        let settings = ntpscope_bus::StreamSettings { replicas: 3, ..Default::default() };
+        let cfg = ntpscope_bus::NatsConfig { url: urls.clone(), connect_timeout: Duration::from_secs(10), ..Default::default() };
+        let client = ntpscope_bus::connect(&cfg).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let placed = wait_until(Duration::from_secs(30), || async { ntpscope_bus::ensure_stream(&js, &settings).await.is_ok() }).await;
+        assert!(placed, "R3 stream not placed: {}", nodes[0].log());
+        Self { dir, pcap, truth, nodes, urls, js }
+    }
+
+    /// The agent's replay of the capture.
+    fn replay(&self) -> [&str; 5] {
+        ["-r", &self.pcap, "--agent-id", "edge", "--flush-pending"]
+    }
+
+    /// The index of the node leading the stream, and the messages the stream holds.
+    async fn leader(&self) -> (usize, u64) {
+        let info = self.js.get_stream("NTP").await.expect("stream").info().await.expect("info").clone();
+        let leader = info.cluster.and_then(|c| c.leader).expect("stream leader");
+        (leader.trim_start_matches('n').parse::<usize>().expect("node name"), info.state.messages)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stream() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pcap = dir.path().join("synthetic.pcap");
-    let spec = pcapgen::Spec { requests: 60_000, clients: 3_000, unanswered_every: 10, clustered: true, ..pcapgen::Spec::default() };
-    pcapgen::write(&pcap, &spec).expect("pcap");
-    let replay = ["-r", pcap.to_str().expect("path"), "--agent-id", "edge", "--flush-pending"];
-    let truth = lines(&agent(&replay, None));
-    let total = truth.len() as i64;
-
-    let mut nodes = NatsServer::start_cluster(3).expect("cluster");
-    let urls = nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",");
-    // JetStream needs a meta leader before an R3 stream can be placed.
-    let settings = ntpscope_bus::StreamSettings { replicas: 3, ..Default::default() };
-    let cfg = ntpscope_bus::NatsConfig { url: urls.clone(), connect_timeout: Duration::from_secs(10), ..Default::default() };
-    let client = ntpscope_bus::connect(&cfg).await.expect("connect");
-    let js = async_nats::jetstream::new(client.clone());
-    let placed = wait_until(Duration::from_secs(30), || async { ntpscope_bus::ensure_stream(&js, &settings).await.is_ok() }).await;
-    assert!(placed, "R3 stream not placed: {}", nodes[0].log());
-
-    let db_url = harness::sqlite_url(dir.path());
-    let sink = Sink::start(&db_url, &urls, &dir.path().join("sink.log"), &["--batch-size", "1000", "--stream-replicas", "3"]);
+    let mut c = Cluster::start(60_000, 3_000).await;
+    let total = c.truth.len() as i64;
+    let db_url = harness::sqlite_url(c.dir.path());
+    let sink = Sink::start(&db_url, &c.urls, &c.dir.path().join("sink.log"), &["--batch-size", "1000", "--stream-replicas", "3"]);
     let publisher = harness::KillOnDrop(
         Command::new(harness::bin("ntpscope-capture"))
-            .args(replay)
+            .args(c.replay())
             .args(["--batch-records", "50", "--publish-inflight", "32", "--stream-replicas", "3"])
-            .args(["--output", "nats", "--nats-url", &urls, "--summary", "json"])
+            .args(["--output", "nats", "--nats-url", &c.urls, "--summary", "json"])
             .env("NTPSCOPE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -268,7 +296,7 @@ async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stre
     );
     // Kill the stream leader as soon as records flow.
     let flowing = wait_until(Duration::from_secs(30), || {
-        let js = js.clone();
+        let js = c.js.clone();
         async move {
             match js.get_stream("NTP").await {
                 Ok(mut s) => s.info().await.is_ok_and(|i| i.state.messages > 0),
@@ -278,11 +306,8 @@ async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stre
     })
     .await;
     assert!(flowing);
-    let info = js.get_stream("NTP").await.expect("stream").info().await.expect("info").clone();
-    let leader = info.cluster.and_then(|c| c.leader).expect("stream leader");
-    let at_kill = info.state.messages;
-    let victim = leader.trim_start_matches('n').parse::<usize>().expect("node name");
-    nodes[victim].kill();
+    let (victim, at_kill) = c.leader().await;
+    c.nodes[victim].kill();
     let mut publisher = publisher;
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut publisher.0.stderr.take().expect("stderr"), &mut stderr).expect("read");
@@ -297,38 +322,22 @@ async fn a_three_node_cluster_loses_nothing_when_the_stream_leader_dies_mid_stre
     let done = wait_until(Duration::from_secs(120), || async { stored_records(&db).await == total }).await;
     assert!(done, "stored {} of {total}; the sink's log:\n{}", stored_records(&db).await, sink.log_text());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_same(&expected(&truth), &stored(&db).await);
+    assert_same(&expected(&c.truth), &stored(&db).await);
 }
 
 /// Services that start while the cluster is electing a new stream leader wait the election out
 /// (before, both exited on the first timed-out JetStream call, and the sink stored nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_and_an_agent_started_while_the_cluster_elects_a_leader_wait_it_out() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pcap = dir.path().join("synthetic.pcap");
-    let spec = pcapgen::Spec { requests: 2_000, clients: 300, unanswered_every: 10, clustered: true, ..pcapgen::Spec::default() };
-    pcapgen::write(&pcap, &spec).expect("pcap");
-    let replay = ["-r", pcap.to_str().expect("path"), "--agent-id", "edge", "--flush-pending"];
-    let truth = lines(&agent(&replay, None));
-    let total = truth.len() as i64;
-
-    let mut nodes = NatsServer::start_cluster(3).expect("cluster");
-    let urls = nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>().join(",");
-    let settings = ntpscope_bus::StreamSettings { replicas: 3, ..Default::default() };
-    let cfg = ntpscope_bus::NatsConfig { url: urls.clone(), connect_timeout: Duration::from_secs(10), ..Default::default() };
-    let client = ntpscope_bus::connect(&cfg).await.expect("connect");
-    let js = async_nats::jetstream::new(client.clone());
-    let placed = wait_until(Duration::from_secs(30), || async { ntpscope_bus::ensure_stream(&js, &settings).await.is_ok() }).await;
-    assert!(placed, "R3 stream not placed: {}", nodes[0].log());
-    let leader = js.get_stream("NTP").await.expect("stream").info().await.expect("info").cluster.clone().and_then(|c| c.leader);
-    let victim = leader.expect("stream leader").trim_start_matches('n').parse::<usize>().expect("node name");
-
-    let db_url = harness::sqlite_url(dir.path());
-    let mut sink = Sink::start(&db_url, &urls, &dir.path().join("sink.log"), &["--stream-replicas", "3"]);
-    nodes[victim].kill();
+    let mut c = Cluster::start(2_000, 300).await;
+    let total = c.truth.len() as i64;
+    let (victim, _) = c.leader().await;
+    let db_url = harness::sqlite_url(c.dir.path());
+    let mut sink = Sink::start(&db_url, &c.urls, &c.dir.path().join("sink.log"), &["--stream-replicas", "3"]);
+    c.nodes[victim].kill();
     let out = Command::new(harness::bin("ntpscope-capture"))
-        .args(replay)
-        .args(["--output", "nats", "--nats-url", &urls, "--stream-replicas", "3", "--summary", "json"])
+        .args(c.replay())
+        .args(["--output", "nats", "--nats-url", &c.urls, "--stream-replicas", "3", "--summary", "json"])
         .env("NTPSCOPE_LOG", "warn")
         .output()
         .expect("agent");
@@ -337,7 +346,7 @@ async fn a_sink_and_an_agent_started_while_the_cluster_elects_a_leader_wait_it_o
     let db = open(&db_url).await;
     let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await;
     assert!(done, "stored {} of {total}; the sink's log:\n{}", stored_records(&db).await, sink.log_text());
-    assert_same(&expected(&truth), &stored(&db).await);
+    assert_same(&expected(&c.truth), &stored(&db).await);
     assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
 }
 
