@@ -16,6 +16,39 @@ fn component(name: &str, ok: bool, detail: impl Into<String>) -> ComponentHealth
     ComponentHealth { name: name.to_string(), ok, detail: detail.into() }
 }
 
+/// The sink's liveness: its status on the bus when that is fresh (published every few seconds,
+/// with a failing database named), otherwise its row in the database (written by every batch and,
+/// when idle, every `--db-heartbeat-interval`).
+fn sink_component(consumer: &str, row: Option<&entity::sink_state::Model>, live: Option<&ntp_wire::status::SinkStatus>) -> ComponentHealth {
+    let written = |r: &entity::sink_state::Model| ntp_wire::time::format_rfc3339(r.updated_at);
+    match (live, row) {
+        (Some(st), _) if st.failing.is_some() => {
+            let attempts = st.counters.get("failed_attempts").copied().unwrap_or(0);
+            component(
+                "sink",
+                false,
+                format!(
+                    "database writes failing since {}: {} ({attempts} failed batch attempts so far)",
+                    ntp_wire::time::format_rfc3339(st.failing_since_ns),
+                    st.failing.as_deref().unwrap_or_default()
+                ),
+            )
+        }
+        (_, Some(r)) if agents::is_fresh(r.updated_at) => component("sink", true, format!("last update {}", written(r))),
+        (Some(st), r) => component(
+            "sink",
+            true,
+            format!(
+                "status on the bus {}; database row {}",
+                ntp_wire::time::format_rfc3339(st.updated_ns),
+                r.map_or_else(|| "not written yet".to_string(), |r| format!("written {}", written(r)))
+            ),
+        ),
+        (None, Some(r)) => component("sink", false, format!("no update since {}", written(r))),
+        (None, None) => component("sink", false, format!("consumer {consumer} has never reported")),
+    }
+}
+
 /// Runs every check.
 pub async fn check(state: &AppState) -> Health {
     let mut c = Vec::new();
@@ -30,37 +63,24 @@ pub async fn check(state: &AppState) -> Health {
         Ok(None) => component("database", false, "no schema"),
         Err(e) => component("database", false, format!("unreachable: {e}")),
     });
-    let sink = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await.ok().flatten();
-    c.push(match &sink {
-        Some(s) if agents::is_fresh(s.updated_at) => {
-            component("sink", true, format!("last update {}", ntp_wire::time::format_rfc3339(s.updated_at)))
-        }
-        Some(s) => component("sink", false, format!("no update since {}", ntp_wire::time::format_rfc3339(s.updated_at))),
-        None => component("sink", false, format!("consumer {} has never reported", state.consumer)),
-    });
+    let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await.ok().flatten();
+    let bus = state.bus().await;
+    let connected = bus.as_ref().is_some_and(|b| b.client.connection_state() == async_nats::connection::State::Connected);
+    let live = match &bus {
+        Some(b) if connected => agents::sink_status(b, &state.consumer).await.filter(|s| agents::is_fresh(s.updated_ns)),
+        _ => None,
+    };
+    c.push(sink_component(&state.consumer, row.as_ref(), live.as_ref()));
     let mut degraded = false;
-    match state.bus().await {
+    match bus {
         None => c.push(component("nats", false, "not connected")),
-        Some(bus) if bus.client.connection_state() != async_nats::connection::State::Connected => {
+        Some(_) if !connected => {
             // Every JetStream question would wait for its timeout: answer now, from what is known.
             c.push(component("nats", false, "disconnected (reconnecting)"));
             c.push(component("stream", false, "unknown while NATS is disconnected"));
             c.push(component("consumer", false, "unknown while NATS is disconnected"));
         }
         Some(bus) => {
-            // The sink alive but unable to write (database locked, disk full) says so on the bus.
-            if let Some(st) = agents::sink_status(&bus, &state.consumer).await
-                && agents::is_fresh(st.updated_ns)
-                && let Some(err) = &st.failing
-                && let Some(sink) = c.iter_mut().find(|x| x.name == "sink")
-            {
-                let attempts = st.counters.get("failed_attempts").copied().unwrap_or(0);
-                sink.ok = false;
-                sink.detail = format!(
-                    "database writes failing since {}: {err} ({attempts} failed batch attempts so far)",
-                    ntp_wire::time::format_rfc3339(st.failing_since_ns)
-                );
-            }
             let connected = bus.client.connection_state() == async_nats::connection::State::Connected;
             c.push(component("nats", connected, if connected { "connected" } else { "disconnected" }));
             match bus.js.get_stream(ntp_wire::subject::STREAM).await {
@@ -110,4 +130,56 @@ pub async fn check(state: &AppState) -> Health {
         "healthy"
     };
     Health { status: status.into(), components: c, reasons }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock;
+
+    fn row(updated_at: i64) -> entity::sink_state::Model {
+        entity::sink_state::Model {
+            consumer: "sink".into(),
+            stream: "NTP".into(),
+            last_sequence: 0,
+            total_received: 0,
+            total_processed: 0,
+            processing_errors: 0,
+            total_inserted: 0,
+            total_updated: 0,
+            batches: 0,
+            messages_applied: 0,
+            duplicates_skipped: 0,
+            dead_lettered: 0,
+            queue_size: 0,
+            last_commit_at: None,
+            lag_seconds: None,
+            last_batch_records: None,
+            last_batch_seconds: None,
+            updated_at,
+        }
+    }
+
+    #[test]
+    fn the_sink_is_alive_by_its_bus_status_or_its_database_row() {
+        let now = clock::wall_ns();
+        let old = now - 3_600_000_000_000;
+        let live = ntp_wire::status::SinkStatus { consumer: "sink".into(), updated_ns: now, ..Default::default() };
+        // An idle sink writes its row only every --db-heartbeat-interval: the bus says it lives.
+        let c = sink_component("sink", Some(&row(old)), Some(&live));
+        assert!(c.ok, "{}", c.detail);
+        assert!(c.detail.contains("status on the bus"), "{}", c.detail);
+        let c = sink_component("sink", None, Some(&live));
+        assert!(c.ok && c.detail.contains("not written yet"), "{}", c.detail);
+        // The bus unreachable: the row decides.
+        assert!(sink_component("sink", Some(&row(now)), None).ok);
+        let c = sink_component("sink", Some(&row(old)), None);
+        assert!(!c.ok && c.detail.starts_with("no update since"), "{}", c.detail);
+        let c = sink_component("sink", None, None);
+        assert!(!c.ok && c.detail.contains("never reported"), "{}", c.detail);
+        // A sink that says its writes fail is not healthy, however fresh its row.
+        let failing = ntp_wire::status::SinkStatus { failing: Some("database is locked".into()), failing_since_ns: old, ..live };
+        let c = sink_component("sink", Some(&row(now)), Some(&failing));
+        assert!(!c.ok && c.detail.contains("database is locked"), "{}", c.detail);
+    }
 }

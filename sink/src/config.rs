@@ -41,9 +41,14 @@ pub struct Cli {
     /// Hours to remember applied message ids (must exceed any agent's retry horizon).
     #[arg(long, default_value_t = 48.0)]
     pub applied_retention_hours: f64,
-    /// Seconds between status updates (database row and KV bucket).
+    /// Seconds between status updates on the bus (KV bucket).
     #[arg(long, default_value_t = 2.0)]
     pub status_interval: f64,
+    /// Longest the sink's database row goes without a write, seconds: an idle sink writes its
+    /// heartbeat there this often (a sink that commits batches needs none). Keep it well below
+    /// the API's `--stale-after` (30 s), which reads the row when the bus is down.
+    #[arg(long, default_value_t = 10.0)]
+    pub db_heartbeat_interval: f64,
     #[command(flatten)]
     pub nats: ntpscope_bus::ConnectArgs,
     #[command(flatten)]
@@ -74,8 +79,10 @@ pub struct Config {
     pub max_ack_pending: i64,
     /// How long applied message ids are kept.
     pub applied_retention: Duration,
-    /// Status cadence.
+    /// Status cadence on the bus.
     pub status_interval: Duration,
+    /// Longest the database row goes without a write.
+    pub db_heartbeat: Duration,
     /// NATS connection.
     pub nats: ntpscope_bus::NatsConfig,
     /// Limits of the `NTP` stream (the sink creates it when it starts first).
@@ -111,6 +118,7 @@ impl Cli {
         }
         let applied_retention = secs(self.applied_retention_hours * 3600.0, "--applied-retention-hours", 60.0, 365.0 * 86_400.0)?;
         let status_interval = secs(self.status_interval, "--status-interval", 0.1, 3600.0)?;
+        let db_heartbeat = secs(self.db_heartbeat_interval, "--db-heartbeat-interval", 0.1, 3600.0)?;
         let database_url = match self.database_url {
             Some(url) => url,
             None => format!("sqlite://{}?mode=rwc", self.db_path),
@@ -127,6 +135,7 @@ impl Cli {
             max_ack_pending: self.max_ack_pending,
             applied_retention,
             status_interval,
+            db_heartbeat,
             nats,
         })
     }

@@ -55,6 +55,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.consumer.clone(),
         stats.clone(),
         config.status_interval,
+        config.db_heartbeat,
         config.applied_retention,
         stop_rx.clone(),
     ));
@@ -89,8 +90,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// longest batch commit holding SQLite's write lock (a second or two at 50 000 records).
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(3);
 
-/// Every `interval`: refresh the queue size from the consumer, persist it, publish the status
-/// document; every few minutes, forget applied message ids older than the retention.
+/// When the sink's database row gets a heartbeat: only when nothing has written it for `every`.
+///
+/// Every batch commit already writes the row, and an idle sink's status is on the bus at every
+/// tick; a commit each tick as well would change nothing the API shows while the bus is up, and
+/// each commit makes every SQLite reader of the API drop its page cache and memory map
+/// (docs/performance.md). So the row is written when it would otherwise grow older than
+/// `every`, at the first tick (a sink that has applied nothing is still seen), and at each tick
+/// after a failed write (so that a database that accepts writes again is noticed at once).
+#[derive(Debug, Clone, Copy)]
+struct HeartbeatSchedule {
+    every_ns: i64,
+    /// Wall time of the last heartbeat the database took.
+    last_ok_ns: Option<i64>,
+    /// Whether the last attempt failed.
+    failed: bool,
+}
+
+impl HeartbeatSchedule {
+    fn new(every: Duration) -> Self {
+        Self { every_ns: i64::try_from(every.as_nanos()).unwrap_or(i64::MAX), last_ok_ns: None, failed: false }
+    }
+
+    /// Whether to write at `now`, given the last batch commit (`0` when none is known).
+    fn due(&self, last_commit_ns: i64, now: i64) -> bool {
+        match self.last_ok_ns {
+            None => true,
+            Some(_) if self.failed => true,
+            Some(ok) => now.saturating_sub(ok.max(last_commit_ns)) >= self.every_ns,
+        }
+    }
+
+    fn written(&mut self, at_ns: i64) {
+        self.last_ok_ns = Some(at_ns);
+        self.failed = false;
+    }
+
+    fn failed(&mut self) {
+        self.failed = true;
+    }
+}
+
+type HeartbeatTask = tokio::task::JoinHandle<Result<(), sea_orm::DbErr>>;
+
+/// Every `interval`: refresh the queue size from the consumer and publish the status document;
+/// write the database heartbeat when [`HeartbeatSchedule`] says so; every few minutes, forget
+/// applied message ids older than the retention.
 #[allow(clippy::too_many_arguments)]
 async fn report_status(
     mut consumer: async_nats::jetstream::consumer::PullConsumer,
@@ -99,13 +144,16 @@ async fn report_status(
     name: String,
     stats: Arc<stats::SinkStats>,
     interval: Duration,
+    db_heartbeat: Duration,
     retention: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(key) = ntp_wire::subject::sink_status_key(&name) else { return };
     let mut tick = tokio::time::interval(interval);
     let mut last_prune = clock::monotonic();
-    let mut heartbeat: Option<(tokio::task::JoinHandle<Result<(), sea_orm::DbErr>>, std::time::Instant)> = None;
+    // The write in flight: its task, when it started (monotonic), and the time it writes.
+    let mut heartbeat: Option<(HeartbeatTask, std::time::Instant, i64)> = None;
+    let mut schedule = HeartbeatSchedule::new(db_heartbeat);
     loop {
         let done = tokio::select! {
             _ = tick.tick() => false,
@@ -118,16 +166,24 @@ async fn report_status(
         // A locked, full or unreachable database is what the operator must see. The heartbeat
         // runs beside this loop, so the status on the bus stays fresh while the database hangs;
         // one that has not finished after HEARTBEAT_LIMIT is reported as failing.
-        if let Some((task, started)) = &heartbeat {
+        if let Some((task, started, at)) = &heartbeat {
             if task.is_finished() {
-                let (task, _) = heartbeat.take().expect("checked above");
+                let at = *at;
+                let (task, _, _) = heartbeat.take().expect("checked above");
                 match task.await {
-                    Ok(Ok(())) => stats.heartbeat_ok(),
+                    Ok(Ok(())) => {
+                        schedule.written(at);
+                        stats.heartbeat_ok();
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(message = "Heartbeat not written to the database.", error = %e);
+                        schedule.failed();
                         stats.heartbeat_failed(&format!("heartbeat: {e}"));
                     }
-                    Err(e) => stats.heartbeat_failed(&format!("heartbeat: {e}")),
+                    Err(e) => {
+                        schedule.failed();
+                        stats.heartbeat_failed(&format!("heartbeat: {e}"));
+                    }
                 }
             } else if started.elapsed() > HEARTBEAT_LIMIT {
                 tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed());
@@ -137,11 +193,12 @@ async fn report_status(
                 ));
             }
         }
-        if heartbeat.is_none() {
+        if heartbeat.is_none() && schedule.due(stats.last_commit_ns(), now) {
             let (db, name, queue) = (db.clone(), name.clone(), stats.queue_size());
             heartbeat = Some((
                 tokio::spawn(async move { store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await }),
                 clock::monotonic(),
+                now,
             ));
         }
         if last_prune.elapsed() > Duration::from_mins(5) {
@@ -161,5 +218,43 @@ async fn report_status(
         if done || *stop.borrow() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn an_idle_sink_writes_its_heartbeat_once_per_period_and_a_busy_one_never() {
+        let mut h = HeartbeatSchedule::new(Duration::from_secs(10));
+        // The first tick writes, whatever the last commit (a fresh sink must be seen).
+        assert!(h.due(0, 100 * S));
+        h.written(100 * S);
+        // Idle, ticking every 2 s: the next write comes 10 s after the last one.
+        let due: Vec<i64> = (1..=12).map(|k| 100 * S + 2 * k * S).filter(|&t| h.due(0, t)).collect();
+        assert_eq!(due.first(), Some(&(110 * S)), "{due:?}");
+        // Batches committing every second keep the row fresh: no heartbeat at all.
+        let mut last_commit = 100 * S;
+        for t in (101..200).map(|s| s * S) {
+            last_commit = t - S / 2;
+            assert!(!h.due(last_commit, t), "at {t}");
+        }
+        // The batches stop: the heartbeat resumes 10 s after the last commit.
+        assert!(!h.due(last_commit, last_commit + 9 * S));
+        assert!(h.due(last_commit, last_commit + 10 * S));
+    }
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_at_the_next_tick() {
+        let mut h = HeartbeatSchedule::new(Duration::from_secs(10));
+        h.written(0);
+        assert!(!h.due(0, S));
+        h.failed();
+        assert!(h.due(0, 2 * S));
+        h.written(2 * S);
+        assert!(!h.due(0, 4 * S));
     }
 }

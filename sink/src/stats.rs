@@ -165,6 +165,11 @@ impl SinkStats {
         self.with(|t| t.queue_size = n);
     }
 
+    /// Wall time of the last batch commit (Unix ns; 0 when none is known).
+    pub fn last_commit_ns(&self) -> i64 {
+        self.with(|t| t.last_commit_ns)
+    }
+
     /// Last known queue size.
     pub fn queue_size(&self) -> u64 {
         self.with(|t| t.queue_size)

@@ -76,6 +76,37 @@ async fn corpus_replay_through_the_bus_matches_the_json_lines_postgres() {
     pg.drop_now().await;
 }
 
+/// An idle sink publishes its status on the bus at every tick (0.5 s here) but writes its
+/// database row only once per `--db-heartbeat-interval`: each commit makes every SQLite reader of
+/// the API drop its page cache and memory map, and the row changes nothing the API shows while
+/// the bus is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sink_writes_its_database_row_once_per_heartbeat_period() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--db-heartbeat-interval", "3"]);
+    let db = open(&url).await;
+    let row =
+        || async { entity::sink_state::Entity::find_by_id(ntp_wire::subject::DEFAULT_CONSUMER.to_string()).one(&db).await.ok().flatten() };
+    assert!(wait_until(Duration::from_secs(30), || async { row().await.is_some() }).await, "the sink never wrote its row");
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let kv = async_nats::jetstream::new(client).get_key_value(ntp_wire::subject::STATUS_BUCKET).await.expect("status bucket");
+    let key = ntp_wire::subject::sink_status_key(ntp_wire::subject::DEFAULT_CONSUMER).expect("key");
+    let (mut writes, mut statuses) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for _ in 0..30 {
+        writes.insert(row().await.expect("row").updated_at);
+        if let Ok(Some(doc)) = kv.get(key.as_str()).await {
+            statuses.insert(ntp_wire::status::decode::<ntp_wire::status::SinkStatus>(&doc).expect("status").updated_ns);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // 7.5 s: about 15 status ticks, and the row written at about 3 s intervals (2 or 3 writes
+    // after the first one seen). Written at every tick, it would change about 15 times.
+    assert!((2..=4).contains(&writes.len()), "database row written at {writes:?}");
+    assert!(statuses.len() >= 8, "status on the bus only {} times", statuses.len());
+}
+
 /// A synthetic capture and the truth for it.
 fn synthetic(dir: &std::path::Path, requests: u32) -> (std::path::PathBuf, BTreeMap<harness::RowKey, harness::Totals>, i64) {
     let pcap = dir.join("synthetic.pcap");
