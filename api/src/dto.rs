@@ -511,8 +511,8 @@ pub struct SinkStatistics {
     pub last_commit_at: Option<String>,
     /// Seconds between the newest record's hand-over to NATS and its commit, at the last commit.
     pub lag_seconds: Option<f64>,
-    /// Whether the sink reported recently: its status on the bus, or (while the bus is
-    /// unreachable) its database row, which an idle sink writes every `--db-heartbeat-interval`.
+    /// Whether the sink reported recently: its database row (written by every batch, and every
+    /// `--db-heartbeat-interval` by an idle sink) or its status on the bus.
     pub alive: bool,
     /// Failed batch attempts since the sink started (each was retried; from its status on the bus).
     pub failed_attempts: Option<i64>,

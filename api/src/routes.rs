@@ -424,10 +424,11 @@ fn sink_statistics(r: entity::sink_state::Model, live: Option<&ntp_wire::status:
         failing: live.and_then(|s| s.failing.clone()),
         failing_since: live.filter(|s| s.failing.is_some()).map(|s| ntp_wire::time::format_rfc3339(s.failing_since_ns)),
         alive: agents::is_fresh(r.updated_at) || live.is_some(),
+        // The bus has the count of this tick; the row's is as old as its last write.
+        queue_size: live.and_then(|s| s.counters.get("queue_size")).map_or(r.queue_size, |q| i64::try_from(*q).unwrap_or(i64::MAX)),
         consumer: r.consumer,
         total_received: r.total_received,
         total_processed: r.total_processed,
-        queue_size: r.queue_size,
         processing_errors: r.processing_errors,
         total_inserted: r.total_inserted,
         total_updated: r.total_updated,

@@ -336,6 +336,7 @@ async fn apply(
     delta.batch_seconds = started.elapsed().as_secs_f64();
     delta.lag_seconds = (newest_sent > 0).then(|| (now - newest_sent) as f64 / 1e9);
     store::record_applied(&txn, &applied, now).await?;
+    delta.written_at = now;
     store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
     txn.commit().await?;
     let committed = clock::wall_ns();

@@ -93,11 +93,12 @@ const HEARTBEAT_LIMIT: Duration = Duration::from_secs(3);
 /// When the sink's database row gets a heartbeat: only when nothing has written it for `every`.
 ///
 /// Every batch commit already writes the row, and an idle sink's status is on the bus at every
-/// tick; a commit each tick as well would change nothing the API shows while the bus is up, and
-/// each commit makes every SQLite reader of the API drop its page cache and memory map
-/// (docs/performance.md). So the row is written when it would otherwise grow older than
-/// `every`, at the first tick (a sink that has applied nothing is still seen), and at each tick
-/// after a failed write (so that a database that accepts writes again is noticed at once).
+/// tick; a commit each tick as well would change nothing the API shows, and each commit makes
+/// every SQLite reader of the API drop its page cache and memory map (docs/performance.md). So
+/// the row is written when it would otherwise grow older than `every`, at the first tick (a sink
+/// that has applied nothing is still seen), at each tick after a failed attempt (so that a
+/// database that accepts writes again is noticed at once), and when the wall clock stepped back.
+/// The other ticks only probe the write lock ([`store::probe_write`]).
 #[derive(Debug, Clone, Copy)]
 struct HeartbeatSchedule {
     every_ns: i64,
@@ -117,7 +118,10 @@ impl HeartbeatSchedule {
         match self.last_ok_ns {
             None => true,
             Some(_) if self.failed => true,
-            Some(ok) => now.saturating_sub(ok.max(last_commit_ns)) >= self.every_ns,
+            Some(ok) => {
+                let age = now.saturating_sub(ok.max(last_commit_ns));
+                age >= self.every_ns || age < 0
+            }
         }
     }
 
@@ -151,8 +155,9 @@ async fn report_status(
     let Ok(key) = ntp_wire::subject::sink_status_key(&name) else { return };
     let mut tick = tokio::time::interval(interval);
     let mut last_prune = clock::monotonic();
-    // The write in flight: its task, when it started (monotonic), and the time it writes.
-    let mut heartbeat: Option<(HeartbeatTask, std::time::Instant, i64)> = None;
+    // The heartbeat in flight: its task, when it started (monotonic), and the time it writes
+    // into the row (`None` for a probe, which writes nothing).
+    let mut heartbeat: Option<(HeartbeatTask, std::time::Instant, Option<i64>)> = None;
     let mut schedule = HeartbeatSchedule::new(db_heartbeat);
     loop {
         let done = tokio::select! {
@@ -163,16 +168,20 @@ async fn report_status(
             stats.set_queue_size(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0));
         }
         let now = clock::wall_ns();
-        // A locked, full or unreachable database is what the operator must see. The heartbeat
-        // runs beside this loop, so the status on the bus stays fresh while the database hangs;
-        // one that has not finished after HEARTBEAT_LIMIT is reported as failing.
+        // A locked, full or unreachable database is what the operator must see. At every tick a
+        // heartbeat runs beside this loop (so the status on the bus stays fresh while the
+        // database hangs): the row's write when it is due, otherwise a probe that takes the
+        // write lock and gives it back. One that has not finished after HEARTBEAT_LIMIT is
+        // reported as failing.
         if let Some((task, started, at)) = &heartbeat {
             if task.is_finished() {
                 let at = *at;
                 let (task, _, _) = heartbeat.take().expect("checked above");
                 match task.await {
                     Ok(Ok(())) => {
-                        schedule.written(at);
+                        if let Some(at) = at {
+                            schedule.written(at);
+                        }
                         stats.heartbeat_ok();
                     }
                     Ok(Err(e)) => {
@@ -193,12 +202,19 @@ async fn report_status(
                 ));
             }
         }
-        if heartbeat.is_none() && schedule.due(stats.last_commit_ns(), now) {
+        if heartbeat.is_none() {
             let (db, name, queue) = (db.clone(), name.clone(), stats.queue_size());
+            let write = schedule.due(stats.last_commit_ns(), now);
             heartbeat = Some((
-                tokio::spawn(async move { store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await }),
+                tokio::spawn(async move {
+                    if write {
+                        store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await
+                    } else {
+                        store::probe_write(&db).await
+                    }
+                }),
                 clock::monotonic(),
-                now,
+                write.then_some(now),
             ));
         }
         if last_prune.elapsed() > Duration::from_mins(5) {
@@ -256,5 +272,7 @@ mod tests {
         assert!(h.due(0, 2 * S));
         h.written(2 * S);
         assert!(!h.due(0, 4 * S));
+        // A clock stepped back does not silence the heartbeat until it catches up.
+        assert!(h.due(0, S));
     }
 }

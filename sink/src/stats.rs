@@ -100,7 +100,9 @@ impl SinkStats {
             }
             let seq = t.counters.entry("last_sequence").or_default();
             *seq = (*seq).max(d.last_sequence);
-            t.last_commit_ns = crate::clock::wall_ns();
+            // The time the row holds, so that the heartbeat's schedule (which counts from it)
+            // and the status document agree with `sink_state.last_commit_at`.
+            t.last_commit_ns = if d.written_at > 0 { d.written_at } else { crate::clock::wall_ns() };
             t.failing = None;
             if let Some(lag) = d.lag_seconds {
                 t.lag_seconds = lag;

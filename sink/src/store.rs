@@ -350,6 +350,8 @@ pub struct StateDelta {
     pub batch_records: u64,
     /// Seconds the batch took.
     pub batch_seconds: f64,
+    /// The commit time written into the row (`last_commit_at`, `updated_at`), Unix ns.
+    pub written_at: i64,
 }
 
 /// Adds a batch's delta to the `sink_state` row of `consumer` (created on first use).
@@ -421,6 +423,21 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
     ];
     conn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
     Ok(())
+}
+
+/// Whether the database takes a write now, without writing one: on SQLite the write lock is
+/// taken and given back (`BEGIN IMMEDIATE` then `ROLLBACK` adds nothing to the WAL, so the API's
+/// readers keep their caches); on PostgreSQL an empty transaction. It waits as a batch would
+/// (busy timeout), which is what the heartbeat's time limit watches.
+pub async fn probe_write(db: &sea_orm::DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm::TransactionTrait;
+    let txn = db
+        .begin_with_options(sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..sea_orm::TransactionOptions::default()
+        })
+        .await?;
+    txn.rollback().await
 }
 
 /// The sink's heartbeat: the last known queue size and the time, without counting a batch. It

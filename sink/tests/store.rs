@@ -208,3 +208,39 @@ async fn sqlite_is_in_wal_mode_so_readers_never_block_the_writer() {
             .expect("row");
     assert_eq!(mode.try_get_by_index::<String>(0).expect("text"), "wal");
 }
+
+/// The idle sink's probe takes SQLite's write lock and gives it back: it waits while another
+/// process holds the lock (what the heartbeat's time limit reports), and it commits nothing, so
+/// a reader's `PRAGMA data_version` (which moves at every commit by another connection, and with
+/// it every reader's cache and map) stays put; the heartbeat's write does move it.
+#[tokio::test]
+async fn the_write_probe_waits_for_the_lock_and_commits_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ntp.db");
+    let db = db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("sqlite");
+    let reader = rusqlite::Connection::open(&path).expect("reader");
+    let version = || reader.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)).expect("data_version");
+    let before = version();
+    for _ in 0..3 {
+        store::probe_write(&db).await.expect("probe");
+    }
+    assert_eq!(version(), before, "a probe committed something");
+    store::heartbeat(&db, "sink-a", "NTP", 0, T0).await.expect("heartbeat");
+    assert_ne!(version(), before, "the heartbeat's write is seen (else the check above proves nothing)");
+
+    let other = rusqlite::Connection::open(&path).expect("other writer");
+    other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(1500), store::probe_write(&db)).await;
+    assert!(waited.is_err(), "the probe did not wait for the write lock: {waited:?}");
+    other.execute_batch("ROLLBACK").expect("unlock");
+    // The timed-out probe left the connection mid-acquisition; a fresh probe gets the lock.
+    let db2 = db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("sqlite");
+    store::probe_write(&db2).await.expect("probe after the lock");
+}
+
+#[tokio::test]
+async fn the_write_probe_runs_on_postgres() {
+    let t = TestDb::postgres().await;
+    store::probe_write(&t.db).await.expect("probe");
+    t.drop_schema().await;
+}

@@ -318,7 +318,9 @@ async fn run_drill(d: Drill) {
         p.clone_from(&sink_log);
     }
     let batch = d.sink_batch.to_string();
-    let sink_args = ["--batch-size", batch.as_str(), "--status-interval", "0.5", "--ack-wait", "10"];
+    // The API here calls a sink stale after 3 s, so its row is written at least every second
+    // (README: keep --db-heartbeat-interval below --stale-after).
+    let sink_args = ["--batch-size", batch.as_str(), "--status-interval", "0.5", "--db-heartbeat-interval", "1", "--ack-wait", "10"];
     let mut sink = Sink::start(&url, &nats.url, &sink_log, &sink_args);
     let db = harness::open(&url).await;
     assert!(wait_until(Duration::from_secs(30), || async { ntpscope_api::open_database(&url).await.is_ok() }).await, "schema");
