@@ -19,7 +19,24 @@ fn component(name: &str, ok: bool, detail: impl Into<String>) -> ComponentHealth
 /// The sink's liveness: its row in this database when fresh (written by every batch and, when
 /// idle, every `--db-heartbeat-interval`), or its fresh status on the bus (published every few
 /// seconds) when the row exists but is older; a failing database named on the bus wins.
-fn sink_component(consumer: &str, row: Option<&entity::sink_state::Model>, live: Option<&ntp_wire::status::SinkStatus>) -> ComponentHealth {
+fn sink_component(
+    consumer: &str,
+    row: Result<Option<&entity::sink_state::Model>, &str>,
+    live: Option<&ntp_wire::status::SinkStatus>,
+) -> ComponentHealth {
+    let row = match row {
+        Ok(row) => row,
+        Err(e) => {
+            return match live {
+                Some(st) if st.failing.is_none() => component(
+                    "sink",
+                    true,
+                    format!("status on the bus {}; its database row unreadable: {e}", ntp_wire::time::format_rfc3339(st.updated_ns)),
+                ),
+                _ => component("sink", false, format!("its database row unreadable: {e}")),
+            };
+        }
+    };
     let written = |r: &entity::sink_state::Model| ntp_wire::time::format_rfc3339(r.updated_at);
     match (live, row) {
         (Some(st), _) if st.failing.is_some() => {
@@ -69,14 +86,14 @@ pub async fn check(state: &AppState) -> Health {
         Ok(None) => component("database", false, "no schema"),
         Err(e) => component("database", false, format!("unreachable: {e}")),
     });
-    let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await.ok().flatten();
+    let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await.map_err(|e| e.to_string());
     let bus = state.bus().await;
     let connected = bus.as_ref().is_some_and(|b| b.client.connection_state() == async_nats::connection::State::Connected);
     let live = match &bus {
         Some(b) if connected => agents::sink_status(b, &state.consumer).await.filter(|s| agents::is_fresh(s.updated_ns)),
         _ => None,
     };
-    c.push(sink_component(&state.consumer, row.as_ref(), live.as_ref()));
+    c.push(sink_component(&state.consumer, row.as_ref().map(Option::as_ref).map_err(String::as_str), live.as_ref()));
     let mut degraded = false;
     match bus {
         None => c.push(component("nats", false, "not connected")),
@@ -171,21 +188,25 @@ mod tests {
         let old = now - 3_600_000_000_000;
         let live = ntp_wire::status::SinkStatus { consumer: "sink".into(), updated_ns: now, ..Default::default() };
         // An idle sink writes its row only every --db-heartbeat-interval: the bus says it lives.
-        let c = sink_component("sink", Some(&row(old)), Some(&live));
+        let c = sink_component("sink", Ok(Some(&row(old))), Some(&live));
         assert!(c.ok, "{}", c.detail);
         assert!(c.detail.contains("status on the bus"), "{}", c.detail);
         // Alive on the bus without a row here: it writes another database.
-        let c = sink_component("sink", None, Some(&live));
+        let c = sink_component("sink", Ok(None), Some(&live));
         assert!(!c.ok && c.detail.contains("no row in this database"), "{}", c.detail);
         // The bus unreachable: the row decides.
-        assert!(sink_component("sink", Some(&row(now)), None).ok);
-        let c = sink_component("sink", Some(&row(old)), None);
+        assert!(sink_component("sink", Ok(Some(&row(now))), None).ok);
+        let c = sink_component("sink", Ok(Some(&row(old))), None);
         assert!(!c.ok && c.detail.starts_with("no update since"), "{}", c.detail);
-        let c = sink_component("sink", None, None);
+        let c = sink_component("sink", Ok(None), None);
         assert!(!c.ok && c.detail.contains("never reported"), "{}", c.detail);
         // A sink that says its writes fail is not healthy, however fresh its row.
-        let failing = ntp_wire::status::SinkStatus { failing: Some("database is locked".into()), failing_since_ns: old, ..live };
-        let c = sink_component("sink", Some(&row(now)), Some(&failing));
+        let failing = ntp_wire::status::SinkStatus { failing: Some("database is locked".into()), failing_since_ns: old, ..live.clone() };
+        let c = sink_component("sink", Ok(Some(&row(now))), Some(&failing));
         assert!(!c.ok && c.detail.contains("database is locked"), "{}", c.detail);
+        // The row unreadable: the bus decides, and the detail says why the row is not used.
+        let c = sink_component("sink", Err("disk I/O error"), Some(&live));
+        assert!(c.ok && c.detail.contains("disk I/O error"), "{}", c.detail);
+        assert!(!sink_component("sink", Err("disk I/O error"), None).ok);
     }
 }

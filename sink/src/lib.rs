@@ -119,7 +119,8 @@ impl HeartbeatSchedule {
             None => true,
             Some(_) if self.failed => true,
             Some(ok) => {
-                let age = now.saturating_sub(ok.max(last_commit_ns));
+                // A commit time ahead of `now` (the clock stepped back since) does not count.
+                let age = now.saturating_sub(ok.max(last_commit_ns.min(now)));
                 age >= self.every_ns || age < 0
             }
         }
@@ -159,6 +160,18 @@ async fn report_status(
     // into the row (`None` for a probe, which writes nothing).
     let mut heartbeat: Option<(HeartbeatTask, std::time::Instant, Option<i64>)> = None;
     let mut schedule = HeartbeatSchedule::new(db_heartbeat);
+    // The row first, before the first status on the bus: a sink alive on the bus without a row
+    // in the API's database looks like one that writes another database. A database that does
+    // not answer in time is left to the loop's heartbeat, which reports it.
+    let now = clock::wall_ns();
+    if let Ok(Ok(())) =
+        tokio::time::timeout(HEARTBEAT_LIMIT, store::heartbeat(&db, &name, ntp_wire::subject::STREAM, stats.queue_size(), now)).await
+    {
+        schedule.written(now);
+    }
+    // A batch committed since the last tick proves the database takes writes: no probe then
+    // (a probe would wait for the batch's transaction on the sink's one connection).
+    let mut commit_seen = stats.last_commit_ns();
     loop {
         let done = tokio::select! {
             _ = tick.tick() => false,
@@ -204,18 +217,22 @@ async fn report_status(
         }
         if heartbeat.is_none() {
             let (db, name, queue) = (db.clone(), name.clone(), stats.queue_size());
-            let write = schedule.due(stats.last_commit_ns(), now);
-            heartbeat = Some((
-                tokio::spawn(async move {
-                    if write {
-                        store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await
-                    } else {
-                        store::probe_write(&db).await
-                    }
-                }),
-                clock::monotonic(),
-                write.then_some(now),
-            ));
+            let last_commit = stats.last_commit_ns();
+            let write = schedule.due(last_commit, now);
+            let committed_since = std::mem::replace(&mut commit_seen, last_commit) != last_commit;
+            heartbeat = (write || !committed_since).then(|| {
+                (
+                    tokio::spawn(async move {
+                        if write {
+                            store::heartbeat(&db, &name, ntp_wire::subject::STREAM, queue, now).await
+                        } else {
+                            store::probe_write(&db).await
+                        }
+                    }),
+                    clock::monotonic(),
+                    write.then_some(now),
+                )
+            });
         }
         if last_prune.elapsed() > Duration::from_mins(5) {
             let cutoff = now - i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
@@ -272,7 +289,13 @@ mod tests {
         assert!(h.due(0, 2 * S));
         h.written(2 * S);
         assert!(!h.due(0, 4 * S));
-        // A clock stepped back does not silence the heartbeat until it catches up.
+        // A clock stepped back does not silence the heartbeat until it catches up, and one
+        // write puts the schedule back on the new time, even after a commit stamped ahead of it.
         assert!(h.due(0, S));
+        let ahead = 4 * S;
+        h.written(S);
+        assert!(!h.due(ahead, 2 * S), "written at every tick while the clock catches up");
+        assert!(!h.due(ahead, 13 * S));
+        assert!(h.due(ahead, 14 * S));
     }
 }
