@@ -181,11 +181,11 @@ async fn report_status(
             stats.set_queue_size(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0));
         }
         let now = clock::wall_ns();
-        // A locked, full or unreachable database is what the operator must see. At every tick a
-        // heartbeat runs beside this loop (so the status on the bus stays fresh while the
-        // database hangs): the row's write when it is due, otherwise a probe that takes the
-        // write lock and gives it back. One that has not finished after HEARTBEAT_LIMIT is
-        // reported as failing.
+        // A locked, full or unreachable database is what the operator must see. A heartbeat runs
+        // beside this loop (so the status on the bus stays fresh while the database hangs): the
+        // row's write when it is due, otherwise, unless a batch committed since the last tick,
+        // a probe that takes the write lock and gives it back. One that has not finished after
+        // HEARTBEAT_LIMIT is reported as failing.
         if let Some((task, started, at)) = &heartbeat {
             if task.is_finished() {
                 let at = *at;
