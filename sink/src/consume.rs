@@ -30,7 +30,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use ntp_wire::{Batch, WireError, batch, subject};
 use ntpscope_bus::{Backoff, BusError, retry_transient};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::DatabaseConnection;
 
 use crate::{
     aggregate, clock,
@@ -282,14 +282,8 @@ async fn apply(
     started: Instant,
 ) -> anyhow::Result<StateDelta> {
     let now = clock::unique_wall_ns();
-    // SQLite: take the write lock up front (BEGIN IMMEDIATE), so a batch that reads before it
-    // writes waits out a busy database (busy_timeout) instead of failing its lock upgrade.
-    let txn = db
-        .begin_with_options(sea_orm::TransactionOptions {
-            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-            ..sea_orm::TransactionOptions::default()
-        })
-        .await?;
+    // The batch reads (applied ids) before it writes: take SQLite's write lock up front.
+    let txn = store::begin_write(db).await?;
     let ids: Vec<String> = batch
         .iter()
         .map(|d| match &d.decoded {

@@ -425,19 +425,24 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
     Ok(())
 }
 
+/// A write transaction. On SQLite the write lock is taken up front (`BEGIN IMMEDIATE`), so a
+/// transaction that reads before it writes waits out a busy database (busy timeout) instead of
+/// failing its lock upgrade.
+pub async fn begin_write(db: &sea_orm::DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::TransactionTrait;
+    db.begin_with_options(sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..sea_orm::TransactionOptions::default()
+    })
+    .await
+}
+
 /// Whether the database takes a write now, without writing one: on SQLite the write lock is
 /// taken and given back (`BEGIN IMMEDIATE` then `ROLLBACK` adds nothing to the WAL, so the API's
 /// readers keep their caches); on PostgreSQL an empty transaction. It waits as a batch would
 /// (busy timeout), which is what the heartbeat's time limit watches.
 pub async fn probe_write(db: &sea_orm::DatabaseConnection) -> Result<(), DbErr> {
-    use sea_orm::TransactionTrait;
-    let txn = db
-        .begin_with_options(sea_orm::TransactionOptions {
-            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-            ..sea_orm::TransactionOptions::default()
-        })
-        .await?;
-    txn.rollback().await
+    begin_write(db).await?.rollback().await
 }
 
 /// The sink's heartbeat: the last known queue size and the time, without counting a batch. It
