@@ -39,6 +39,10 @@ pub struct Cli {
     /// stopped (health and statistics).
     #[arg(long, default_value_t = 30.0)]
     pub stale_after: f64,
+    /// Seconds to wait at start-up while the database is missing, unreachable or not migrated yet
+    /// (the sink creates and migrates it); 0 fails at once.
+    #[arg(long, env = "NTPSCOPE_API_SCHEMA_WAIT", default_value_t = 60.0)]
+    pub schema_wait: f64,
     /// Public base URL shown in the OpenAPI document (servers).
     #[arg(long, env = "NTPSCOPE_API_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -73,10 +77,12 @@ pub struct Config {
     pub max_export_rows: u64,
     /// Control request timeout.
     pub control_timeout: Duration,
-    /// Status age after which an agent is offline and the sink stopped.
     /// Longest a request may take until its response starts.
     pub request_timeout: Duration,
+    /// Status age after which an agent is offline and the sink stopped.
     pub stale_after: Duration,
+    /// Longest wait at start-up for the sink to create or migrate the database.
+    pub schema_wait: Duration,
     /// Public URL for the spec.
     pub public_url: Option<String>,
     /// Sink consumer name.
@@ -112,6 +118,9 @@ impl Cli {
         if !self.stale_after.is_finite() || self.stale_after < 1.0 || self.stale_after > 3600.0 {
             return Err(ConfigError("--stale-after must be between 1 and 3600 seconds".into()));
         }
+        if !self.schema_wait.is_finite() || self.schema_wait < 0.0 || self.schema_wait > 86_400.0 {
+            return Err(ConfigError("--schema-wait must be between 0 and 86400 seconds".into()));
+        }
         let database_url = self.database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rw", self.db_path));
         let nats = self.nats.into_config("ntpscope-api").map_err(|e| ConfigError(e.to_string()))?;
         Ok(Config {
@@ -124,6 +133,7 @@ impl Cli {
             control_timeout: Duration::from_secs_f64(self.control_timeout),
             stale_after: Duration::from_secs_f64(self.stale_after),
             request_timeout: Duration::from_secs_f64(self.request_timeout),
+            schema_wait: Duration::from_secs_f64(self.schema_wait),
             public_url: self.public_url,
             consumer: self.consumer,
             nats,

@@ -12,8 +12,9 @@
 //! - [`agents`]: status documents and capture control over NATS; [`health`]: the health report.
 //! - [`auth`]: bearer tokens; [`state`]: shared state and caches; [`clock`]: clock reads.
 //!
-//! The API never migrates: it refuses to start on a schema whose newest migration is not
-//! `migration::LATEST`. Its only write is cleanup, in short chunks.
+//! The API never migrates: it waits (`--schema-wait`) while the database is missing or older
+//! than `migration::LATEST` — the sink creates and migrates it — and refuses a schema it does
+//! not know. Its only write is cleanup, in short chunks.
 #![deny(clippy::unwrap_used)]
 
 pub mod agents;
@@ -111,8 +112,54 @@ where
     }
 }
 
-/// Opens the database read-mostly and checks the schema.
-pub async fn open_database(url: &str) -> anyhow::Result<DatabaseConnection> {
+/// Why the API cannot serve a database (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database cannot be opened (an SQLite file not created yet, a server not up).
+    #[error("cannot open the database: {0}")]
+    Unreachable(String),
+    /// The database holds no ntpscope schema.
+    #[error("the database has no ntpscope schema (start the sink or run ntpscope-migrate up): {0}")]
+    Missing(String),
+    /// An older schema: a sink has not migrated it yet, or is migrating it now.
+    #[error(
+        "the database schema is {found:?}, older than this API's {latest:?}: start the matching sink or run ntpscope-migrate up",
+        latest = migration::LATEST
+    )]
+    Older {
+        /// The newest migration applied.
+        found: String,
+    },
+    /// A schema this API does not know, newer than it: waiting cannot help.
+    #[error("the database schema is {found:?}, which this API does not know (it knows up to {latest:?}): upgrade the API", latest = migration::LATEST)]
+    Unknown {
+        /// The newest migration applied.
+        found: String,
+    },
+}
+
+impl SchemaError {
+    /// Whether a sink starting or migrating beside the API can still put it right.
+    #[must_use]
+    pub fn may_come_right(&self) -> bool {
+        !matches!(self, Self::Unknown { .. })
+    }
+}
+
+/// Where `found` (the newest applied migration) stands against this API's migrations.
+fn check_schema(found: &str) -> Result<(), SchemaError> {
+    use migration::MigratorTrait as _;
+    if found == migration::LATEST {
+        Ok(())
+    } else if migration::Migrator::migrations().iter().any(|m| m.name() == found) {
+        Err(SchemaError::Older { found: found.to_string() })
+    } else {
+        Err(SchemaError::Unknown { found: found.to_string() })
+    }
+}
+
+/// Opens the database read-mostly and checks the schema, once.
+pub async fn open_database(url: &str) -> Result<DatabaseConnection, SchemaError> {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false).max_connections(8).acquire_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
@@ -120,20 +167,43 @@ pub async fn open_database(url: &str) -> anyhow::Result<DatabaseConnection> {
             o.busy_timeout(Duration::from_secs(10)).pragma("cache_size", "-65536").pragma("mmap_size", "268435456")
         });
     }
-    let db = Database::connect(opts).await.map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
+    let db = Database::connect(opts).await.map_err(|e| SchemaError::Unreachable(e.to_string()))?;
     let backend = db.get_database_backend();
     let row = db
         .query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1"))
         .await
-        .map_err(|e| anyhow::anyhow!("the database has no ntpscope schema (start the sink or run ntpscope-migrate up): {e}"))?;
+        .map_err(|e| SchemaError::Missing(e.to_string()))?;
     let version: String = row.and_then(|r| r.try_get_by_index(0).ok()).unwrap_or_default();
-    if version != migration::LATEST {
-        anyhow::bail!(
-            "the database schema is {version:?}, this API knows {:?}: upgrade the API, or run the matching sink/ntpscope-migrate first",
-            migration::LATEST
-        );
-    }
+    check_schema(&version)?;
     Ok(db)
+}
+
+/// Opens the database, waiting up to `wait` while it is missing, unreachable or older than this
+/// API: the sink creates and migrates it, and the API may start first or while it migrates
+/// (each migration commits on its own, so an API can see the first without the second). A
+/// schema this API does not know fails at once.
+pub async fn open_database_waiting(url: &str, wait: Duration) -> Result<DatabaseConnection, SchemaError> {
+    let mut last: Option<SchemaError> = None;
+    let attempts = async {
+        loop {
+            match open_database(url).await {
+                Ok(db) => return Ok(db),
+                Err(e) if !e.may_come_right() || wait.is_zero() => return Err(e),
+                Err(e) => {
+                    if last.as_ref().is_none_or(|l| std::mem::discriminant(l) != std::mem::discriminant(&e)) {
+                        tracing::warn!(message = "Waiting for the sink to create or migrate the database.", reason = %e, wait = ?wait);
+                    }
+                    last = Some(e);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let outcome = tokio::time::timeout(wait, attempts).await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => Err(last.unwrap_or_else(|| SchemaError::Unreachable(format!("no answer within {wait:?}")))),
+    }
 }
 
 /// Builds an [`AppState`] (for `run`, tests and embedding).
@@ -226,7 +296,11 @@ impl AppStateBuilder {
 
 /// Runs the API until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let db = open_database(&config.database_url).await?;
+    tokio::pin!(shutdown);
+    let db = tokio::select! {
+        db = open_database_waiting(&config.database_url, config.schema_wait) => db?,
+        () = &mut shutdown => return Ok(()),
+    };
     let tokens = Arc::new(Tokens::new(&config.tokens, config.protect_reads, config.protect_export));
     if !tokens.configured() {
         tracing::warn!(message = "No API token configured: cleanup and capture control are refused (401).");
@@ -250,6 +324,55 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SQLite URL of `name` in `dir`, created when `create`.
+    fn sqlite_url(dir: &tempfile::TempDir, create: bool) -> String {
+        format!("sqlite://{}?mode={}", dir.path().join("ntp_clients.db").display(), if create { "rwc" } else { "rw" })
+    }
+
+    #[tokio::test]
+    async fn the_api_waits_while_the_sink_creates_and_migrates_the_database() {
+        use migration::MigratorTrait as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = sqlite_url(&dir, false);
+        // No file yet, and no wait: the error says so at once.
+        let err = open_database_waiting(&url, Duration::ZERO).await.expect_err("no file");
+        assert!(matches!(err, SchemaError::Unreachable(_)), "{err}");
+        // The sink has applied the first migration only (each commits on its own).
+        let sink = Database::connect(sqlite_url(&dir, true)).await.expect("create");
+        migration::Migrator::up(&sink, Some(1)).await.expect("first migration");
+        let err = open_database(&url).await.expect_err("older schema");
+        assert!(matches!(&err, SchemaError::Older { found } if found == "m20261126_000001_create_ntp_clients"), "{err}");
+        assert!(err.may_come_right());
+        // An API waiting meanwhile opens the database once the sink has finished migrating.
+        let waiting = tokio::spawn({
+            let url = url.clone();
+            async move { open_database_waiting(&url, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!waiting.is_finished(), "the API did not wait for the migration");
+        migration::Migrator::up(&sink, None).await.expect("remaining migrations");
+        let db = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("in time").expect("task");
+        assert!(db.is_ok(), "{:?}", db.err());
+    }
+
+    #[tokio::test]
+    async fn a_schema_the_api_does_not_know_fails_without_waiting() {
+        use migration::MigratorTrait as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Database::connect(sqlite_url(&dir, true)).await.expect("create");
+        migration::Migrator::up(&sink, None).await.expect("migrations");
+        sink.execute_unprepared("INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000001_from_the_future', 0)")
+            .await
+            .expect("a newer migration");
+        let opened =
+            tokio::time::timeout(Duration::from_secs(10), open_database_waiting(&sqlite_url(&dir, false), Duration::from_secs(60)))
+                .await
+                .expect("it waited for a schema that cannot come right");
+        let err = opened.expect_err("unknown schema");
+        assert!(matches!(&err, SchemaError::Unknown { found } if found == "m20991231_000001_from_the_future"), "{err}");
+        assert!(err.to_string().contains("upgrade the API"), "{err}");
+    }
 
     #[tokio::test]
     async fn a_slow_response_becomes_a_json_504() {
