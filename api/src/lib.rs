@@ -12,9 +12,9 @@
 //! - [`agents`]: status documents and capture control over NATS; [`health`]: the health report.
 //! - [`auth`]: bearer tokens; [`state`]: shared state and caches; [`clock`]: clock reads.
 //!
-//! The API never migrates: it waits (`--schema-wait`) while the database is missing or older
-//! than `migration::LATEST` — the sink creates and migrates it — and refuses a schema it does
-//! not know. Its only write is cleanup, in short chunks.
+//! The API never migrates: it waits (`--schema-wait`) while the database cannot be reached yet,
+//! has no schema or one older than `migration::LATEST` — the sink creates and migrates it — and
+//! refuses a schema it does not know. Its only write is cleanup, in short chunks.
 #![deny(clippy::unwrap_used)]
 
 pub mod agents;
@@ -41,7 +41,7 @@ use poem::{
     middleware::Tracing,
 };
 use poem_openapi::OpenApiService;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
 
 pub use ntpscope_bus::shutdown_signal;
 
@@ -115,12 +115,19 @@ where
 /// Why the API cannot serve a database (yet).
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    /// The database cannot be opened (an SQLite file not created yet, a server not up).
+    /// The database cannot be opened for now (an SQLite file not created yet, a server not up).
     #[error("cannot open the database: {0}")]
     Unreachable(String),
-    /// The database holds no ntpscope schema.
-    #[error("the database has no ntpscope schema (start the sink or run ntpscope-migrate up): {0}")]
+    /// The database refuses this API for good: a malformed URL, a failed sign-in, a database
+    /// that does not exist on the server, a file that is not an SQLite database.
+    #[error("cannot open the database: {0}")]
+    Refused(String),
+    /// The database holds no ntpscope schema yet (no migrations table, or an empty one).
+    #[error("the database has no ntpscope schema (start the sink or run ntpscope-migrate up){}", detail(.0))]
     Missing(String),
+    /// The migrations table exists but cannot be read (permissions, say).
+    #[error("cannot read the database's migrations table: {0}")]
+    Unreadable(String),
     /// An older schema: a sink has not migrated it yet, or is migrating it now.
     #[error(
         "the database schema is {found:?}, older than this API's {latest:?}: start the matching sink or run ntpscope-migrate up",
@@ -138,23 +145,57 @@ pub enum SchemaError {
     },
 }
 
+fn detail(reason: &str) -> String {
+    if reason.is_empty() { String::new() } else { format!(": {reason}") }
+}
+
 impl SchemaError {
     /// Whether a sink starting or migrating beside the API can still put it right.
     #[must_use]
     pub fn may_come_right(&self) -> bool {
-        !matches!(self, Self::Unknown { .. })
+        matches!(self, Self::Unreachable(_) | Self::Missing(_) | Self::Older { .. })
+    }
+
+    /// Sorts a failure to connect: configuration and sign-in errors are for good; the rest
+    /// (refused connections, a server starting up, an SQLite file not there yet) may pass.
+    fn connecting(e: &DbErr) -> Self {
+        use sea_orm::{RuntimeErr, sqlx};
+        let permanent = match e {
+            DbErr::Conn(RuntimeErr::SqlxError(e)) => match &**e {
+                sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => true,
+                // PostgreSQL: invalid authorisation (class 28), no such database (3D000);
+                // SQLite: SQLITE_NOTADB (26).
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("28") || c == "3D000" || c == "26"),
+                _ => false,
+            },
+            _ => false,
+        };
+        if permanent { Self::Refused(e.to_string()) } else { Self::Unreachable(e.to_string()) }
+    }
+
+    /// Sorts a failure to read the migrations table: only a table that is not there yet may pass.
+    fn reading(e: &DbErr) -> Self {
+        let text = e.to_string();
+        // SQLite says "no such table"; PostgreSQL's code 42P01 reads "relation … does not exist".
+        if text.contains("no such table") || text.contains("42P01") || (text.contains("relation") && text.contains("does not exist")) {
+            Self::Missing(String::new())
+        } else {
+            Self::Unreadable(text)
+        }
     }
 }
 
 /// Where `found` (the newest applied migration) stands against this API's migrations.
-fn check_schema(found: &str) -> Result<(), SchemaError> {
+fn check_schema(found: Option<&str>) -> Result<(), SchemaError> {
     use migration::MigratorTrait as _;
-    if found == migration::LATEST {
-        Ok(())
-    } else if migration::Migrator::migrations().iter().any(|m| m.name() == found) {
-        Err(SchemaError::Older { found: found.to_string() })
-    } else {
-        Err(SchemaError::Unknown { found: found.to_string() })
+    match found {
+        // The migrator creates its table and commits before the first migration runs.
+        None | Some("") => Err(SchemaError::Missing("no migration applied yet".into())),
+        Some(found) if found == migration::LATEST => Ok(()),
+        Some(found) if migration::Migrator::migrations().iter().any(|m| m.name() == found) => {
+            Err(SchemaError::Older { found: found.to_string() })
+        }
+        Some(found) => Err(SchemaError::Unknown { found: found.to_string() }),
     }
 }
 
@@ -167,42 +208,54 @@ pub async fn open_database(url: &str) -> Result<DatabaseConnection, SchemaError>
             o.busy_timeout(Duration::from_secs(10)).pragma("cache_size", "-65536").pragma("mmap_size", "268435456")
         });
     }
-    let db = Database::connect(opts).await.map_err(|e| SchemaError::Unreachable(e.to_string()))?;
+    let db = Database::connect(opts).await.map_err(|e| SchemaError::connecting(&e))?;
     let backend = db.get_database_backend();
-    let row = db
-        .query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1"))
-        .await
-        .map_err(|e| SchemaError::Missing(e.to_string()))?;
-    let version: String = row.and_then(|r| r.try_get_by_index(0).ok()).unwrap_or_default();
-    check_schema(&version)?;
-    Ok(db)
+    let checked =
+        match db.query_one_raw(Statement::from_string(backend, "SELECT version FROM seaql_migrations ORDER BY version DESC LIMIT 1")).await
+        {
+            Ok(row) => {
+                let version: Option<String> = row.and_then(|r| r.try_get_by_index(0).ok());
+                check_schema(version.as_deref())
+            }
+            Err(e) => Err(SchemaError::reading(&e)),
+        };
+    match checked {
+        Ok(()) => Ok(db),
+        Err(e) => {
+            db.close().await.ok();
+            Err(e)
+        }
+    }
 }
 
-/// Opens the database, waiting up to `wait` while it is missing, unreachable or older than this
-/// API: the sink creates and migrates it, and the API may start first or while it migrates
-/// (each migration commits on its own, so an API can see the first without the second). A
-/// schema this API does not know fails at once.
+/// Opens the database, trying again every 250 ms for up to `wait` while it is unreachable,
+/// without a schema or older than this API: the sink creates and migrates it, and the API may
+/// start first or while it migrates (each migration commits on its own, so an API can see the
+/// first without the second). Any other error, or the last one once `wait` has passed, is
+/// returned (a try in flight may overrun `wait` by its own timeout).
 pub async fn open_database_waiting(url: &str, wait: Duration) -> Result<DatabaseConnection, SchemaError> {
-    let mut last: Option<SchemaError> = None;
-    let attempts = async {
-        loop {
-            match open_database(url).await {
-                Ok(db) => return Ok(db),
-                Err(e) if !e.may_come_right() || wait.is_zero() => return Err(e),
-                Err(e) => {
-                    if last.as_ref().is_none_or(|l| std::mem::discriminant(l) != std::mem::discriminant(&e)) {
-                        tracing::warn!(message = "Waiting for the sink to create or migrate the database.", reason = %e, wait = ?wait);
-                    }
-                    last = Some(e);
+    let deadline = clock::monotonic() + wait;
+    let mut waited: Option<SchemaError> = None;
+    loop {
+        match open_database(url).await {
+            Ok(db) => {
+                if waited.is_some() {
+                    tracing::info!(message = "The database is ready.");
                 }
+                return Ok(db);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            Err(e) => {
+                let now = clock::monotonic();
+                if !e.may_come_right() || now >= deadline {
+                    return Err(e);
+                }
+                if waited.as_ref().is_none_or(|w| std::mem::discriminant(w) != std::mem::discriminant(&e)) {
+                    tracing::warn!(message = "Waiting for the sink to create or migrate the database.", reason = %e, wait = ?wait);
+                }
+                waited = Some(e);
+                tokio::time::sleep(Duration::from_millis(250).min(deadline - now)).await;
+            }
         }
-    };
-    let outcome = tokio::time::timeout(wait, attempts).await;
-    match outcome {
-        Ok(result) => result,
-        Err(_) => Err(last.unwrap_or_else(|| SchemaError::Unreachable(format!("no answer within {wait:?}")))),
     }
 }
 
@@ -337,9 +390,17 @@ mod tests {
         let url = sqlite_url(&dir, false);
         // No file yet, and no wait: the error says so at once.
         let err = open_database_waiting(&url, Duration::ZERO).await.expect_err("no file");
-        assert!(matches!(err, SchemaError::Unreachable(_)), "{err}");
-        // The sink has applied the first migration only (each commits on its own).
+        assert!(matches!(&err, SchemaError::Unreachable(m) if m.contains("unable to open")), "{err}");
+        // The sink has created the file, then the migrator's table, but applied nothing yet.
         let sink = Database::connect(sqlite_url(&dir, true)).await.expect("create");
+        let err = open_database(&url).await.expect_err("no tables");
+        assert!(matches!(err, SchemaError::Missing(_)), "{err}");
+        sink.execute_unprepared("CREATE TABLE seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await
+            .expect("migrations table");
+        let err = open_database(&url).await.expect_err("no migration applied");
+        assert!(matches!(err, SchemaError::Missing(_)), "{err}");
+        // The sink has applied the first migration only (each commits on its own).
         migration::Migrator::up(&sink, Some(1)).await.expect("first migration");
         let err = open_database(&url).await.expect_err("older schema");
         assert!(matches!(&err, SchemaError::Older { found } if found == "m20261126_000001_create_ntp_clients"), "{err}");
@@ -354,6 +415,31 @@ mod tests {
         migration::Migrator::up(&sink, None).await.expect("remaining migrations");
         let db = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("in time").expect("task");
         assert!(db.is_ok(), "{:?}", db.err());
+        // Once migrated, no wait is needed.
+        let db = open_database_waiting(&url, Duration::ZERO).await;
+        assert!(db.is_ok(), "{:?}", db.err());
+    }
+
+    #[tokio::test]
+    async fn a_postgres_database_that_does_not_exist_fails_without_waiting() {
+        let base = std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let url = format!("{}/ntpscope_no_such_database", base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server));
+        let opened = tokio::time::timeout(Duration::from_secs(5), open_database_waiting(&url, Duration::from_secs(60)))
+            .await
+            .expect("it waited for a database that cannot come right");
+        let err = opened.expect_err("no such database");
+        assert!(matches!(&err, SchemaError::Refused(m) if m.contains("does not exist")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_fails_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ntp_clients.db"), vec![b'x'; 8192]).expect("garbage file");
+        let opened = tokio::time::timeout(Duration::from_secs(5), open_database_waiting(&sqlite_url(&dir, false), Duration::from_secs(60)))
+            .await
+            .expect("it waited for a file that cannot come right");
+        let err = opened.expect_err("not a database");
+        assert!(matches!(&err, SchemaError::Refused(m) if m.contains("not a database")), "{err}");
     }
 
     #[tokio::test]

@@ -117,7 +117,7 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
         .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
         .spawn()
         .expect("agent");
-    // The sink creates the schema; the API refuses to start before it exists.
+    // The sink creates the schema; until it has, one try of the API's open fails.
     let db = open(&url).await;
     assert!(wait_until(Duration::from_secs(30), || async { ntpscope_api::open_database(&url).await.is_ok() }).await);
     let cli = api(&url, &nats.url).await;
