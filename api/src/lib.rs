@@ -420,14 +420,19 @@ mod tests {
         assert!(db.is_ok(), "{:?}", db.err());
     }
 
+    /// The error of opening `url` with a wait of 60 s, which must come within 5 s: waiting cannot help.
+    async fn error_without_waiting(url: &str) -> SchemaError {
+        tokio::time::timeout(Duration::from_secs(5), open_database_waiting(url, Duration::from_secs(60)))
+            .await
+            .expect("it waited for a database that cannot come right")
+            .expect_err("the open succeeded")
+    }
+
     #[tokio::test]
     async fn a_postgres_database_that_does_not_exist_fails_without_waiting() {
         let base = std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let url = format!("{}/ntpscope_no_such_database", base.rsplit_once('/').map_or(base.as_str(), |(server, _)| server));
-        let opened = tokio::time::timeout(Duration::from_secs(5), open_database_waiting(&url, Duration::from_secs(60)))
-            .await
-            .expect("it waited for a database that cannot come right");
-        let err = opened.expect_err("no such database");
+        let err = error_without_waiting(&url).await;
         assert!(matches!(&err, SchemaError::Refused(m) if m.contains("does not exist")), "{err}");
     }
 
@@ -435,10 +440,7 @@ mod tests {
     async fn a_file_that_is_not_a_database_fails_without_waiting() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ntp_clients.db"), vec![b'x'; 8192]).expect("garbage file");
-        let opened = tokio::time::timeout(Duration::from_secs(5), open_database_waiting(&sqlite_url(&dir, false), Duration::from_secs(60)))
-            .await
-            .expect("it waited for a file that cannot come right");
-        let err = opened.expect_err("not a database");
+        let err = error_without_waiting(&sqlite_url(&dir, false)).await;
         assert!(matches!(&err, SchemaError::Refused(m) if m.contains("not a database")), "{err}");
     }
 
@@ -451,11 +453,7 @@ mod tests {
         sink.execute_unprepared("INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20991231_000001_from_the_future', 0)")
             .await
             .expect("a newer migration");
-        let opened =
-            tokio::time::timeout(Duration::from_secs(10), open_database_waiting(&sqlite_url(&dir, false), Duration::from_secs(60)))
-                .await
-                .expect("it waited for a schema that cannot come right");
-        let err = opened.expect_err("unknown schema");
+        let err = error_without_waiting(&sqlite_url(&dir, false)).await;
         assert!(matches!(&err, SchemaError::Unknown { found } if found == "m20991231_000001_from_the_future"), "{err}");
         assert!(err.to_string().contains("upgrade the API"), "{err}");
     }
