@@ -181,7 +181,7 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     if let Ok(extra) = std::env::var("BENCH_SQL") {
         conn.execute_batch(&extra).expect("BENCH_SQL");
     }
-    let mut sql = store::upsert_sql(DbBackend::Sqlite, 1);
+    let mut sql = store::upsert_sql_with(DbBackend::Sqlite, 1, true);
     if std::env::var_os("BENCH_NO_GUARD").is_some() {
         // Experiment: latest-value columns overwritten unconditionally.
         let newer = "excluded.session_timestamp IS NOT NULL AND (ntp_clients.session_timestamp IS NULL OR excluded.session_timestamp >= ntp_clients.session_timestamp)";

@@ -95,8 +95,24 @@ fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
     out
 }
 
-/// The upsert statement for `rows` rows.
+/// The upsert statement for `rows` rows, as [`upsert`] runs it on `backend`: with
+/// `RETURNING created_at` where [`counts_by_returning`], without it elsewhere.
 pub fn upsert_sql(backend: DbBackend, rows: usize) -> String {
+    upsert_sql_with(backend, rows, counts_by_returning(backend))
+}
+
+/// Whether [`upsert`] tells inserted rows from updated ones by a `RETURNING created_at` per row
+/// (PostgreSQL, where several sinks may insert at once), or by the range of new ids (SQLite:
+/// one writer holds the lock for the whole batch, and `AUTOINCREMENT` gives every new row an
+/// id above every id the table ever held). Through sqlx, every returned row crosses from
+/// SQLite's worker thread to the sink's task on its own, and `perf` showed that worker waiting
+/// on that channel for 89 % of its sleeps in the end-to-end run (docs/performance.md).
+pub fn counts_by_returning(backend: DbBackend) -> bool {
+    backend != DbBackend::Sqlite
+}
+
+/// The upsert statement for `rows` rows, with or without `RETURNING created_at`.
+pub fn upsert_sql_with(backend: DbBackend, rows: usize, returning: bool) -> String {
     let cols = columns();
     let (least, greatest) = match backend {
         DbBackend::Postgres => ("LEAST", "GREATEST"),
@@ -127,10 +143,11 @@ pub fn upsert_sql(backend: DbBackend, rows: usize) -> String {
     set.push(format!("client_ip_bin = COALESCE({t}.client_ip_bin, excluded.client_ip_bin)"));
     set.push("updated_at = excluded.updated_at".into());
     format!(
-        "INSERT INTO {t} ({}) VALUES {} ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET {} RETURNING created_at",
+        "INSERT INTO {t} ({}) VALUES {} ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET {}{}",
         cols.join(", "),
         placeholders(backend, rows, cols.len()),
-        set.join(", ")
+        set.join(", "),
+        if returning { " RETURNING created_at" } else { "" }
     )
 }
 
@@ -243,19 +260,28 @@ pub struct UpsertCounts {
 }
 
 /// Upserts the deltas. `now` must be unique per batch: a returned `created_at` equal to it marks
-/// a row this statement inserted.
+/// a row this statement inserted (where [`counts_by_returning`]; elsewhere the rows above the
+/// table's highest id before the first chunk are the inserted ones).
 pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, ClientDelta>, now: i64) -> Result<UpsertCounts, DbErr> {
     let backend = conn.get_database_backend();
     let per_row = columns_per_row();
     let max = max_chunk(backend, per_row);
+    let returning = counts_by_returning(backend);
+    let id_floor =
+        if returning || deltas.is_empty() { 0 } else { query_i64(conn, "SELECT COALESCE(MAX(id), 0) FROM ntp_clients", None).await? };
     let mut counts = UpsertCounts::default();
+    let mut written = 0u64;
     let mut it = deltas.iter();
     for size in chunk_sizes(deltas.len(), max) {
         let mut values = Vec::with_capacity(size * per_row);
         for (k, d) in it.by_ref().take(size) {
             row_values(k, d, now, &mut values);
         }
-        let stmt = Statement::from_sql_and_values(backend, upsert_sql(backend, size), values);
+        let stmt = Statement::from_sql_and_values(backend, upsert_sql_with(backend, size, returning), values);
+        if !returning {
+            written += conn.execute_raw(stmt).await?.rows_affected();
+            continue;
+        }
         for row in conn.query_all_raw(stmt).await? {
             let created: i64 = row.try_get_by_index(0)?;
             if created == now {
@@ -265,7 +291,23 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
             }
         }
     }
+    if !returning && !deltas.is_empty() {
+        let inserted = query_i64(conn, "SELECT COUNT(*) FROM ntp_clients WHERE id > ?", Some(id_floor)).await?;
+        counts.inserted = u64::try_from(inserted).unwrap_or(0);
+        counts.updated = (deltas.len() as u64).saturating_sub(counts.inserted);
+        if written != deltas.len() as u64 {
+            return Err(DbErr::Custom(format!("the upsert wrote {written} rows for {} clients", deltas.len())));
+        }
+    }
     Ok(counts)
+}
+
+/// One integer from `sql` (with at most one bound integer).
+async fn query_i64<C: ConnectionTrait>(conn: &C, sql: &str, arg: Option<i64>) -> Result<i64, DbErr> {
+    let backend = conn.get_database_backend();
+    let values: Vec<Value> = arg.into_iter().map(|a| Value::BigInt(Some(a))).collect();
+    let row = conn.query_one_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+    row.ok_or_else(|| DbErr::RecordNotFound(sql.to_string()))?.try_get_by_index(0)
 }
 
 /// Which of `ids` were applied before.

@@ -140,6 +140,16 @@ async fn large_batches_chunk_and_count(db: &DatabaseConnection) {
     assert_eq!((c.inserted, c.updated), (0, 3000));
     let n = ntp_clients::Entity::find().all(db).await.expect("all").len();
     assert_eq!(n, 3000);
+    // Known and new clients in one batch, after the row with the highest id was deleted (as a
+    // cleanup may): each is counted once, as what it was.
+    db.execute_unprepared("DELETE FROM ntp_clients WHERE id = (SELECT MAX(id) FROM ntp_clients)").await.expect("delete the newest");
+    let mixed: Vec<Record> = (2000..3700)
+        .map(|i| session(&format!("198.19.{}.{}", i / 250, i % 250), T0 + 10_000 + i64::from(i), true, 2, Some(0.001)))
+        .collect();
+    let c = store::upsert(db, &deltas(mixed), T0 + 3).await.expect("mixed");
+    assert_eq!((c.inserted, c.updated), (701, 999));
+    let n = ntp_clients::Entity::find().all(db).await.expect("all").len();
+    assert_eq!(n, 3700);
 }
 
 async fn applied_ids_and_state(db: &DatabaseConnection) {
