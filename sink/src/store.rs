@@ -7,6 +7,9 @@
 //! more CPU per row in its query builder; see `docs/performance.md`). Chunks hold a power-of-two
 //! number of rows so only a dozen statement shapes ever reach sqlx's prepared-statement cache.
 //!
+//! Inserted rows are told from updated ones by `RETURNING created_at` on PostgreSQL and by the
+//! range of new ids on SQLite ([`counts_by_returning`]).
+//!
 //! Counters add; `first_seen`/`last_seen` take the min/max; metric minima and maxima ignore
 //! NULLs; latest-value columns change only when the batch's newest session is at least as new as
 //! the stored one, so an old capture replayed late never overwrites newer values.
@@ -261,7 +264,8 @@ pub struct UpsertCounts {
 
 /// Upserts the deltas. `now` must be unique per batch: a returned `created_at` equal to it marks
 /// a row this statement inserted (where [`counts_by_returning`]; elsewhere the rows above the
-/// table's highest id before the first chunk are the inserted ones).
+/// table's highest id before the first chunk are the inserted ones, so on SQLite call it inside
+/// a write transaction, as the sink does, or another writer's rows could count as this call's).
 pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, ClientDelta>, now: i64) -> Result<UpsertCounts, DbErr> {
     let backend = conn.get_database_backend();
     let per_row = columns_per_row();
