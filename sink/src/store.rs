@@ -274,7 +274,6 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
     let id_floor =
         if returning || deltas.is_empty() { 0 } else { query_i64(conn, "SELECT COALESCE(MAX(id), 0) FROM ntp_clients", None).await? };
     let mut counts = UpsertCounts::default();
-    let mut written = 0u64;
     let mut it = deltas.iter();
     for size in chunk_sizes(deltas.len(), max) {
         let mut values = Vec::with_capacity(size * per_row);
@@ -283,7 +282,10 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
         }
         let stmt = Statement::from_sql_and_values(backend, upsert_sql_with(backend, size, returning), values);
         if !returning {
-            written += conn.execute_raw(stmt).await?.rows_affected();
+            let written = conn.execute_raw(stmt).await?.rows_affected();
+            if written != size as u64 {
+                return Err(DbErr::Custom(format!("an upsert of {size} clients wrote {written} rows")));
+            }
             continue;
         }
         for row in conn.query_all_raw(stmt).await? {
@@ -299,9 +301,6 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
         let inserted = query_i64(conn, "SELECT COUNT(*) FROM ntp_clients WHERE id > ?", Some(id_floor)).await?;
         counts.inserted = u64::try_from(inserted).unwrap_or(0);
         counts.updated = (deltas.len() as u64).saturating_sub(counts.inserted);
-        if written != deltas.len() as u64 {
-            return Err(DbErr::Custom(format!("the upsert wrote {written} rows for {} clients", deltas.len())));
-        }
     }
     Ok(counts)
 }

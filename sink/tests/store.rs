@@ -122,7 +122,8 @@ async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) 
     .await
     .expect("copied row");
     assert_eq!(row(db, "198.18.0.9").await.client_ip_bin, None);
-    store::upsert(db, &deltas(vec![session("198.18.0.9", T0 + 1_000, true, 2, None)]), T0 + 40).await.expect("seen again");
+    let c = store::upsert(db, &deltas(vec![session("198.18.0.9", T0 + 1_000, true, 2, None)]), T0 + 40).await.expect("seen again");
+    assert_eq!((c.inserted, c.updated), (0, 1));
     let m = row(db, "198.18.0.9").await;
     let want = ntpscope_sink::aggregate::ip_bytes("198.18.0.9".parse().expect("ip")).to_vec();
     assert_eq!((m.client_ip_bin, m.session_count), (Some(want), 2));
@@ -143,13 +144,20 @@ async fn large_batches_chunk_and_count(db: &DatabaseConnection) {
     // Known and new clients in one batch, after the row with the highest id was deleted (as a
     // cleanup may): each is counted once, as what it was.
     db.execute_unprepared("DELETE FROM ntp_clients WHERE id = (SELECT MAX(id) FROM ntp_clients)").await.expect("delete the newest");
+    // And a row copied in with an explicit id far above the others.
+    db.execute_unprepared(&format!(
+        "INSERT INTO ntp_clients (id, host, interface_name, client_ip, first_seen, last_seen, session_count, created_at, updated_at) \
+         VALUES (10000000, 'host-b', 'eth0', '198.18.1.1', {T0}, {T0}, 1, {T0}, {T0})"
+    ))
+    .await
+    .expect("row with a high id");
     let mixed: Vec<Record> = (2000..3700)
         .map(|i| session(&format!("198.19.{}.{}", i / 250, i % 250), T0 + 10_000 + i64::from(i), true, 2, Some(0.001)))
         .collect();
     let c = store::upsert(db, &deltas(mixed), T0 + 3).await.expect("mixed");
     assert_eq!((c.inserted, c.updated), (701, 999));
     let n = ntp_clients::Entity::find().all(db).await.expect("all").len();
-    assert_eq!(n, 3700);
+    assert_eq!(n, 3701);
 }
 
 async fn applied_ids_and_state(db: &DatabaseConnection) {
