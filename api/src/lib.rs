@@ -159,15 +159,12 @@ impl SchemaError {
     /// Sorts a failure to connect: configuration and sign-in errors are for good; the rest
     /// (refused connections, a server starting up, an SQLite file not there yet) may pass.
     fn connecting(e: &DbErr) -> Self {
-        use sea_orm::{RuntimeErr, sqlx};
-        let permanent = match e {
-            DbErr::Conn(RuntimeErr::SqlxError(e)) => match &**e {
-                sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => true,
-                // PostgreSQL: invalid authorisation (class 28), no such database (3D000);
-                // SQLite: SQLITE_NOTADB (26).
-                sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("28") || c == "3D000" || c == "26"),
-                _ => false,
-            },
+        use sea_orm::sqlx;
+        let permanent = match sqlx_error(e) {
+            Some(sqlx::Error::Configuration(_) | sqlx::Error::Tls(_)) => true,
+            // PostgreSQL: invalid authorisation (class 28), no such database (3D000);
+            // SQLite: SQLITE_NOTADB (26).
+            Some(sqlx::Error::Database(d)) => d.code().is_some_and(|c| c.starts_with("28") || c == "3D000" || c == "26"),
             _ => false,
         };
         if permanent { Self::Refused(e.to_string()) } else { Self::Unreachable(e.to_string()) }
@@ -175,13 +172,21 @@ impl SchemaError {
 
     /// Sorts a failure to read the migrations table: only a table that is not there yet may pass.
     fn reading(e: &DbErr) -> Self {
-        let text = e.to_string();
-        // SQLite says "no such table"; PostgreSQL's code 42P01 reads "relation … does not exist".
-        if text.contains("no such table") || text.contains("42P01") || (text.contains("relation") && text.contains("does not exist")) {
-            Self::Missing(String::new())
-        } else {
-            Self::Unreadable(text)
-        }
+        // PostgreSQL: undefined table (42P01); SQLite has no code of its own for it (1, SQLITE_ERROR).
+        let missing = match sqlx_error(e) {
+            Some(sea_orm::sqlx::Error::Database(d)) => d.code().as_deref() == Some("42P01") || d.message().starts_with("no such table"),
+            _ => false,
+        };
+        if missing { Self::Missing(String::new()) } else { Self::Unreadable(e.to_string()) }
+    }
+}
+
+/// The sqlx error inside a sea-orm error, if there is one.
+fn sqlx_error(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::Conn(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
     }
 }
 
@@ -378,7 +383,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 mod tests {
     use super::*;
 
-    /// The SQLite URL of `name` in `dir`, created when `create`.
+    /// The SQLite URL of the database file in `dir`, created when `create`.
     fn sqlite_url(dir: &tempfile::TempDir, create: bool) -> String {
         format!("sqlite://{}?mode={}", dir.path().join("ntp_clients.db").display(), if create { "rwc" } else { "rw" })
     }

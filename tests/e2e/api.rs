@@ -117,9 +117,8 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
         .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("log"))
         .spawn()
         .expect("agent");
-    // The sink creates the schema; until it has, one try of the API's open fails.
     let db = open(&url).await;
-    assert!(wait_until(Duration::from_secs(30), || async { ntpscope_api::open_database(&url).await.is_ok() }).await);
+    ntpscope_api::open_database_waiting(&url, Duration::from_secs(30)).await.expect("the sink creates the schema");
     let cli = api(&url, &nats.url).await;
     let iface = lab.server_if.clone();
     let listed = wait_until(Duration::from_secs(30), || {

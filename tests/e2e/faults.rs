@@ -323,7 +323,7 @@ async fn run_drill(d: Drill) {
     let sink_args = ["--batch-size", batch.as_str(), "--status-interval", "0.5", "--db-heartbeat-interval", "1", "--ack-wait", "10"];
     let mut sink = Sink::start(&url, &nats.url, &sink_log, &sink_args);
     let db = harness::open(&url).await;
-    assert!(wait_until(Duration::from_secs(30), || async { ntpscope_api::open_database(&url).await.is_ok() }).await, "schema");
+    ntpscope_api::open_database_waiting(&url, Duration::from_secs(30)).await.expect("schema");
     let (_api, api) = start_api(&url, &nats.url, &work.path().join("api.log"));
     assert!(wait_until(Duration::from_secs(30), || async { get(&api, "/api/ntp/history/health").await.0 != 0 }).await, "api up");
 
