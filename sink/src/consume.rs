@@ -1,5 +1,9 @@
 //! The consumer loop: pull from the durable consumer, batch, commit, then ack.
 //!
+//! **Two tasks, one batch apart.** The receiver pulls, decodes and closes batches, and
+//! aggregates each closed batch on the blocking pool; the writer applies, commits and
+//! acknowledges the batches one at a time, in order, while the receiver prepares the next.
+//!
 //! **Exactly-once effect.** A message is acknowledged only after the transaction that applied it
 //! has committed, and that transaction also records the message id (and the highest stream
 //! sequence) in `applied_batches`/`sink_state`. A redelivered message, or a copy re-published by
@@ -17,6 +21,7 @@
 //! nothing is acknowledged and JetStream redelivers later.
 
 use std::{
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -33,16 +38,34 @@ use ntpscope_bus::{Backoff, BusError, retry_transient};
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    aggregate, clock,
+    aggregate::{self, ClientDelta, ClientKey},
+    clock,
     stats::SinkStats,
     store::{self, StateDelta},
 };
 
-/// One delivered message and what became of it.
-struct Delivered {
+/// A message as the loop receives it.
+struct Received {
     msg: jetstream::Message,
     seq: u64,
     decoded: Result<Batch, WireError>,
+}
+
+/// A message as the writer keeps it. Its records were folded into the batch's aggregate and
+/// dropped; the payload stays for dead-lettering and for folding again (redeliveries).
+struct Delivered {
+    msg: jetstream::Message,
+    seq: u64,
+    /// The message id (`poison-<sequence>` for a message that did not decode).
+    id: String,
+    /// Records and hand-over time of a good message, or why it is poison.
+    decoded: Result<Header, WireError>,
+}
+
+/// What the writer needs of a decoded message besides its records.
+struct Header {
+    records: u64,
+    sent_ns: i64,
 }
 
 /// Loop settings.
@@ -131,24 +154,52 @@ fn decode(msg: &jetstream::Message) -> Result<Batch, WireError> {
     Ok(b)
 }
 
-/// Runs until `shutdown` resolves; the batch in hand is committed and acknowledged first.
+/// Runs until `shutdown` resolves; the batches in hand are committed and acknowledged first.
+///
+/// Two tasks, one batch apart: this one receives, decodes and aggregates the next batch while
+/// the writer ([`write_batches`]) applies, commits and acknowledges the previous one, so the
+/// sink's CPU work beside SQLite's runs on the other core. The writer takes batches in order and
+/// one at a time, so commits stay in stream order; a batch prepared here assumes none of its
+/// messages was applied before, and the writer folds it again, inside its transaction, when the
+/// database says otherwise. At most three batches are in hand: one committing, one prepared and
+/// waiting, one being received.
 pub async fn run(
     js: jetstream::Context,
     consumer: PullConsumer,
     db: DatabaseConnection,
     cfg: LoopConfig,
     stats: Arc<SinkStats>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Prepared>(1);
+    let writer = tokio::spawn(write_batches(js.clone(), db, cfg.clone(), stats, rx, shutdown.clone()));
+    let received = receive_batches(&consumer, &cfg, tx, shutdown).await;
+    // The sender is gone: the writer commits what it was handed and stops.
+    let written = writer.await.map_err(|e| anyhow::anyhow!("the batch writer failed: {e}"))?;
+    js.client().flush().await.ok();
+    written.and(received)
+}
+
+/// Receives and decodes messages, closes batches by size and interval, and hands each one,
+/// aggregated, to the writer. Returns at shutdown (after handing over the batch in hand), on an
+/// error of the consumer, or when the writer has stopped.
+async fn receive_batches(
+    consumer: &PullConsumer,
+    cfg: &LoopConfig,
+    tx: tokio::sync::mpsc::Sender<Prepared>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut pending: Vec<Delivered> = Vec::new();
+    let mut pending: Vec<Received> = Vec::new();
     let mut records = 0usize;
     let mut opened: Option<Instant> = None;
-    let mut messages = open_messages(&consumer).await?;
+    let mut messages = open_messages(consumer).await?;
     loop {
         let deadline = opened.map(|t| t + cfg.batch_interval);
         let full = records >= cfg.batch_size || pending.len() >= cfg.max_messages;
         if full || deadline.is_some_and(|d| clock::monotonic() >= d) {
-            commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
+            if !hand_over(&tx, std::mem::take(&mut pending)).await? {
+                return Ok(());
+            }
             records = 0;
             opened = None;
             continue;
@@ -160,34 +211,57 @@ pub async fn run(
                     let seq = msg.info().map_or(0, |i| i.stream_sequence);
                     let decoded = decode(&msg);
                     records += decoded.as_ref().map_or(1, |b| b.records.len().max(1));
-                    pending.push(Delivered { msg, seq, decoded });
+                    pending.push(Received { msg, seq, decoded });
                     opened.get_or_insert_with(clock::monotonic);
                 }
                 Some(Err(e)) => {
-                    // Missing heartbeats and the like are not fatal: the stream resumes after a reconnect.
                     tracing::warn!(message = "Consumer stream error.", error = %e);
                 }
                 None => {
                     tracing::warn!(message = "Consumer stream ended; reopening.");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    messages = open_messages(&consumer).await?;
+                    messages = open_messages(consumer).await?;
                 }
             },
             () = tokio::time::sleep(sleep) => {}
             _ = shutdown.changed() => {
                 tracing::info!(message = "Shutting down: committing the batch in hand.", messages = pending.len());
                 if !pending.is_empty() {
-                    commit(&js, &db, &cfg, &stats, std::mem::take(&mut pending), &mut shutdown).await?;
+                    hand_over(&tx, pending).await?;
                 }
-                js.client().flush().await.ok();
                 return Ok(());
             }
+            () = tx.closed() => return Ok(()),
         }
     }
 }
 
-/// Opens the pull stream. (In async-nats 0.51 this only subscribes to an inbox and makes no
-/// JetStream request; should it fail with a timeout, it is retried like the start-up calls.)
+/// Aggregates a closed batch off the async workers and hands it to the writer, once the writer
+/// has taken the batch before (so at most two batches are prepared at a time: one waiting, one
+/// being written). `false` when the writer has stopped (its own result says why).
+async fn hand_over(tx: &tokio::sync::mpsc::Sender<Prepared>, batch: Vec<Received>) -> anyhow::Result<bool> {
+    let Ok(slot) = tx.reserve().await else { return Ok(false) };
+    let prepared =
+        tokio::task::spawn_blocking(move || Prepared::new(batch)).await.map_err(|e| anyhow::anyhow!("preparing a batch failed: {e}"))?;
+    slot.send(prepared);
+    Ok(true)
+}
+
+/// Applies, commits and acknowledges the batches handed over, in order, until the sender is gone.
+async fn write_batches(
+    js: jetstream::Context,
+    db: DatabaseConnection,
+    cfg: LoopConfig,
+    stats: Arc<SinkStats>,
+    mut rx: tokio::sync::mpsc::Receiver<Prepared>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    while let Some(batch) = rx.recv().await {
+        commit(&js, &db, &cfg, &stats, batch, &mut shutdown).await?;
+    }
+    Ok(())
+}
+
 async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError> {
     retry_transient("opening the consumer's message stream", Backoff::ELECTION, || async {
         consumer
@@ -208,14 +282,15 @@ async fn commit(
     db: &DatabaseConnection,
     cfg: &LoopConfig,
     stats: &SinkStats,
-    batch: Vec<Delivered>,
+    prepared: Prepared,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = clock::monotonic();
+    let batch = &prepared.batch;
     let mut attempt = 0u32;
     let mut last_progress = clock::monotonic();
     let outcome = loop {
-        match apply(db, cfg, stats, &batch, started).await {
+        match apply(db, cfg, stats, &prepared, started).await {
             Ok(o) => break o,
             Err(e) => {
                 attempt += 1;
@@ -224,7 +299,7 @@ async fn commit(
                 let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
                 tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
                 if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
-                    for d in &batch {
+                    for d in batch {
                         let _ = d.msg.ack_with(AckKind::Progress).await;
                     }
                     last_progress = clock::monotonic();
@@ -240,7 +315,7 @@ async fn commit(
         }
     };
     // Committed: now, and only now, acknowledge.
-    for d in &batch {
+    for d in batch {
         if let Err(reason) = &d.decoded {
             dead_letter(js, d, &reason.to_string()).await;
             let _ = d.msg.ack_with(AckKind::Term).await;
@@ -273,68 +348,158 @@ async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
     tracing::warn!(message = "Dead-lettered a message.", sequence = d.seq, subject = %d.msg.subject, reason);
 }
 
+/// A closed batch, with what it would change if none of its messages had been applied before.
+struct Prepared {
+    batch: Vec<Delivered>,
+    plan: Plan,
+    deltas: BTreeMap<ClientKey, ClientDelta>,
+}
+
+impl Prepared {
+    /// Works out the batch's ids, plan and aggregate (CPU only; no database).
+    fn new(received: Vec<Received>) -> Self {
+        let mut batch = Vec::with_capacity(received.len());
+        let mut decoded = Vec::with_capacity(received.len());
+        for r in received {
+            let id = match &r.decoded {
+                Ok(b) => b.message_id(),
+                Err(_) => format!("poison-{}", r.seq),
+            };
+            let (header, records) = match r.decoded {
+                Ok(b) => (Ok(Header { records: b.records.len() as u64, sent_ns: b.sent_ns }), Some(b)),
+                Err(e) => (Err(e), None),
+            };
+            batch.push(Delivered { msg: r.msg, seq: r.seq, id, decoded: header });
+            decoded.push(records);
+        }
+        let plan = Plan::of(&batch, &HashSet::new());
+        let deltas = aggregate::aggregate(plan.fresh.iter().filter_map(|&i| decoded[i].as_ref()));
+        Self { batch, plan, deltas }
+    }
+}
+
+/// Which messages of a batch to apply, given the ids applied before, and the counts that follow.
+struct Plan {
+    /// Indexes of the messages to apply.
+    fresh: Vec<usize>,
+    /// Ids and sequences to record as applied (fresh and poison messages).
+    applied: Vec<(String, u64)>,
+    /// The counters of the batch; inserted/updated, lag and timing are filled in when written.
+    delta: StateDelta,
+    /// Newest and all agent hand-over times of the fresh messages.
+    newest_sent: i64,
+    sent_times: Vec<i64>,
+}
+
+impl Plan {
+    /// The plan for a batch of messages, given as (id, stream sequence, header or `None` for
+    /// poison), in delivery order.
+    fn new<'a>(messages: impl IntoIterator<Item = (&'a str, u64, Option<&'a Header>)>, applied_before: &HashSet<&str>) -> Self {
+        let mut seen: HashSet<&str> = applied_before.clone();
+        let mut plan =
+            Self { fresh: Vec::new(), applied: Vec::new(), delta: StateDelta::default(), newest_sent: 0, sent_times: Vec::new() };
+        let delta = &mut plan.delta;
+        for (i, (id, seq, header)) in messages.into_iter().enumerate() {
+            delta.last_sequence = delta.last_sequence.max(seq);
+            let n = header.map_or(0, |h| h.records);
+            delta.total_received += n;
+            // Applied before, or a copy earlier in this batch (one re-published beyond JetStream's
+            // duplicate window can arrive beside the original).
+            if !seen.insert(id) {
+                delta.duplicates_skipped += 1;
+                continue;
+            }
+            if let Some(h) = header {
+                plan.fresh.push(i);
+                plan.newest_sent = plan.newest_sent.max(h.sent_ns);
+                if h.sent_ns > 0 {
+                    plan.sent_times.push(h.sent_ns);
+                }
+                delta.total_processed += n;
+                delta.messages_applied += 1;
+            } else {
+                delta.dead_lettered += 1;
+                delta.processing_errors += 1;
+            }
+            plan.applied.push((id.to_string(), seq));
+        }
+        plan
+    }
+
+    /// [`Plan::new`] for delivered messages.
+    fn of(batch: &[Delivered], applied_before: &HashSet<&str>) -> Self {
+        Self::new(batch.iter().map(|d| (d.id.as_str(), d.seq, d.decoded.as_ref().ok())), applied_before)
+    }
+}
+
 /// The database work of one batch, in one transaction.
 async fn apply(
     db: &DatabaseConnection,
     cfg: &LoopConfig,
     stats: &SinkStats,
-    batch: &[Delivered],
+    prepared: &Prepared,
     started: Instant,
 ) -> anyhow::Result<StateDelta> {
     let now = clock::unique_wall_ns();
     // The batch reads (applied ids) before it writes: take SQLite's write lock up front.
     let txn = store::begin_write(db).await?;
-    let ids: Vec<String> = batch
-        .iter()
-        .map(|d| match &d.decoded {
-            Ok(b) => b.message_id(),
-            Err(_) => format!("poison-{}", d.seq),
-        })
-        .collect();
+    let ids: Vec<String> = prepared.batch.iter().map(|d| d.id.clone()).collect();
     let seen = store::applied_ids(&txn, &ids).await?;
-    let mut seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
-    let mut delta = StateDelta { queue_size: stats.queue_size(), ..StateDelta::default() };
-    let mut fresh: Vec<&Batch> = Vec::new();
-    let mut applied: Vec<(String, u64)> = Vec::new();
-    let mut newest_sent = 0i64;
-    let mut sent_times = Vec::new();
-    for (d, id) in batch.iter().zip(&ids) {
-        delta.last_sequence = delta.last_sequence.max(d.seq);
-        let n = d.decoded.as_ref().map_or(0, |b| b.records.len() as u64);
-        delta.total_received += n;
-        // Applied before, or a copy earlier in this batch (one re-published beyond JetStream's
-        // duplicate window can arrive beside the original).
-        if !seen.insert(id.as_str()) {
-            delta.duplicates_skipped += 1;
-            continue;
-        }
-        if let Ok(b) = &d.decoded {
-            fresh.push(b);
-            newest_sent = newest_sent.max(b.sent_ns);
-            if b.sent_ns > 0 {
-                sent_times.push(b.sent_ns);
-            }
-            delta.total_processed += n;
-            delta.messages_applied += 1;
-        } else {
-            delta.dead_lettered += 1;
-            delta.processing_errors += 1;
-        }
-        applied.push((id.clone(), d.seq));
-    }
-    let deltas = aggregate::aggregate(fresh.iter().copied());
-    let counts = store::upsert(&txn, &deltas, now).await?;
+    let replanned;
+    let (plan, deltas) = if seen.is_empty() {
+        (&prepared.plan, &prepared.deltas)
+    } else {
+        // Redelivered messages: fold again without the ones already applied, from the payloads.
+        let plan = Plan::of(&prepared.batch, &seen.iter().map(String::as_str).collect());
+        let batches = plan.fresh.iter().map(|&i| decode(&prepared.batch[i].msg)).collect::<Result<Vec<Batch>, WireError>>()?;
+        let deltas = aggregate::aggregate(&batches);
+        replanned = (plan, deltas);
+        (&replanned.0, &replanned.1)
+    };
+    let mut delta = StateDelta { queue_size: stats.queue_size(), ..plan.delta.clone() };
+    let counts = store::upsert(&txn, deltas, now).await?;
     delta.total_inserted = counts.inserted;
     delta.total_updated = counts.updated;
     delta.batch_records = delta.total_processed;
     delta.batch_seconds = started.elapsed().as_secs_f64();
-    delta.lag_seconds = (newest_sent > 0).then(|| (now - newest_sent) as f64 / 1e9);
-    store::record_applied(&txn, &applied, now).await?;
+    delta.lag_seconds = (plan.newest_sent > 0).then(|| (now - plan.newest_sent) as f64 / 1e9);
+    store::record_applied(&txn, &plan.applied, now).await?;
     delta.written_at = now;
     store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
     txn.commit().await?;
     let committed = clock::wall_ns();
-    let lags: Vec<u32> = sent_times.iter().map(|s| u32::try_from((committed - s).max(0) / 1_000_000).unwrap_or(u32::MAX)).collect();
+    let lags: Vec<u32> = plan.sent_times.iter().map(|s| u32::try_from((committed - s).max(0) / 1_000_000).unwrap_or(u32::MAX)).collect();
     stats.add_lags(&lags);
     Ok(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_skips_applied_ids_and_copies_and_sets_poison_aside() {
+        let h = |records, sent_ns| Header { records, sent_ns };
+        let (a, b, c) = (h(3, 100), h(5, 0), h(7, 300));
+        let messages = [("a", 10, Some(&a)), ("b", 11, Some(&b)), ("a", 12, Some(&a)), ("poison-13", 13, None), ("c", 14, Some(&c))];
+        let fresh = Plan::new(messages, &HashSet::new());
+        assert_eq!(fresh.fresh, [0, 1, 4]);
+        assert_eq!(
+            fresh.applied.iter().map(|(id, seq)| (id.as_str(), *seq)).collect::<Vec<_>>(),
+            [("a", 10), ("b", 11), ("poison-13", 13), ("c", 14)]
+        );
+        let d = &fresh.delta;
+        assert_eq!((d.total_received, d.total_processed, d.messages_applied), (18, 15, 3));
+        assert_eq!((d.duplicates_skipped, d.dead_lettered, d.processing_errors, d.last_sequence), (1, 1, 1, 14));
+        assert_eq!((fresh.newest_sent, fresh.sent_times.clone()), (300, vec![100, 300]));
+
+        // The writer finds "a" (and the poison message) applied by an earlier batch.
+        let again = Plan::new(messages, &HashSet::from(["a", "poison-13"]));
+        assert_eq!(again.fresh, [1, 4]);
+        assert_eq!(again.applied.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        let d = &again.delta;
+        assert_eq!((d.total_received, d.total_processed, d.messages_applied), (18, 12, 2));
+        assert_eq!((d.duplicates_skipped, d.dead_lettered, d.last_sequence), (3, 0, 14));
+        assert_eq!(again.newest_sent, 300);
+    }
 }

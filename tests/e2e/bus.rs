@@ -117,6 +117,56 @@ async fn every_golden_message_on_the_bus_is_stored_once_by_the_sink() {
     assert_eq!(stored_records(&db).await, want, "{s:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_arriving_after_its_original_was_committed_is_skipped_and_its_batch_mates_stored() {
+    // The sink prepares each batch (aggregates it) while the batch before is still being written,
+    // assuming none of its messages was applied. A copy of a committed message, re-published
+    // beyond JetStream's duplicate window, proves that assumption wrong: the writer must find the
+    // copy's id in the database and fold the batch again without it, keeping the new message
+    // that arrived beside it.
+    let nats = NatsServer::start().expect("nats-server");
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = jetstream::new(client);
+    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.expect("stream");
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/wire/tests/golden");
+    let mut batches: Vec<(Vec<u8>, Batch)> = Vec::new();
+    for entry in std::fs::read_dir(&golden).expect("golden dir") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        let b = batch::decode(&bytes).expect("golden decodes");
+        if !b.records.is_empty() && batches.iter().all(|(_, o)| o.message_id() != b.message_id()) {
+            batches.push((bytes, b));
+        }
+    }
+    assert!(batches.len() >= 2, "two distinct golden batches with records");
+    let publish = |bytes: Vec<u8>, b: &Batch| {
+        let js = js.clone();
+        let subj = subject::sessions(&b.agent, &b.interface).expect("subject");
+        async move { js.send_publish(subj, PublishMessage::build().payload(bytes.into())).await.expect("publish").await.expect("ack") }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &[]);
+    let db = open(&url).await;
+    let state = || async { entity::sink_state::Entity::find().all(&db).await.ok().and_then(|s| s.into_iter().next()) };
+    let (x, y) = (&batches[0], &batches[1]);
+    publish(x.0.clone(), &x.1).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || async { state().await.is_some_and(|s| s.messages_applied == 1) }).await,
+        "{:?}",
+        state().await
+    );
+    publish(x.0.clone(), &x.1).await;
+    publish(y.0.clone(), &y.1).await;
+    let seen_all =
+        wait_until(Duration::from_secs(30), || async { state().await.is_some_and(|s| s.duplicates_skipped + s.messages_applied >= 3) })
+            .await;
+    let s = state().await.expect("sink state");
+    assert!(seen_all, "{s:?}");
+    assert_eq!((s.messages_applied, s.duplicates_skipped, s.dead_lettered), (2, 1, 0), "{s:?}");
+    assert_eq!(s.total_processed, (x.1.records.len() + y.1.records.len()) as i64, "{s:?}");
+    assert_eq!(stored_records(&db).await, (x.1.records.len() + y.1.records.len()) as i64, "{s:?}");
+}
+
 /// A fake NATS 2.9 server: INFO, then PONG for every PING.
 async fn fake_old_server() -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
