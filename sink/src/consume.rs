@@ -16,9 +16,11 @@
 //! copied to `ntp.v1.deadletter.<agent>.<interface>` with the reason in a header, counted, and
 //! terminated (`AckKind::Term`), so they are never redelivered and the pipeline keeps flowing.
 //!
-//! **Database failures** are retried in place with back-off while the batch's messages get
-//! `AckKind::Progress` so JetStream does not redeliver them meanwhile; on shutdown during a retry
-//! nothing is acknowledged and JetStream redelivers later.
+//! **Database failures** are retried in place with back-off while the messages of the batch and
+//! of the one waiting behind it get `AckKind::Progress`, so JetStream does not redeliver them
+//! meanwhile (messages received after those may be redelivered during a long failure; their ids
+//! make the copies harmless). On shutdown during a retry nothing more is acknowledged and
+//! JetStream redelivers the batches in hand later.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -174,10 +176,16 @@ pub async fn run(
     let (tx, rx) = tokio::sync::mpsc::channel::<Prepared>(1);
     let writer = tokio::spawn(write_batches(js.clone(), db, cfg.clone(), stats, rx, shutdown.clone()));
     let received = receive_batches(&consumer, &cfg, tx, shutdown).await;
+    if let Err(e) = &received {
+        tracing::error!(message = "The consumer failed; committing the batches handed over, then stopping.", error = %format!("{e:#}"));
+    }
     // The sender is gone: the writer commits what it was handed and stops.
-    let written = writer.await.map_err(|e| anyhow::anyhow!("the batch writer failed: {e}"))?;
+    let written = writer.await.map_err(|e| anyhow::anyhow!("the batch writer failed: {e}"));
     js.client().flush().await.ok();
-    written.and(received)
+    match (written.and_then(|w| w), received) {
+        (Err(w), Err(r)) => Err(w.context(format!("after the consumer failed: {r:#}"))),
+        (w, r) => w.and(r),
+    }
 }
 
 /// Receives and decodes messages, closes batches by size and interval, and hands each one,
@@ -197,7 +205,7 @@ async fn receive_batches(
         let deadline = opened.map(|t| t + cfg.batch_interval);
         let full = records >= cfg.batch_size || pending.len() >= cfg.max_messages;
         if full || deadline.is_some_and(|d| clock::monotonic() >= d) {
-            if !hand_over(&tx, std::mem::take(&mut pending)).await? {
+            if !hand_over(&tx, std::mem::take(&mut pending), opened.unwrap_or_else(clock::monotonic)).await? {
                 return Ok(());
             }
             records = 0;
@@ -215,6 +223,7 @@ async fn receive_batches(
                     opened.get_or_insert_with(clock::monotonic);
                 }
                 Some(Err(e)) => {
+                    // Missing heartbeats and the like are not fatal: the stream resumes after a reconnect.
                     tracing::warn!(message = "Consumer stream error.", error = %e);
                 }
                 None => {
@@ -227,7 +236,7 @@ async fn receive_batches(
             _ = shutdown.changed() => {
                 tracing::info!(message = "Shutting down: committing the batch in hand.", messages = pending.len());
                 if !pending.is_empty() {
-                    hand_over(&tx, pending).await?;
+                    hand_over(&tx, pending, opened.unwrap_or_else(clock::monotonic)).await?;
                 }
                 return Ok(());
             }
@@ -239,10 +248,11 @@ async fn receive_batches(
 /// Aggregates a closed batch off the async workers and hands it to the writer, once the writer
 /// has taken the batch before (so at most two batches are prepared at a time: one waiting, one
 /// being written). `false` when the writer has stopped (its own result says why).
-async fn hand_over(tx: &tokio::sync::mpsc::Sender<Prepared>, batch: Vec<Received>) -> anyhow::Result<bool> {
+async fn hand_over(tx: &tokio::sync::mpsc::Sender<Prepared>, batch: Vec<Received>, opened: Instant) -> anyhow::Result<bool> {
     let Ok(slot) = tx.reserve().await else { return Ok(false) };
-    let prepared =
-        tokio::task::spawn_blocking(move || Prepared::new(batch)).await.map_err(|e| anyhow::anyhow!("preparing a batch failed: {e}"))?;
+    let prepared = tokio::task::spawn_blocking(move || Prepared::new(batch, opened))
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing a batch failed: {e}"))?;
     slot.send(prepared);
     Ok(true)
 }
@@ -256,12 +266,39 @@ async fn write_batches(
     mut rx: tokio::sync::mpsc::Receiver<Prepared>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    while let Some(batch) = rx.recv().await {
-        commit(&js, &db, &cfg, &stats, batch, &mut shutdown).await?;
+    let mut queued: Option<Prepared> = None;
+    loop {
+        let batch = match queued.take() {
+            Some(b) => b,
+            None => match rx.recv().await {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+        };
+        commit(&js, &db, &cfg, &stats, batch, Waiting { queued: &mut queued, rx: &mut rx }, &mut shutdown).await?;
     }
-    Ok(())
 }
 
+/// The batch handed over behind the one being written. While a batch is retried, the writer
+/// takes this one out of the channel too and extends its messages' acknowledgement deadline
+/// with the retried batch's (the receiver may then prepare one more; JetStream's ack-pending
+/// limit keeps it from filling, as each batch holds at most half of it).
+struct Waiting<'a> {
+    queued: &'a mut Option<Prepared>,
+    rx: &'a mut tokio::sync::mpsc::Receiver<Prepared>,
+}
+
+impl Waiting<'_> {
+    fn messages(&mut self) -> &[Delivered] {
+        if self.queued.is_none() {
+            *self.queued = self.rx.try_recv().ok();
+        }
+        self.queued.as_ref().map_or(&[], |q| &q.batch)
+    }
+}
+
+/// Opens the pull stream. (In async-nats 0.51 this only subscribes to an inbox and makes no
+/// JetStream request; should it fail with a timeout, it is retried like the start-up calls.)
 async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError> {
     retry_transient("opening the consumer's message stream", Backoff::ELECTION, || async {
         consumer
@@ -283,12 +320,15 @@ async fn commit(
     cfg: &LoopConfig,
     stats: &SinkStats,
     prepared: Prepared,
+    mut waiting: Waiting<'_>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = clock::monotonic();
     let batch = &prepared.batch;
     let mut attempt = 0u32;
-    let mut last_progress = clock::monotonic();
+    // Counted from the batch's first message: a batch that waited behind another one may be
+    // close to its acknowledgement deadline already at its first failure.
+    let mut last_progress = prepared.opened;
     let outcome = loop {
         match apply(db, cfg, stats, &prepared, started).await {
             Ok(o) => break o,
@@ -299,7 +339,7 @@ async fn commit(
                 let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
                 tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
                 if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
-                    for d in batch {
+                    for d in batch.iter().chain(waiting.messages()) {
                         let _ = d.msg.ack_with(AckKind::Progress).await;
                     }
                     last_progress = clock::monotonic();
@@ -350,6 +390,8 @@ async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
 
 /// A closed batch, with what it would change if none of its messages had been applied before.
 struct Prepared {
+    /// When the batch's first message arrived.
+    opened: Instant,
     batch: Vec<Delivered>,
     plan: Plan,
     deltas: BTreeMap<ClientKey, ClientDelta>,
@@ -357,7 +399,7 @@ struct Prepared {
 
 impl Prepared {
     /// Works out the batch's ids, plan and aggregate (CPU only; no database).
-    fn new(received: Vec<Received>) -> Self {
+    fn new(received: Vec<Received>, opened: Instant) -> Self {
         let mut batch = Vec::with_capacity(received.len());
         let mut decoded = Vec::with_capacity(received.len());
         for r in received {
@@ -374,7 +416,7 @@ impl Prepared {
         }
         let plan = Plan::of(&batch, &HashSet::new());
         let deltas = aggregate::aggregate(plan.fresh.iter().filter_map(|&i| decoded[i].as_ref()));
-        Self { batch, plan, deltas }
+        Self { opened, batch, plan, deltas }
     }
 }
 
@@ -451,7 +493,12 @@ async fn apply(
     } else {
         // Redelivered messages: fold again without the ones already applied, from the payloads.
         let plan = Plan::of(&prepared.batch, &seen.iter().map(String::as_str).collect());
-        let batches = plan.fresh.iter().map(|&i| decode(&prepared.batch[i].msg)).collect::<Result<Vec<Batch>, WireError>>()?;
+        let batches = plan
+            .fresh
+            .iter()
+            .map(|&i| decode(&prepared.batch[i].msg))
+            .collect::<Result<Vec<Batch>, WireError>>()
+            .map_err(|e| anyhow::anyhow!("a message that decoded before no longer decodes (a bug): {e}"))?;
         let deltas = aggregate::aggregate(&batches);
         replanned = (plan, deltas);
         (&replanned.0, &replanned.1)

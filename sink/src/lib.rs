@@ -29,7 +29,8 @@ pub use ntpscope_bus::shutdown_signal;
 
 pub use crate::config::{Cli, Config};
 
-/// Runs the sink until `shutdown` resolves, then commits the batch in hand, acks it and drains.
+/// Runs the sink until `shutdown` resolves, then commits the batches in hand (the one being
+/// written, the one waiting behind it and the one being received), acks them and drains.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let db = db::connect_and_migrate(&config.database_url).await?;
     let client = ntpscope_bus::connect(&config.nats).await?;

@@ -393,7 +393,9 @@ pub struct StateDelta {
     pub lag_seconds: Option<f64>,
     /// Records in this batch.
     pub batch_records: u64,
-    /// Seconds the batch took.
+    /// Seconds the writer took for the batch: its transaction, from the look-up of applied ids
+    /// to the commit (aggregation happens before, beside the previous batch, unless the batch is
+    /// folded again because some of its messages were applied before).
     pub batch_seconds: f64,
     /// The commit time written into the row (`last_commit_at`, `updated_at`), Unix ns.
     pub written_at: i64,

@@ -118,7 +118,7 @@ async fn every_golden_message_on_the_bus_is_stored_once_by_the_sink() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_arriving_after_its_original_was_committed_is_skipped_and_its_batch_mates_stored() {
+async fn a_copy_arriving_after_its_original_was_committed_is_skipped_and_the_new_message_beside_it_stored() {
     // The sink prepares each batch (aggregates it) while the batch before is still being written,
     // assuming none of its messages was applied. A copy of a committed message, re-published
     // beyond JetStream's duplicate window, proves that assumption wrong: the writer must find the

@@ -278,20 +278,6 @@ fn jitter(min_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(min_ms + x % (max_ms - min_ms).max(1))
 }
 
-/// Holds SQLite's write lock from another process (python3's sqlite3) until dropped.
-fn lock_database(path: &Path) -> KillOnDrop {
-    let script = "import sqlite3, sys, time\n\
-                  c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n\
-                  c.execute('BEGIN EXCLUSIVE')\n\
-                  print('locked', flush=True)\n\
-                  time.sleep(3600)\n";
-    let mut child = Command::new("python3").args(["-c", script]).arg(path).stdout(Stdio::piped()).spawn().expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("lock");
-    assert_eq!(line.trim(), "locked");
-    KillOnDrop(child)
-}
-
 #[allow(clippy::too_many_lines)] // one drill, read top to bottom as its timeline of faults
 async fn run_drill(d: Drill) {
     eprintln!("drill: {d:?}");
@@ -487,7 +473,7 @@ async fn agent_published_everything(agent: &mut KillOnDrop, log: &Path, records:
 
 /// Another process holds the database's write lock for `hold`; the API must say so meanwhile.
 async fn lock_fault(db_path: &Path, hold: Duration, api: &str) {
-    let lock = lock_database(db_path);
+    let lock = harness::lock_database(db_path);
     observe("database locked", hold + Duration::from_secs(10), || async {
         failing_component(api, "sink").await.filter(|d| d.contains("failing"))
     })

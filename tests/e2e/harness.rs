@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -554,6 +555,20 @@ pub async fn stored_records(db: &DatabaseConnection) -> i64 {
 /// An SQLite database URL in `dir`.
 pub fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", dir.join("ntp_clients.db").display())
+}
+
+/// Holds SQLite's write lock from another process (python3's sqlite3) until dropped.
+pub fn lock_database(path: &Path) -> KillOnDrop {
+    let script = "import sqlite3, sys, time\n\
+                  c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n\
+                  c.execute('BEGIN EXCLUSIVE')\n\
+                  print('locked', flush=True)\n\
+                  time.sleep(3600)\n";
+    let mut child = Command::new("python3").args(["-c", script]).arg(path).stdout(Stdio::piped()).spawn().expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("lock");
+    assert_eq!(line.trim(), "locked");
+    KillOnDrop(child)
 }
 
 /// Opens a database for reading in tests.

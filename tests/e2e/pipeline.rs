@@ -245,6 +245,47 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     assert_same(&expected(&truth), &stored(&db).await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_exits_zero() {
+    // The writer waits for SQLite's lock with one batch, the next one is prepared and queued,
+    // and the receiver holds a third when SIGTERM comes; the lock goes a second later. Every
+    // batch in hand is committed and acknowledged, the sink exits 0, and a new sink stores the
+    // rest (redelivered) exactly once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pcap, want, total) = synthetic(dir.path(), 3_000);
+    let nats = NatsServer::start().expect("nats-server");
+    let url = harness::sqlite_url(dir.path());
+    let log = dir.path().join("sink.log");
+    let sink_args = ["--batch-size", "500", "--batch-interval", "0.2", "--ack-wait", "60"];
+    let mut sink = Sink::start(&url, &nats.url, &log, &sink_args);
+    let db = open(&url).await;
+    let ready = wait_until(Duration::from_secs(30), || async {
+        entity::sink_state::Entity::find().all(&db).await.is_ok_and(|r| !r.is_empty()) || sink.log_text().contains("Sink started")
+    })
+    .await;
+    assert!(ready, "{}", sink.log_text());
+    let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
+    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
+    let published = summary(&agent(&args, Some(&nats.url)));
+    assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(lock);
+    });
+    assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
+    release.join().expect("release the lock");
+    let committed = stored_records(&db).await;
+    assert!((1_500..=total).contains(&committed), "three batches of 500 committed at shutdown, stored {committed}");
+    let _sink = Sink::start(&url, &nats.url, &log, &sink_args);
+    let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await;
+    assert!(done, "stored {} of {total}", stored_records(&db).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_same(&want, &stored(&db).await);
+    let state = entity::sink_state::Entity::find().all(&db).await.expect("state");
+    assert_eq!(state[0].total_processed, total, "exactly-once counters");
+}
+
 /// A small capture in which every counter and latest-value column of `ntp_clients` gets a value
 /// other than its default: a retransmission, an interleaved reply (RFC 9769), a randomised T1, a
 /// kiss-o'-death, an unanswered request, NTS extension fields, a legacy MAC, VLAN tags, and
