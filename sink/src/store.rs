@@ -275,19 +275,28 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
         if returning || deltas.is_empty() { 0 } else { query_i64(conn, "SELECT COALESCE(MAX(id), 0) FROM ntp_clients", None).await? };
     let mut counts = UpsertCounts::default();
     let mut it = deltas.iter();
-    for size in chunk_sizes(deltas.len(), max) {
+    let sizes = chunk_sizes(deltas.len(), max);
+    let mut statement = |size: usize| {
         let mut values = Vec::with_capacity(size * per_row);
         for (k, d) in it.by_ref().take(size) {
             row_values(k, d, now, &mut values);
         }
-        let stmt = Statement::from_sql_and_values(backend, upsert_sql_with(backend, size, returning), values);
+        Statement::from_sql_and_values(backend, upsert_sql_with(backend, size, returning), values)
+    };
+    let mut next = sizes.first().map(|&size| statement(size));
+    for (i, &size) in sizes.iter().enumerate() {
+        let Some(stmt) = next.take() else { break };
         if !returning {
-            let written = conn.execute_raw(stmt).await?.rows_affected();
+            // The next statement is built while this one runs on the driver's thread.
+            let (written, ahead) = tokio::join!(conn.execute_raw(stmt), async { sizes.get(i + 1).map(|&s| statement(s)) });
+            next = ahead;
+            let written = written?.rows_affected();
             if written != size as u64 {
                 return Err(DbErr::Custom(format!("an upsert of {size} clients wrote {written} rows")));
             }
             continue;
         }
+        next = sizes.get(i + 1).map(|&s| statement(s));
         for row in conn.query_all_raw(stmt).await? {
             let created: i64 = row.try_get_by_index(0)?;
             if created == now {
