@@ -403,13 +403,9 @@ impl Prepared {
         let mut batch = Vec::with_capacity(received.len());
         let mut decoded = Vec::with_capacity(received.len());
         for r in received {
-            let id = match &r.decoded {
-                Ok(b) => b.message_id(),
-                Err(_) => format!("poison-{}", r.seq),
-            };
-            let (header, records) = match r.decoded {
-                Ok(b) => (Ok(Header { records: b.records.len() as u64, sent_ns: b.sent_ns }), Some(b)),
-                Err(e) => (Err(e), None),
+            let (id, header, records) = match r.decoded {
+                Ok(b) => (b.message_id(), Ok(Header { records: b.records.len() as u64, sent_ns: b.sent_ns }), Some(b)),
+                Err(e) => (format!("poison-{}", r.seq), Err(e), None),
             };
             batch.push(Delivered { msg: r.msg, seq: r.seq, id, decoded: header });
             decoded.push(records);
@@ -428,8 +424,7 @@ struct Plan {
     applied: Vec<(String, u64)>,
     /// The counters of the batch; inserted/updated, lag and timing are filled in when written.
     delta: StateDelta,
-    /// Newest and all agent hand-over times of the fresh messages.
-    newest_sent: i64,
+    /// Agent hand-over times of the fresh messages (those the agent stamped).
     sent_times: Vec<i64>,
 }
 
@@ -438,8 +433,7 @@ impl Plan {
     /// poison), in delivery order.
     fn new<'a>(messages: impl IntoIterator<Item = (&'a str, u64, Option<&'a Header>)>, applied_before: &HashSet<&str>) -> Self {
         let mut seen: HashSet<&str> = applied_before.clone();
-        let mut plan =
-            Self { fresh: Vec::new(), applied: Vec::new(), delta: StateDelta::default(), newest_sent: 0, sent_times: Vec::new() };
+        let mut plan = Self { fresh: Vec::new(), applied: Vec::new(), delta: StateDelta::default(), sent_times: Vec::new() };
         let delta = &mut plan.delta;
         for (i, (id, seq, header)) in messages.into_iter().enumerate() {
             delta.last_sequence = delta.last_sequence.max(seq);
@@ -453,7 +447,6 @@ impl Plan {
             }
             if let Some(h) = header {
                 plan.fresh.push(i);
-                plan.newest_sent = plan.newest_sent.max(h.sent_ns);
                 if h.sent_ns > 0 {
                     plan.sent_times.push(h.sent_ns);
                 }
@@ -466,6 +459,11 @@ impl Plan {
             plan.applied.push((id.to_string(), seq));
         }
         plan
+    }
+
+    /// The newest hand-over time of the fresh messages (0: none stamped).
+    fn newest_sent(&self) -> i64 {
+        self.sent_times.iter().copied().max().unwrap_or(0)
     }
 
     /// [`Plan::new`] for delivered messages.
@@ -509,7 +507,8 @@ async fn apply(
     delta.total_updated = counts.updated;
     delta.batch_records = delta.total_processed;
     delta.batch_seconds = started.elapsed().as_secs_f64();
-    delta.lag_seconds = (plan.newest_sent > 0).then(|| (now - plan.newest_sent) as f64 / 1e9);
+    let newest_sent = plan.newest_sent();
+    delta.lag_seconds = (newest_sent > 0).then(|| (now - newest_sent) as f64 / 1e9);
     store::record_applied(&txn, &plan.applied, now).await?;
     delta.written_at = now;
     store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
@@ -538,7 +537,7 @@ mod tests {
         let d = &fresh.delta;
         assert_eq!((d.total_received, d.total_processed, d.messages_applied), (18, 15, 3));
         assert_eq!((d.duplicates_skipped, d.dead_lettered, d.processing_errors, d.last_sequence), (1, 1, 1, 14));
-        assert_eq!((fresh.newest_sent, fresh.sent_times.clone()), (300, vec![100, 300]));
+        assert_eq!((fresh.newest_sent(), fresh.sent_times.clone()), (300, vec![100, 300]));
 
         // The writer finds "a" (and the poison message) applied by an earlier batch.
         let again = Plan::new(messages, &HashSet::from(["a", "poison-13"]));
@@ -547,6 +546,6 @@ mod tests {
         let d = &again.delta;
         assert_eq!((d.total_received, d.total_processed, d.messages_applied), (18, 12, 2));
         assert_eq!((d.duplicates_skipped, d.dead_lettered, d.last_sequence), (3, 0, 14));
-        assert_eq!(again.newest_sent, 300);
+        assert_eq!(again.newest_sent(), 300);
     }
 }

@@ -78,6 +78,36 @@ async fn garbage_is_dead_lettered_and_the_good_messages_around_it_are_stored() {
     assert!(reasons.iter().any(|r| r.contains("subject")));
 }
 
+/// A JetStream context on `nats` with the `NTP` stream in place.
+async fn jetstream_with_stream(nats: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(&nats.url).await.expect("connect");
+    let js = jetstream::new(client);
+    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.expect("stream");
+    js
+}
+
+/// Every committed golden message of the wire crate, in file-name order: path, bytes, batch.
+fn golden_messages() -> Vec<(PathBuf, Vec<u8>, Batch)> {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/wire/tests/golden");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&golden).expect("golden dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("read");
+            let b = batch::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path, bytes, b)
+        })
+        .collect()
+}
+
+/// Publishes `bytes` on the subject of `b`, without a message id (as a re-publish beyond
+/// JetStream's duplicate window would arrive), and waits for the stream's ack.
+async fn publish_raw(js: &jetstream::Context, bytes: Vec<u8>, b: &Batch) {
+    let subj = subject::sessions(&b.agent, &b.interface).expect("subject");
+    js.send_publish(subj, PublishMessage::build().payload(bytes.into())).await.expect("publish").await.expect("ack");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_golden_message_on_the_bus_is_stored_once_by_the_sink() {
     // The committed bytes of every wire version (long keys with `kind` tags, compact keys), as
@@ -85,19 +115,13 @@ async fn every_golden_message_on_the_bus_is_stored_once_by_the_sink() {
     // re-published beyond JetStream's duplicate window (no Nats-Msg-Id here), which the sink
     // must recognise by content even when they arrive in one of its batches.
     let nats = NatsServer::start().expect("nats-server");
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let js = jetstream::new(client);
-    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.expect("stream");
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/wire/tests/golden");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&golden).expect("golden dir").map(|e| e.expect("entry").path()).collect();
-    files.sort();
+    let js = jetstream_with_stream(&nats).await;
+    let golden = golden_messages();
+    let files: Vec<&PathBuf> = golden.iter().map(|(path, _, _)| path).collect();
     let mut distinct = std::collections::BTreeMap::new();
-    for path in &files {
-        let bytes = std::fs::read(path).expect("read");
-        let b = batch::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (_, bytes, b) in &golden {
         distinct.insert(b.message_id(), b.records.len() as i64);
-        let subj = subject::sessions(&b.agent, &b.interface).expect("subject");
-        js.send_publish(subj, PublishMessage::build().payload(bytes.into())).await.expect("publish").await.expect("ack");
+        publish_raw(&js, bytes.clone(), b).await;
     }
     assert!(files.len() >= 5 && distinct.len() < files.len(), "{files:?}");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,38 +149,28 @@ async fn a_copy_arriving_after_its_original_was_committed_is_skipped_and_the_new
     // copy's id in the database and fold the batch again without it, keeping the new message
     // that arrived beside it.
     let nats = NatsServer::start().expect("nats-server");
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let js = jetstream::new(client);
-    ntpscope_bus::ensure_stream(&js, &ntpscope_bus::StreamSettings::default()).await.expect("stream");
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/wire/tests/golden");
+    let js = jetstream_with_stream(&nats).await;
     let mut batches: Vec<(Vec<u8>, Batch)> = Vec::new();
-    for entry in std::fs::read_dir(&golden).expect("golden dir") {
-        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
-        let b = batch::decode(&bytes).expect("golden decodes");
+    for (_, bytes, b) in golden_messages() {
         if !b.records.is_empty() && batches.iter().all(|(_, o)| o.message_id() != b.message_id()) {
             batches.push((bytes, b));
         }
     }
     assert!(batches.len() >= 2, "two distinct golden batches with records");
-    let publish = |bytes: Vec<u8>, b: &Batch| {
-        let js = js.clone();
-        let subj = subject::sessions(&b.agent, &b.interface).expect("subject");
-        async move { js.send_publish(subj, PublishMessage::build().payload(bytes.into())).await.expect("publish").await.expect("ack") }
-    };
     let dir = tempfile::tempdir().expect("tempdir");
     let url = harness::sqlite_url(dir.path());
     let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &[]);
     let db = open(&url).await;
     let state = || async { entity::sink_state::Entity::find().all(&db).await.ok().and_then(|s| s.into_iter().next()) };
     let (x, y) = (&batches[0], &batches[1]);
-    publish(x.0.clone(), &x.1).await;
+    publish_raw(&js, x.0.clone(), &x.1).await;
     assert!(
         wait_until(Duration::from_secs(30), || async { state().await.is_some_and(|s| s.messages_applied == 1) }).await,
         "{:?}",
         state().await
     );
-    publish(x.0.clone(), &x.1).await;
-    publish(y.0.clone(), &y.1).await;
+    publish_raw(&js, x.0.clone(), &x.1).await;
+    publish_raw(&js, y.0.clone(), &y.1).await;
     let seen_all =
         wait_until(Duration::from_secs(30), || async { state().await.is_some_and(|s| s.duplicates_skipped + s.messages_applied >= 3) })
             .await;

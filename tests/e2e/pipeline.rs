@@ -149,13 +149,7 @@ async fn killing_the_sink_repeatedly_loses_nothing_and_counts_nothing_twice() {
     }
     assert!(interrupted >= 1, "no kill landed mid-stream ({kills} kills); the test proves nothing");
     let _sink = Sink::start(&url, &nats.url, &log, &sink_args);
-    let done = wait_until(Duration::from_secs(90), || async { stored_records(&db).await == total }).await;
-    assert!(done, "stored {} of {total} after {kills} kills", stored_records(&db).await);
-    // Give any redelivery a chance to (wrongly) count twice before comparing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_same(&want, &stored(&db).await);
-    let state = entity::sink_state::Entity::find().all(&db).await.expect("state");
-    assert_eq!(state[0].total_processed, total, "exactly-once counters");
+    stored_exactly_once(&db, &want, total, &format!("after {kills} kills")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +209,25 @@ async fn an_agent_cut_off_from_nats_buffers_and_delivers_everything_later() {
     assert_same(&want, &stored(&db).await);
 }
 
+/// Waits (up to 30 s) until the sink is consuming: its state row appears, or it logs its start.
+async fn consuming(db: &sea_orm::DatabaseConnection, sink: &Sink) -> bool {
+    wait_until(Duration::from_secs(30), || async {
+        entity::sink_state::Entity::find().all(db).await.is_ok_and(|r| !r.is_empty()) || sink.log_text().contains("Sink started")
+    })
+    .await
+}
+
+/// After a new sink has stored all `total` records: every row and counter as in `want`, nothing
+/// counted twice (redeliveries get a second to do so, wrongly, before the comparison).
+async fn stored_exactly_once(db: &sea_orm::DatabaseConnection, want: &BTreeMap<harness::RowKey, harness::Totals>, total: i64, what: &str) {
+    let done = wait_until(Duration::from_secs(90), || async { stored_records(db).await == total }).await;
+    assert!(done, "stored {} of {total} {what}", stored_records(db).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_same(want, &stored(db).await);
+    let state = entity::sink_state::Entity::find().all(db).await.expect("state");
+    assert_eq!(state[0].total_processed, total, "exactly-once counters");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -232,12 +245,7 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
         &["--batch-size", "100000", "--batch-interval", "60", "--ack-wait", "300"],
     );
     let db = open(&url).await;
-    // Wait until the sink is consuming (its state row appears with the queue size).
-    let ready = wait_until(Duration::from_secs(30), || async {
-        entity::sink_state::Entity::find().all(&db).await.is_ok_and(|r| !r.is_empty()) || sink.log_text().contains("Sink started")
-    })
-    .await;
-    assert!(ready);
+    assert!(consuming(&db, &sink).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(stored_records(&db).await, 0, "nothing committed before shutdown");
     assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
@@ -259,11 +267,7 @@ async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_e
     let sink_args = ["--batch-size", "500", "--batch-interval", "0.2", "--ack-wait", "60"];
     let mut sink = Sink::start(&url, &nats.url, &log, &sink_args);
     let db = open(&url).await;
-    let ready = wait_until(Duration::from_secs(30), || async {
-        entity::sink_state::Entity::find().all(&db).await.is_ok_and(|r| !r.is_empty()) || sink.log_text().contains("Sink started")
-    })
-    .await;
-    assert!(ready, "{}", sink.log_text());
+    assert!(consuming(&db, &sink).await, "{}", sink.log_text());
     let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
     let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
     let published = summary(&agent(&args, Some(&nats.url)));
@@ -278,12 +282,7 @@ async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_e
     let committed = stored_records(&db).await;
     assert!((1_500..=total).contains(&committed), "three batches of 500 committed at shutdown, stored {committed}");
     let _sink = Sink::start(&url, &nats.url, &log, &sink_args);
-    let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await;
-    assert!(done, "stored {} of {total}", stored_records(&db).await);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_same(&want, &stored(&db).await);
-    let state = entity::sink_state::Entity::find().all(&db).await.expect("state");
-    assert_eq!(state[0].total_processed, total, "exactly-once counters");
+    stored_exactly_once(&db, &want, total, "after the shutdown").await;
 }
 
 /// A small capture in which every counter and latest-value column of `ntp_clients` gets a value
