@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench -p ntpscope-sink --bench upsert            # SQLite, batch sizes 1k / 10k / 50k
 //! cargo bench -p ntpscope-sink --bench upsert -- --pg    # also PostgreSQL (NTPSCOPE_TEST_PG_URL)
+//! BENCH_SIZES=50000 BENCH_SEA_ONLY=1 perf stat …/upsert-* --bench   # the sink's path alone (profiles)
 //! ```
 //!
 //! Workload: 1,000,000 session records over 200,000 client addresses (each address 5 times,
@@ -261,6 +262,7 @@ async fn main() {
         .ok()
         .map_or_else(|| vec![1_000, 10_000, 50_000], |v| v.split(',').filter_map(|s| s.parse().ok()).collect());
     let raw_only = std::env::var_os("BENCH_RAW_ONLY").is_some();
+    let sea_only = std::env::var_os("BENCH_SEA_ONLY").is_some();
     for size in sizes {
         let batches = batches(size, &order);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -269,6 +271,10 @@ async fn main() {
         // The raw baselines get the identical schema from the migrations.
         let mut raw = Vec::new();
         for (name, form) in [("raw.db", RawForm::Returning), ("raw-probe.db", RawForm::Probe)] {
+            if sea_only {
+                raw.push(Run { write: Duration::from_secs(1), ..Run::default() });
+                continue;
+            }
             let path = dir.path().join(name);
             drop(db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("schema"));
             raw.push(rusqlite_run(&path, &batches, form));

@@ -16,23 +16,30 @@
 //! copied to `ntp.v1.deadletter.<agent>.<interface>` with the reason in a header, counted, and
 //! terminated (`AckKind::Term`), so they are never redelivered and the pipeline keeps flowing.
 //!
-//! **Database failures** are retried in place with back-off while the messages of the batch and
-//! of the one waiting behind it get `AckKind::Progress`, so JetStream does not redeliver them
-//! meanwhile (messages received after those may be redelivered during a long failure; their ids
-//! make the copies harmless). On shutdown during a retry nothing more is acknowledged and
+//! **Slow or failing writes.** While a batch is being written (a busy wait for SQLite's lock
+//! included) and while it is retried with back-off after a database failure, its messages and
+//! those of the batches closed behind it (one queued, one waiting for room: [`InTransit`]) get
+//! `AckKind::Progress` every third of `ack_wait`, so JetStream redelivers none of the messages in
+//! hand, however long the database takes. (Only what the pull stream fetched ahead, about one
+//! pull request of [`PULL_BATCH`] messages, waits unacknowledged in the client meanwhile; their
+//! ids make copies harmless.) On shutdown during a retry nothing more is acknowledged and
 //! JetStream redelivers the batches in hand later.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    convert::Infallible,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{PullConsumer, pull},
-    context::ConsumerInfoErrorKind,
-    message::PublishMessage,
+use async_nats::{
+    Subject,
+    jetstream::{
+        self, AckKind,
+        consumer::{PullConsumer, pull},
+        context::ConsumerInfoErrorKind,
+        message::PublishMessage,
+    },
 };
 use futures_util::StreamExt;
 use ntp_wire::{Batch, WireError, batch, subject};
@@ -174,8 +181,9 @@ pub async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Prepared>(1);
-    let writer = tokio::spawn(write_batches(js.clone(), db, cfg.clone(), stats, rx, shutdown.clone()));
-    let received = receive_batches(&consumer, &cfg, tx, shutdown).await;
+    let in_transit = InTransit::default();
+    let writer = tokio::spawn(write_batches(js.clone(), db, cfg.clone(), stats, rx, in_transit.clone(), shutdown.clone()));
+    let received = receive_batches(&consumer, &cfg, tx, &in_transit, shutdown).await;
     if let Err(e) = &received {
         tracing::error!(message = "The consumer failed; committing the batches handed over, then stopping.", error = %format!("{e:#}"));
     }
@@ -195,6 +203,7 @@ async fn receive_batches(
     consumer: &PullConsumer,
     cfg: &LoopConfig,
     tx: tokio::sync::mpsc::Sender<Prepared>,
+    in_transit: &InTransit,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut pending: Vec<Received> = Vec::new();
@@ -205,7 +214,7 @@ async fn receive_batches(
         let deadline = opened.map(|t| t + cfg.batch_interval);
         let full = records >= cfg.batch_size || pending.len() >= cfg.max_messages;
         if full || deadline.is_some_and(|d| clock::monotonic() >= d) {
-            if !hand_over(&tx, std::mem::take(&mut pending), opened.unwrap_or_else(clock::monotonic)).await? {
+            if !hand_over(&tx, in_transit, std::mem::take(&mut pending), opened.unwrap_or_else(clock::monotonic)).await? {
                 return Ok(());
             }
             records = 0;
@@ -236,7 +245,7 @@ async fn receive_batches(
             _ = shutdown.changed() => {
                 tracing::info!(message = "Shutting down: committing the batch in hand.", messages = pending.len());
                 if !pending.is_empty() {
-                    hand_over(&tx, pending, opened.unwrap_or_else(clock::monotonic)).await?;
+                    hand_over(&tx, in_transit, pending, opened.unwrap_or_else(clock::monotonic)).await?;
                 }
                 return Ok(());
             }
@@ -248,9 +257,15 @@ async fn receive_batches(
 /// Aggregates a closed batch off the async workers and hands it to the writer, once the writer
 /// has taken the batch before (so at most two batches are prepared at a time: one waiting, one
 /// being written). `false` when the writer has stopped (its own result says why).
-async fn hand_over(tx: &tokio::sync::mpsc::Sender<Prepared>, batch: Vec<Received>, opened: Instant) -> anyhow::Result<bool> {
+async fn hand_over(
+    tx: &tokio::sync::mpsc::Sender<Prepared>,
+    in_transit: &InTransit,
+    batch: Vec<Received>,
+    opened: Instant,
+) -> anyhow::Result<bool> {
+    let number = in_transit.add(&batch);
     let Ok(slot) = tx.reserve().await else { return Ok(false) };
-    let prepared = tokio::task::spawn_blocking(move || Prepared::new(batch, opened))
+    let prepared = tokio::task::spawn_blocking(move || Prepared::new(number, batch, opened))
         .await
         .map_err(|e| anyhow::anyhow!("preparing a batch failed: {e}"))?;
     slot.send(prepared);
@@ -264,38 +279,69 @@ async fn write_batches(
     cfg: LoopConfig,
     stats: Arc<SinkStats>,
     mut rx: tokio::sync::mpsc::Receiver<Prepared>,
+    in_transit: InTransit,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut queued: Option<Prepared> = None;
+    while let Some(batch) = rx.recv().await {
+        in_transit.remove(batch.number);
+        commit(&js, &db, &cfg, &stats, batch, &in_transit, &mut shutdown).await?;
+    }
+    Ok(())
+}
+
+/// Reply subjects of the messages of the batches the receiver has closed and the writer has not
+/// taken yet (at most two: one in the channel, one waiting for room in it). The writer keeps
+/// them alive with those of the batch it writes, so a slow write sends none of the messages in
+/// hand into redelivery.
+#[derive(Clone, Default)]
+struct InTransit(Arc<std::sync::Mutex<InTransitList>>);
+
+#[derive(Default)]
+struct InTransitList {
+    /// The number of the next batch closed.
+    next: u64,
+    batches: Vec<(u64, Vec<Subject>)>,
+}
+
+impl InTransit {
+    fn list(&self) -> std::sync::MutexGuard<'_, InTransitList> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a closed batch; returns its number.
+    fn add(&self, batch: &[Received]) -> u64 {
+        let mut list = self.list();
+        let number = list.next;
+        list.next += 1;
+        list.batches.push((number, batch.iter().filter_map(|r| r.msg.reply.clone()).collect()));
+        number
+    }
+
+    /// The writer has taken batch `number`.
+    fn remove(&self, number: u64) {
+        self.list().batches.retain(|(n, _)| *n != number);
+    }
+
+    fn replies(&self) -> Vec<Subject> {
+        self.list().batches.iter().flat_map(|(_, r)| r.iter().cloned()).collect()
+    }
+}
+
+/// Sends `AckKind::Progress` to the reply subjects `held` returns every third of `ack_wait`, the
+/// first time a third after `since` (when the oldest of those messages arrived), so that
+/// JetStream does not redeliver them while they wait. Runs until dropped.
+async fn keep_alive(client: async_nats::Client, held: impl Fn() -> Vec<Subject>, mut since: Instant, ack_wait: Duration) -> Infallible {
     loop {
-        let batch = match queued.take() {
-            Some(b) => b,
-            None => match rx.recv().await {
-                Some(b) => b,
-                None => return Ok(()),
-            },
-        };
-        commit(&js, &db, &cfg, &stats, batch, Waiting { queued: &mut queued, rx: &mut rx }, &mut shutdown).await?;
-    }
-}
-
-/// The batch handed over behind the one being written. While a batch is retried, the writer
-/// takes this one out of the channel too and extends its messages' acknowledgement deadline
-/// with the retried batch's (the receiver may then prepare one more; JetStream's ack-pending
-/// limit keeps it from filling, as each batch holds at most half of it).
-struct Waiting<'a> {
-    queued: &'a mut Option<Prepared>,
-    rx: &'a mut tokio::sync::mpsc::Receiver<Prepared>,
-}
-
-impl Waiting<'_> {
-    fn messages(&mut self) -> &[Delivered] {
-        if self.queued.is_none() {
-            *self.queued = self.rx.try_recv().ok();
+        tokio::time::sleep_until((since + ack_wait / 3).into()).await;
+        since = clock::monotonic();
+        for reply in held() {
+            let _ = client.publish(reply, AckKind::Progress.into()).await;
         }
-        self.queued.as_ref().map_or(&[], |q| &q.batch)
     }
 }
+
+/// Messages asked for per pull request.
+const PULL_BATCH: usize = 100;
 
 /// Opens the pull stream. (In async-nats 0.51 this only subscribes to an inbox and makes no
 /// JetStream request; should it fail with a timeout, it is retried like the start-up calls.)
@@ -303,7 +349,7 @@ async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError
     retry_transient("opening the consumer's message stream", Backoff::ELECTION, || async {
         consumer
             .stream()
-            .max_messages_per_batch(100)
+            .max_messages_per_batch(PULL_BATCH)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -320,39 +366,42 @@ async fn commit(
     cfg: &LoopConfig,
     stats: &SinkStats,
     prepared: Prepared,
-    mut waiting: Waiting<'_>,
+    in_transit: &InTransit,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let started = clock::monotonic();
     let batch = &prepared.batch;
-    let mut attempt = 0u32;
-    // Counted from the batch's first message: a batch that waited behind another one may be
-    // close to its acknowledgement deadline already at its first failure.
-    let mut last_progress = prepared.opened;
-    let outcome = loop {
-        match apply(db, cfg, stats, &prepared, started).await {
-            Ok(o) => break o,
-            Err(e) => {
-                attempt += 1;
-                stats.add_error(&format!("{e:#}"));
-                crate::db::discard_sqlite_connection(db).await;
-                let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
-                tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
-                if clock::monotonic().duration_since(last_progress) > cfg.ack_wait / 3 {
-                    for d in batch.iter().chain(waiting.messages()) {
-                        let _ = d.msg.ack_with(AckKind::Progress).await;
+    let attempts = async {
+        let mut attempt = 0u32;
+        loop {
+            match apply(db, cfg, stats, &prepared, started).await {
+                Ok(o) => return Ok(o),
+                Err(e) => {
+                    attempt += 1;
+                    stats.add_error(&format!("{e:#}"));
+                    crate::db::discard_sqlite_connection(db).await;
+                    let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
+                    tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
+                    if *shutdown.borrow() {
+                        anyhow::bail!("shutting down with an uncommitted batch; JetStream will redeliver it: {e}");
                     }
-                    last_progress = clock::monotonic();
-                }
-                if *shutdown.borrow() {
-                    anyhow::bail!("shutting down with an uncommitted batch; JetStream will redeliver it: {e}");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
             }
         }
+    };
+    // While the batch is written (a busy wait for SQLite's lock included) or retried, its
+    // messages and those of the batches closed behind it get progress acks, counted from the
+    // batch's first message: a batch that waited behind another one may be close to its
+    // acknowledgement deadline already when its write begins.
+    let own: Vec<Subject> = batch.iter().filter_map(|d| d.msg.reply.clone()).collect();
+    let held = || own.iter().cloned().chain(in_transit.replies()).collect();
+    let outcome = tokio::select! {
+        outcome = attempts => outcome?,
+        never = keep_alive(js.client(), held, prepared.opened, cfg.ack_wait) => match never {},
     };
     // Committed: now, and only now, acknowledge.
     for d in batch {
@@ -390,6 +439,8 @@ async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
 
 /// A closed batch, with what it would change if none of its messages had been applied before.
 struct Prepared {
+    /// The receiver's number for the batch ([`InTransit`]).
+    number: u64,
     /// When the batch's first message arrived.
     opened: Instant,
     batch: Vec<Delivered>,
@@ -399,7 +450,7 @@ struct Prepared {
 
 impl Prepared {
     /// Works out the batch's ids, plan and aggregate (CPU only; no database).
-    fn new(received: Vec<Received>, opened: Instant) -> Self {
+    fn new(number: u64, received: Vec<Received>, opened: Instant) -> Self {
         let mut batch = Vec::with_capacity(received.len());
         let mut decoded = Vec::with_capacity(received.len());
         for r in received {
@@ -412,7 +463,7 @@ impl Prepared {
         }
         let plan = Plan::of(&batch, &HashSet::new());
         let deltas = aggregate::aggregate(plan.fresh.iter().filter_map(|&i| decoded[i].as_ref()));
-        Self { opened, batch, plan, deltas }
+        Self { number, opened, batch, plan, deltas }
     }
 }
 

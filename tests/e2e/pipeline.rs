@@ -285,6 +285,38 @@ async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_e
     stored_exactly_once(&db, &want, total, "after the shutdown").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_waiting_for_a_locked_database_longer_than_ack_wait_are_not_redelivered() {
+    // Three batches in hand for three ack waits: the writer's, in SQLite's busy wait behind a lock
+    // another process holds; the one queued behind it; the one the receiver waits to hand over.
+    // Progress acks keep every message from redelivery: JetStream delivers each message once and
+    // the sink skips no copy. Without them each batch would come again every three seconds.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pcap, want, total) = synthetic(dir.path(), 1_500);
+    let nats = NatsServer::start().expect("nats-server");
+    let url = harness::sqlite_url(dir.path());
+    let mut sink =
+        Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "500", "--batch-interval", "0.2", "--ack-wait", "3"]);
+    let db = open(&url).await;
+    assert!(consuming(&db, &sink).await, "{}", sink.log_text());
+    let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
+    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
+    let published = summary(&agent(&args, Some(&nats.url)));
+    assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
+    let messages = published["publisher"]["messages_acked"].as_u64().expect("messages");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(stored_records(&db).await, 0, "the lock held");
+    drop(lock);
+    stored_exactly_once(&db, &want, total, "after the lock").await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("connect"));
+    let stream = js.get_stream(ntp_wire::subject::STREAM).await.expect("stream");
+    let consumer = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.expect("consumer");
+    assert_eq!(consumer.delivered.consumer_sequence, messages, "deliveries, one per message");
+    let state = entity::sink_state::Entity::find().all(&db).await.expect("state");
+    assert_eq!(state[0].duplicates_skipped, 0, "no copy reached the writer");
+    assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
+}
+
 /// A small capture in which every counter and latest-value column of `ntp_clients` gets a value
 /// other than its default: a retransmission, an interleaved reply (RFC 9769), a randomised T1, a
 /// kiss-o'-death, an unanswered request, NTS extension fields, a legacy MAC, VLAN tags, and
