@@ -464,6 +464,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_migrations_table_the_api_cannot_read_fails_without_waiting() {
+        // SQLite: a table of that name but of another shape.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = Database::connect(sqlite_url(&dir, true)).await.expect("create");
+        other.execute_unprepared("CREATE TABLE seaql_migrations (name TEXT)").await.expect("a table of another shape");
+        let err = error_without_waiting(&sqlite_url(&dir, false)).await;
+        assert!(matches!(&err, SchemaError::Unreadable(m) if m.contains("no such column")), "{err}");
+
+        // PostgreSQL: a role without the right to read the table.
+        let base = std::env::var("NTPSCOPE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let admin = Database::connect(&base).await.expect("PostgreSQL");
+        let name = format!("ntpscope_noread_{}", std::process::id());
+        admin
+            .execute_unprepared(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}; \
+                 CREATE TABLE {name}.seaql_migrations (version TEXT PRIMARY KEY, applied_at BIGINT NOT NULL); \
+                 DO $$ BEGIN CREATE ROLE {name} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 GRANT USAGE ON SCHEMA {name} TO {name};"
+            ))
+            .await
+            .expect("schema and role");
+        let (scheme_user, server) = base.split_once('@').expect("user@server in the URL");
+        let scheme = scheme_user.split_once("//").map_or("postgres:", |(s, _)| s);
+        let sep = if server.contains('?') { '&' } else { '?' };
+        let url = format!("{scheme}//{name}@{server}{sep}options=-c%20search_path%3D{name}");
+        let err = error_without_waiting(&url).await;
+        admin.execute_unprepared(&format!("DROP SCHEMA {name} CASCADE; DROP OWNED BY {name}; DROP ROLE {name}")).await.expect("clean up");
+        assert!(matches!(&err, SchemaError::Unreadable(m) if m.contains("permission denied")), "{err}");
+        assert!(err.to_string().starts_with("cannot read the database's migrations table"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_slow_response_becomes_a_json_504() {
         let slow = async {
             tokio::time::sleep(Duration::from_secs(5)).await;
