@@ -11,8 +11,9 @@
 //! range of new ids on SQLite ([`counts_by_returning`]).
 //!
 //! Counters add; `first_seen`/`last_seen` take the min/max; metric minima and maxima ignore
-//! NULLs; latest-value columns change only when the batch's newest session is at least as new as
-//! the stored one, so an old capture replayed late never overwrites newer values.
+//! NULLs; latest-value columns (the last mode and kiss code too) change only when the batch's
+//! newest session is at least as new as the stored one, so an old capture replayed late never
+//! overwrites newer values.
 
 use std::collections::BTreeMap;
 
@@ -131,7 +132,13 @@ pub fn upsert_sql_with(backend: DbBackend, rows: usize, returning: bool) -> Stri
     }
     set.push(format!("first_seen = {least}({t}.first_seen, excluded.first_seen)"));
     set.push(format!("last_seen = {greatest}({t}.last_seen, excluded.last_seen)"));
-    set.push(format!("last_kiss_code = COALESCE(excluded.last_kiss_code, {t}.last_kiss_code)"));
+    // The batch's newest kiss code replaces the stored one only when the batch reaches past
+    // everything stored (as for `last_mode`): a late replay of older traffic keeps the newer
+    // code, unless the row has none.
+    set.push(format!(
+        "last_kiss_code = CASE WHEN excluded.last_kiss_code IS NOT NULL AND ({t}.last_kiss_code IS NULL OR excluded.last_seen >= {t}.last_seen) \
+         THEN excluded.last_kiss_code ELSE {t}.last_kiss_code END"
+    ));
     set.push(format!("last_mode = CASE WHEN excluded.last_seen >= {t}.last_seen THEN excluded.last_mode ELSE {t}.last_mode END"));
     for c in COUNTER_COLUMNS {
         set.push(format!("{c} = {t}.{c} + excluded.{c}"));
