@@ -192,29 +192,29 @@ async fn applied_ids_and_state(db: &DatabaseConnection) {
 }
 
 /// A kiss-o'-death answer (stratum 0) with `code` as its reference id.
-fn kiss(ip: &str, t: i64, code: &[u8; 4]) -> Record {
+fn kiss(ip: &str, t: i64, code: [u8; 4]) -> Record {
     let Record::Session(mut s) = session(ip, t, true, 0, Some(0.001)) else { unreachable!("a session") };
     if let Some(r) = s.response.as_mut() {
-        r.reference_id = u32::from_be_bytes(*code);
+        r.reference_id = u32::from_be_bytes(code);
     }
     Record::Session(s)
 }
 
 async fn the_latest_kiss_code_follows_the_newest_batch(db: &DatabaseConnection) {
     let ip = "198.18.0.4";
-    store::upsert(db, &deltas(vec![kiss(ip, T0 + 5_000, b"RATE")]), T0 + 10).await.expect("first kiss");
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 5_000, *b"RATE")]), T0 + 10).await.expect("first kiss");
     assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RATE"));
     // A late replay of older traffic (a DENY before the RATE) counts, but does not replace it.
-    store::upsert(db, &deltas(vec![kiss(ip, T0 + 1_000, b"DENY"), session(ip, T0 + 2_000, true, 2, None)]), T0 + 20).await.expect("late");
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 1_000, *b"DENY"), session(ip, T0 + 2_000, true, 2, None)]), T0 + 20).await.expect("late");
     let r = row(db, ip).await;
     assert_eq!((r.last_kiss_code.as_deref(), r.kod_count, r.session_count), (Some("RATE"), 2, 3));
     // Newer traffic without a kiss keeps it; a newer kiss replaces it.
     store::upsert(db, &deltas(vec![session(ip, T0 + 6_000, true, 2, None)]), T0 + 30).await.expect("newer");
     assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RATE"));
-    store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, b"RSTR")]), T0 + 40).await.expect("newer kiss");
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, *b"RSTR")]), T0 + 40).await.expect("newer kiss");
     assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RSTR"));
     // A client first seen through a late replay takes its kiss code, old as it is.
-    store::upsert(db, &deltas(vec![kiss("198.18.0.5", T0, b"DENY")]), T0 + 50).await.expect("first seen late");
+    store::upsert(db, &deltas(vec![kiss("198.18.0.5", T0, *b"DENY")]), T0 + 50).await.expect("first seen late");
     assert_eq!(row(db, "198.18.0.5").await.last_kiss_code.as_deref(), Some("DENY"));
 }
 
