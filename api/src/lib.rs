@@ -27,6 +27,7 @@ pub mod error;
 pub mod export;
 pub mod health;
 pub mod json;
+pub mod metrics;
 pub mod query;
 pub mod reader;
 pub mod routes;

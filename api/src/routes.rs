@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::{
     ApiResponse, OpenApi, Tags,
     param::{Path, Query},
-    payload::Json,
+    payload::{Json, PlainText},
 };
 use sea_orm::EntityTrait;
 
@@ -309,55 +309,7 @@ impl HistoryApi {
     /// few seconds.
     #[oai(path = "/history/interfaces/statistics", method = "get", operation_id = "interface_statistics")]
     async fn interface_statistics(&self, state: Data<&AppState>) -> Result<Json<InterfaceStatisticsList>, ApiError> {
-        let mut cache = state.interface_stats.lock().await;
-        if let Some((at, v)) = &*cache
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(Json(v.clone()));
-        }
-        let aggregates = query::interface_aggregates(&state.db).await?;
-        let agents = match state.bus().await {
-            Some(bus) => agents::agent_statuses(&bus).await,
-            None => Vec::new(),
-        };
-        let interfaces = aggregates
-            .into_iter()
-            .map(|a| {
-                let live = agents
-                    .iter()
-                    .find(|s| s.agent == a.host)
-                    .and_then(|s| s.interfaces.iter().find(|i| i.name == a.interface_name).map(|i| (s, i)));
-                let metric = |i: usize| {
-                    let (count, sum, min, max) = a.metrics[i];
-                    MetricStats::new(count, sum, min, max)
-                };
-                InterfaceStatistics {
-                    host: a.host.clone(),
-                    interface_name: a.interface_name.clone(),
-                    clients: a.counts[0],
-                    sessions: a.counts[1],
-                    answered: a.counts[2],
-                    unanswered: a.counts[3],
-                    kod: a.counts[4],
-                    observations: a.counts[5],
-                    client_to_server_latency: metric(0),
-                    server_processing_time: metric(1),
-                    total_process_time: metric(2),
-                    first_seen: a.first_seen.map(ntp_wire::time::format_rfc3339),
-                    last_seen: a.last_seen.map(ntp_wire::time::format_rfc3339),
-                    capture_state: match live {
-                        Some((s, i)) if agents::is_running(s) => i.state.clone(),
-                        Some(_) => "agent offline".into(),
-                        None => "unknown".into(),
-                    },
-                    pcap_dropped: live.map(|(_, i)| i.pcap_dropped),
-                    pcap_if_dropped: live.map(|(_, i)| i.pcap_if_dropped),
-                }
-            })
-            .collect();
-        let v = InterfaceStatisticsList { interfaces, computed_at: ntp_wire::time::format_rfc3339(clock::wall_ns()) };
-        *cache = Some((clock::monotonic(), v.clone()));
-        Ok(Json(v))
+        interface_statistics(&state).await.map(Json)
     }
 
     /// Service statistics
@@ -367,40 +319,21 @@ impl HistoryApi {
     /// every agent's counters and buffer use.
     #[oai(path = "/history/service/statistics", method = "get", operation_id = "service_statistics")]
     async fn service_statistics(&self, state: Data<&AppState>) -> Result<Json<ServiceStatistics>, ApiError> {
-        let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await?;
-        let bus = state.bus().await;
-        let live = match &bus {
-            Some(b) => agents::sink_status(b, &state.consumer).await,
-            None => None,
-        };
-        let sink = row.map(|r| sink_statistics(r, live.as_ref()));
-        let (stream, agents) = match &bus {
-            Some(b) => (stream_statistics(b, &state.consumer).await, agents::agent_statuses(b).await),
-            None => (None, Vec::new()),
-        };
-        let agents = agents
-            .into_iter()
-            .map(|s| AgentStatistics {
-                online: agents::is_running(&s),
-                updated_at: ntp_wire::time::format_rfc3339(s.updated_ns),
-                agent: s.agent,
-                version: s.version,
-                publisher: s.publisher,
-                interfaces: s
-                    .interfaces
-                    .into_iter()
-                    .map(|i| AgentInterfaceCounters {
-                        name: i.name,
-                        state: i.state,
-                        pcap_dropped: i.pcap_dropped,
-                        pcap_if_dropped: i.pcap_if_dropped,
-                        records_dropped: i.records_dropped,
-                        counters: i.counters,
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok(Json(ServiceStatistics { sink, stream, agents, total_clients: state.total_clients().await? }))
+        service_statistics(&state).await.map(Json)
+    }
+
+    /// Prometheus metrics
+    ///
+    /// The interface and service statistics in Prometheus' text format (version 0.0.4), for a
+    /// scrape job with `metrics_path: /api/ntp/metrics`: per host and interface what the
+    /// database holds (`ntpscope_interface_*`), the sink's counters, queue and lag
+    /// (`ntpscope_sink_*`), the stream and consumer, and each agent's live status, libpcap drops,
+    /// capture and publisher counters (`ntpscope_agent_*`). Every family has its `# HELP`.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self, state: Data<&AppState>) -> Result<PlainText<String>, ApiError> {
+        let interfaces = interface_statistics(&state).await?;
+        let service = service_statistics(&state).await?;
+        Ok(PlainText(crate::metrics::render(&interfaces, &service)))
     }
 
     /// Health
@@ -413,6 +346,97 @@ impl HistoryApi {
         let h = state.health().await;
         if h.status == "unhealthy" { HealthResponse::Unhealthy(Json(h)) } else { HealthResponse::Ok(Json(h)) }
     }
+}
+
+/// The interface statistics, cached for [`CACHE_TTL`] (their aggregates read the whole table).
+async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsList, ApiError> {
+    let mut cache = state.interface_stats.lock().await;
+    if let Some((at, v)) = &*cache
+        && at.elapsed() < CACHE_TTL
+    {
+        return Ok(v.clone());
+    }
+    let aggregates = query::interface_aggregates(&state.db).await?;
+    let agents = match state.bus().await {
+        Some(bus) => agents::agent_statuses(&bus).await,
+        None => Vec::new(),
+    };
+    let interfaces = aggregates
+        .into_iter()
+        .map(|a| {
+            let live = agents
+                .iter()
+                .find(|s| s.agent == a.host)
+                .and_then(|s| s.interfaces.iter().find(|i| i.name == a.interface_name).map(|i| (s, i)));
+            let metric = |i: usize| {
+                let (count, sum, min, max) = a.metrics[i];
+                MetricStats::new(count, sum, min, max)
+            };
+            InterfaceStatistics {
+                host: a.host.clone(),
+                interface_name: a.interface_name.clone(),
+                clients: a.counts[0],
+                sessions: a.counts[1],
+                answered: a.counts[2],
+                unanswered: a.counts[3],
+                kod: a.counts[4],
+                observations: a.counts[5],
+                client_to_server_latency: metric(0),
+                server_processing_time: metric(1),
+                total_process_time: metric(2),
+                first_seen: a.first_seen.map(ntp_wire::time::format_rfc3339),
+                last_seen: a.last_seen.map(ntp_wire::time::format_rfc3339),
+                capture_state: match live {
+                    Some((s, i)) if agents::is_running(s) => i.state.clone(),
+                    Some(_) => "agent offline".into(),
+                    None => "unknown".into(),
+                },
+                pcap_dropped: live.map(|(_, i)| i.pcap_dropped),
+                pcap_if_dropped: live.map(|(_, i)| i.pcap_if_dropped),
+            }
+        })
+        .collect();
+    let v = InterfaceStatisticsList { interfaces, computed_at: ntp_wire::time::format_rfc3339(clock::wall_ns()) };
+    *cache = Some((clock::monotonic(), v.clone()));
+    Ok(v)
+}
+
+/// The sink's counters, the stream and every agent's status.
+async fn service_statistics(state: &AppState) -> Result<ServiceStatistics, ApiError> {
+    let row = entity::sink_state::Entity::find_by_id(state.consumer.clone()).one(&state.db).await?;
+    let bus = state.bus().await;
+    let live = match &bus {
+        Some(b) => agents::sink_status(b, &state.consumer).await,
+        None => None,
+    };
+    let sink = row.map(|r| sink_statistics(r, live.as_ref()));
+    let (stream, agents) = match &bus {
+        Some(b) => (stream_statistics(b, &state.consumer).await, agents::agent_statuses(b).await),
+        None => (None, Vec::new()),
+    };
+    let agents = agents
+        .into_iter()
+        .map(|s| AgentStatistics {
+            online: agents::is_running(&s),
+            updated_at: ntp_wire::time::format_rfc3339(s.updated_ns),
+            agent: s.agent,
+            version: s.version,
+            publisher: s.publisher,
+            interfaces: s
+                .interfaces
+                .into_iter()
+                .map(|i| AgentInterfaceCounters {
+                    name: i.name,
+                    state: i.state,
+                    pcap_dropped: i.pcap_dropped,
+                    pcap_if_dropped: i.pcap_if_dropped,
+                    records_dropped: i.records_dropped,
+                    counters: i.counters,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(ServiceStatistics { sink, stream, agents, total_clients: state.total_clients().await? })
 }
 
 /// The sink's persisted counters, with what only its status on the bus knows (failed attempts,

@@ -287,6 +287,21 @@ async fn detail_search_and_statistics(f: &Fixture) {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["sink"]["total_processed"], 300);
     assert_eq!(b["total_clients"], 300);
+    // The same figures for Prometheus.
+    let resp = f.cli.get("/api/ntp/metrics").send().await;
+    assert_eq!(resp.0.status().as_u16(), 200);
+    let content_type = resp.0.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = resp.0.into_body().into_string().await.expect("body");
+    for want in [
+        r#"ntpscope_interface_clients{host="ntp1",interface="eth0"} 251"#,
+        r#"ntpscope_interface_sessions{host="ntp1",interface="eth0",outcome="unanswered"} 25"#,
+        r#"ntpscope_interface_clients{host="ntp2",interface="eth1.100"} 49"#,
+        r#"ntpscope_sink_processed_records_total{consumer="ntpscope-sink"} 300"#,
+        "ntpscope_stored_clients 300",
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing {want}:\n{text}");
+    }
     // Without NATS: health says so with reasons; control is unavailable, in JSON.
     let (s, b) = get(f, "/api/ntp/history/health", &[]).await;
     assert_eq!(s, 503);
@@ -688,6 +703,10 @@ async fn protected_reads(pg: bool) {
         let (s, b) = call(&f, method, path, body, Some(TOKEN)).await;
         assert_eq!(s, ok, "{method} {path} with the token: {}", short(&b));
     }
+    let (s, b) = call(&f, "GET", "/api/ntp/metrics", None, None).await;
+    assert_eq!((s, b["error"]["status"].as_u64()), (401, Some(401)), "metrics without a token: {}", short(&b));
+    let metrics = f.cli.get("/api/ntp/metrics").header("Authorization", format!("Bearer {TOKEN}")).send().await;
+    assert_eq!(metrics.0.status().as_u16(), 200, "metrics with the token");
     let (_, b) = call(&f, "POST", "/api/ntp/history/search", Some(&search), Some(TOKEN)).await;
     assert_eq!(b["total"], 49);
     let (_, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), Some(TOKEN)).await;
