@@ -166,13 +166,17 @@ fn sink(out: &mut Exposition, service: &ServiceStatistics) {
             [(l(), f64::from(u8::from(s.failing.is_some())))],
         );
         let counters: [(&str, &str, i64); 8] = [
-            ("ntpscope_sink_received_records_total", "Records received from the stream (the seed's total_received).", s.total_received),
-            ("ntpscope_sink_processed_records_total", "Records applied to the database (the seed's total_processed).", s.total_processed),
-            ("ntpscope_sink_inserted_rows_total", "Client rows inserted (the seed's total_inserted).", s.total_inserted),
-            ("ntpscope_sink_updated_rows_total", "Client rows updated (the seed's total_updated).", s.total_updated),
+            (
+                "ntpscope_sink_received_records_total",
+                "Records received from the stream (total_received in the service statistics).",
+                s.total_received,
+            ),
+            ("ntpscope_sink_processed_records_total", "Records applied to the database (total_processed).", s.total_processed),
+            ("ntpscope_sink_inserted_rows_total", "Client rows inserted (total_inserted).", s.total_inserted),
+            ("ntpscope_sink_updated_rows_total", "Client rows updated (total_updated).", s.total_updated),
             (
                 "ntpscope_sink_processing_errors_total",
-                "Messages that could not be processed (the seed's processing_errors).",
+                "Messages that could not be processed and were set aside (processing_errors).",
                 s.processing_errors,
             ),
             ("ntpscope_sink_batches_total", "Batches committed.", s.batches),
@@ -189,7 +193,7 @@ fn sink(out: &mut Exposition, service: &ServiceStatistics) {
         out.family(
             "ntpscope_sink_queue_size",
             "gauge",
-            "Messages waiting for the sink: the consumer's pending and unacknowledged (the seed's queue_size).",
+            "Messages waiting for the sink: the consumer's pending and unacknowledged (queue_size).",
             [(l(), s.queue_size as f64)],
         );
         out.family(
@@ -266,7 +270,7 @@ fn agents(out: &mut Exposition, service: &ServiceStatistics) {
     out.family(
         "ntpscope_agent_publisher_total",
         "counter",
-        "The agent's publisher counters (messages and records acknowledged, duplicates, retries, records dropped beyond the buffer).",
+        "The agent's publisher counters: messages and records NATS acknowledged, duplicates, retries, records given up (at shutdown, or unencodable).",
         agents.iter().flat_map(|a| {
             a.publisher.iter().filter(|(k, _)| !k.starts_with("buffered_") && k.as_str() != "last_ack_ns").map(|(k, v)| {
                 let mut l = agent(a);
@@ -284,10 +288,11 @@ fn agents(out: &mut Exposition, service: &ServiceStatistics) {
     out.family(
         "ntpscope_agent_capture_state",
         "gauge",
-        "The capture state the agent reports for the interface, as a label; always 1.",
+        "The capture state the agent reports for the interface (running, stopped, finished, failed), as a label; always 1.",
         interfaces().map(|(a, i)| {
             let mut l = labels(a, i);
-            l.push(("state", i.state.clone()));
+            // Without a failure's text, which would make a series per error message.
+            l.push(("state", i.state.split(':').next().unwrap_or_default().trim().to_string()));
             (l, 1.0)
         }),
     );
@@ -306,7 +311,7 @@ fn agents(out: &mut Exposition, service: &ServiceStatistics) {
     out.family(
         "ntpscope_agent_records_dropped_total",
         "counter",
-        "Records of the interface the agent dropped beyond its buffer bound while NATS was slow or away.",
+        "Records of the interface the agent dropped because its output could not keep up (publish buffer full: NATS slow or away).",
         interfaces().map(|(a, i)| (labels(a, i), i.records_dropped as f64)),
     );
     out.family(
@@ -318,9 +323,10 @@ fn agents(out: &mut Exposition, service: &ServiceStatistics) {
     out.family(
         "ntpscope_agent_capture_total",
         "counter",
-        "The capture's counters for the interface (frames, NTP packets by mode and version, malformed by reason, requests, answered, unanswered, kiss-o'-death and more; the names of the agent's summary).",
+        "The capture's counters for the interface (frames, NTP packets by mode and version, malformed by reason, requests, answered, unanswered, kiss-o'-death and more; the names of the agent's summary). Sum only within a kind: some names count overlapping things.",
         interfaces().flat_map(|(a, i)| {
-            i.counters.iter().filter(|(k, _)| k.as_str() != "pending").map(move |(k, v)| {
+            // `malformed.total` is the sum of the `malformed.*` series beside it.
+            i.counters.iter().filter(|(k, _)| !matches!(k.as_str(), "pending" | "malformed.total")).map(move |(k, v)| {
                 let mut l = labels(a, i);
                 l.push(("counter", k.clone()));
                 (l, *v as f64)
@@ -405,11 +411,16 @@ mod tests {
                 ]),
                 interfaces: vec![AgentInterfaceCounters {
                     name: "eth1.100".into(),
-                    state: "running".into(),
+                    state: "failed: socket: permission denied".into(),
                     pcap_dropped: 1,
                     pcap_if_dropped: 0,
                     records_dropped: 0,
-                    counters: BTreeMap::from([("frames".to_string(), 620), ("ntp_by_mode.3".to_string(), 310), ("pending".to_string(), 4)]),
+                    counters: BTreeMap::from([
+                        ("frames".to_string(), 620),
+                        ("ntp_by_mode.3".to_string(), 310),
+                        ("malformed.total".to_string(), 2),
+                        ("pending".to_string(), 4),
+                    ]),
                 }],
             }],
             total_clients: 6,
@@ -431,16 +442,22 @@ mod tests {
         );
         let mut declared: Vec<String> = Vec::new();
         let mut current = String::new();
+        let mut help: Option<String> = None;
         for line in lines(&text) {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, text) = rest.split_once(' ').expect("name and help");
+                assert!(!text.is_empty() && !text.contains('\\'), "{line}");
+                help = Some(name.to_string());
+                continue;
+            }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').expect("name and type");
+                assert_eq!(help.take().as_deref(), Some(name), "{name}: HELP right before TYPE");
                 assert!(["gauge", "counter"].contains(&kind), "{line}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{line}: counters, and only they, end in _total");
                 assert!(!declared.iter().any(|d| d == name), "{name} declared twice");
                 declared.push(name.to_string());
                 current = name.to_string();
-                continue;
-            }
-            if line.starts_with("# HELP ") {
                 continue;
             }
             let (series, value) = line.rsplit_once(' ').expect("series and value");
@@ -448,9 +465,6 @@ mod tests {
             assert_eq!(name, current, "{line}: a sample outside its family");
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && name.starts_with("ntpscope_"), "{line}");
             assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
-            if current.ends_with("_total") {
-                assert!(text.contains(&format!("# TYPE {current} counter")), "{current}");
-            }
         }
         assert!(declared.len() > 30, "{declared:?}");
     }
@@ -481,7 +495,7 @@ mod tests {
             r#"ntpscope_agent_buffered_bytes{agent="ntp1"} 512"#,
             r#"ntpscope_agent_last_ack_timestamp_seconds{agent="ntp1"} 1767225602"#,
             r#"ntpscope_agent_publisher_total{agent="ntp1",counter="records_acked"} 300"#,
-            r#"ntpscope_agent_capture_state{agent="ntp1",interface="eth1.100",state="running"} 1"#,
+            r#"ntpscope_agent_capture_state{agent="ntp1",interface="eth1.100",state="failed"} 1"#,
             r#"ntpscope_agent_pcap_dropped_total{agent="ntp1",interface="eth1.100"} 1"#,
             r#"ntpscope_agent_pending_requests{agent="ntp1",interface="eth1.100"} 4"#,
             r#"ntpscope_agent_capture_total{agent="ntp1",interface="eth1.100",counter="ntp_by_mode.3"} 310"#,
@@ -493,6 +507,8 @@ mod tests {
         assert!(!text.contains(r#"metric="total_process""#), "{text}");
         assert!(!text.contains("ntpscope_consumer_redelivered_messages{"), "{text}");
         assert!(!text.contains(r#"counter="pending""#) && !text.contains(r#"counter="buffered_bytes""#), "{text}");
+        // No double counting within a family, no error text in a label.
+        assert!(!text.contains("malformed.total") && !text.contains("permission denied"), "{text}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct Cli {
     #[arg(long, env = "NTPSCOPE_CONSUMER", default_value = ntp_wire::subject::DEFAULT_CONSUMER)]
     pub consumer: String,
     /// Seconds JetStream waits for an ack before redelivering (a running sink acks right after
-    /// each commit and extends it during database retries).
+    /// each commit, and extends it for the batches in hand while a write waits or is retried).
     #[arg(long, default_value_t = 30.0)]
     pub ack_wait: f64,
     /// Messages delivered and not yet acknowledged, at most.

@@ -403,14 +403,22 @@ async fn commit(
         outcome = attempts => outcome?,
         never = keep_alive(js.client(), held, prepared.opened, cfg.ack_wait) => match never {},
     };
-    // Committed: now, and only now, acknowledge.
-    for d in batch {
-        if let Err(reason) = &d.decoded {
-            dead_letter(js, d, &reason.to_string()).await;
-            let _ = d.msg.ack_with(AckKind::Term).await;
-        } else {
-            let _ = d.msg.ack().await;
+    // Committed: now, and only now, acknowledge. Dead-lettering waits for JetStream's
+    // acknowledgement of each copy, which may take long when NATS is slow: meanwhile the
+    // batches closed behind this one keep getting progress acks.
+    let acks = async {
+        for d in batch {
+            if let Err(reason) = &d.decoded {
+                dead_letter(js, d, &reason.to_string()).await;
+                let _ = d.msg.ack_with(AckKind::Term).await;
+            } else {
+                let _ = d.msg.ack().await;
+            }
         }
+    };
+    tokio::select! {
+        () = acks => {}
+        never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
     }
     stats.committed(&outcome);
     Ok(())

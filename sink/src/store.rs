@@ -11,9 +11,13 @@
 //! range of new ids on SQLite ([`counts_by_returning`]).
 //!
 //! Counters add; `first_seen`/`last_seen` take the min/max; metric minima and maxima ignore
-//! NULLs; latest-value columns (the last mode and kiss code too) change only when the batch's
-//! newest session is at least as new as the stored one, so an old capture replayed late never
-//! overwrites newer values.
+//! NULLs; latest-value columns (and the last mode) change only when the batch's newest session
+//! is at least as new as the stored one, so an old capture replayed late never overwrites newer
+//! values. The kiss code follows the same rule, judged by the batch's newest session rather than
+//! by the kiss's own time (the table keeps no kiss time), and a row without one takes any: a
+//! batch that mixes a late replay's kiss with newer traffic of the same client can still replace
+//! a newer code, and a kiss whose session ends after a later one of its client, in a later batch,
+//! is kept only where the row has none.
 
 use std::collections::BTreeMap;
 

@@ -213,9 +213,15 @@ async fn the_latest_kiss_code_follows_the_newest_batch(db: &DatabaseConnection) 
     assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RATE"));
     store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, *b"RSTR")]), T0 + 40).await.expect("newer kiss");
     assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RSTR"));
-    // A client first seen through a late replay takes its kiss code, old as it is.
+    // A client first seen through a late replay takes its kiss code, old as it is; so does a
+    // stored client that has none yet.
     store::upsert(db, &deltas(vec![kiss("198.18.0.5", T0, *b"DENY")]), T0 + 50).await.expect("first seen late");
     assert_eq!(row(db, "198.18.0.5").await.last_kiss_code.as_deref(), Some("DENY"));
+    store::upsert(db, &deltas(vec![session("198.18.0.6", T0 + 5_000, true, 2, None)]), T0 + 60).await.expect("no kiss");
+    let newer = row(db, "198.18.0.6").await.last_seen;
+    store::upsert(db, &deltas(vec![kiss("198.18.0.6", T0 + 1_000, *b"RATE")]), T0 + 70).await.expect("an older kiss");
+    let r = row(db, "198.18.0.6").await;
+    assert_eq!((r.last_kiss_code.as_deref(), r.last_seen), (Some("RATE"), newer));
 }
 
 #[tokio::test]

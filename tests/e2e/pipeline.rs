@@ -296,7 +296,7 @@ async fn batches_waiting_for_a_locked_database_longer_than_ack_wait_are_not_rede
     let nats = NatsServer::start().expect("nats-server");
     let url = harness::sqlite_url(dir.path());
     let mut sink =
-        Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "500", "--batch-interval", "0.2", "--ack-wait", "3"]);
+        Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "500", "--batch-interval", "1", "--ack-wait", "3"]);
     let db = open(&url).await;
     assert!(consuming(&db, &sink).await, "{}", sink.log_text());
     let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
@@ -313,6 +313,7 @@ async fn batches_waiting_for_a_locked_database_longer_than_ack_wait_are_not_rede
     let consumer = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.expect("consumer");
     assert_eq!(consumer.delivered.consumer_sequence, messages, "deliveries, one per message");
     let state = entity::sink_state::Entity::find().all(&db).await.expect("state");
+    assert_eq!(state[0].batches, 3, "the premise: three batches of 500 records were in hand");
     assert_eq!(state[0].duplicates_skipped, 0, "no copy reached the writer");
     assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
 }
