@@ -1,5 +1,6 @@
 //! Prometheus metrics: the interface and service statistics in Prometheus' text exposition
-//! format (version 0.0.4), for a scrape job (`metrics_path: /api/ntp/metrics`).
+//! format (version 0.0.4, served as `text/plain; version=0.0.4`), for a scrape job
+//! (`metrics_path: /api/ntp/metrics`).
 //!
 //! Pure: [`render`] takes the two statistics documents the JSON endpoints serve and returns the
 //! text, so a scrape costs what those endpoints cost (the per-interface aggregates are cached

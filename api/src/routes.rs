@@ -118,6 +118,14 @@ pub enum HealthResponse {
     Unhealthy(Json<Health>),
 }
 
+/// Prometheus metrics, with the content type of the text format they follow.
+#[derive(Debug, ApiResponse)]
+pub enum MetricsResponse {
+    /// The metrics, in Prometheus' text exposition format 0.0.4.
+    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    Ok(PlainText<String>),
+}
+
 async fn list(
     state: &AppState,
     filters: &Filters,
@@ -330,10 +338,10 @@ impl HistoryApi {
     /// (`ntpscope_sink_*`), the stream and consumer, and each agent's live status, libpcap drops,
     /// capture and publisher counters (`ntpscope_agent_*`). Every family has its `# HELP`.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self, state: Data<&AppState>) -> Result<PlainText<String>, ApiError> {
+    async fn metrics(&self, state: Data<&AppState>) -> Result<MetricsResponse, ApiError> {
         let interfaces = interface_statistics(&state).await?;
         let service = service_statistics(&state).await?;
-        Ok(PlainText(crate::metrics::render(&interfaces, &service)))
+        Ok(MetricsResponse::Ok(PlainText(crate::metrics::render(&interfaces, &service))))
     }
 
     /// Health

@@ -291,7 +291,7 @@ async fn detail_search_and_statistics(f: &Fixture) {
     let resp = f.cli.get("/api/ntp/metrics").send().await;
     assert_eq!(resp.0.status().as_u16(), 200);
     let content_type = resp.0.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     let text = resp.0.into_body().into_string().await.expect("body");
     for want in [
         r#"ntpscope_interface_clients{host="ntp1",interface="eth0"} 251"#,
