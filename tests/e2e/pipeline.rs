@@ -253,6 +253,34 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     assert_same(&expected(&truth), &stored(&db).await);
 }
 
+/// A sink consuming from a fresh SQLite file in `dir`, then the synthetic capture of `requests`
+/// published in messages of 100 records while another process holds the database's lock.
+struct BehindALock {
+    url: String,
+    log: std::path::PathBuf,
+    sink: Sink,
+    db: sea_orm::DatabaseConnection,
+    lock: harness::KillOnDrop,
+    want: BTreeMap<harness::RowKey, harness::Totals>,
+    total: i64,
+    /// The agent's summary.
+    published: Value,
+}
+
+async fn behind_a_lock(dir: &std::path::Path, nats_url: &str, requests: u32, sink_args: &[&str]) -> BehindALock {
+    let (pcap, want, total) = synthetic(dir, requests);
+    let url = harness::sqlite_url(dir);
+    let log = dir.join("sink.log");
+    let sink = Sink::start(&url, nats_url, &log, sink_args);
+    let db = open(&url).await;
+    assert!(consuming(&db, &sink).await, "{}", sink.log_text());
+    let lock = harness::lock_database(&dir.join("ntp_clients.db"));
+    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
+    let published = summary(&agent(&args, Some(nats_url)));
+    assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
+    BehindALock { url, log, sink, db, lock, want, total, published }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_exits_zero() {
     // The writer waits for SQLite's lock with one batch, the next one is prepared and queued,
@@ -260,18 +288,9 @@ async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_e
     // batch in hand is committed and acknowledged, the sink exits 0, and a new sink stores the
     // rest (redelivered) exactly once.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (pcap, want, total) = synthetic(dir.path(), 3_000);
     let nats = NatsServer::start().expect("nats-server");
-    let url = harness::sqlite_url(dir.path());
-    let log = dir.path().join("sink.log");
     let sink_args = ["--batch-size", "500", "--batch-interval", "0.2", "--ack-wait", "60"];
-    let mut sink = Sink::start(&url, &nats.url, &log, &sink_args);
-    let db = open(&url).await;
-    assert!(consuming(&db, &sink).await, "{}", sink.log_text());
-    let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
-    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
-    let published = summary(&agent(&args, Some(&nats.url)));
-    assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
+    let BehindALock { url, log, mut sink, db, lock, want, total, .. } = behind_a_lock(dir.path(), &nats.url, 3_000, &sink_args).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));
@@ -292,17 +311,9 @@ async fn batches_waiting_for_a_locked_database_longer_than_ack_wait_are_not_rede
     // Progress acks keep every message from redelivery: JetStream delivers each message once and
     // the sink skips no copy. Without them each batch would come again every three seconds.
     let dir = tempfile::tempdir().expect("tempdir");
-    let (pcap, want, total) = synthetic(dir.path(), 1_500);
     let nats = NatsServer::start().expect("nats-server");
-    let url = harness::sqlite_url(dir.path());
-    let mut sink =
-        Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "500", "--batch-interval", "1", "--ack-wait", "3"]);
-    let db = open(&url).await;
-    assert!(consuming(&db, &sink).await, "{}", sink.log_text());
-    let lock = harness::lock_database(&dir.path().join("ntp_clients.db"));
-    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
-    let published = summary(&agent(&args, Some(&nats.url)));
-    assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
+    let sink_args = ["--batch-size", "500", "--batch-interval", "1", "--ack-wait", "3"];
+    let BehindALock { mut sink, db, lock, want, total, published, .. } = behind_a_lock(dir.path(), &nats.url, 1_500, &sink_args).await;
     let messages = published["publisher"]["messages_acked"].as_u64().expect("messages");
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(stored_records(&db).await, 0, "the lock held");
