@@ -76,6 +76,9 @@ pub struct ClientRecord {
     pub kod_count: i64,
     /// Newest kiss code sent to the client.
     pub last_kiss_code: Option<String>,
+    /// Request capture time of the session answered with `last_kiss_code` (absent on rows stored
+    /// before ntpscope kept it).
+    pub last_kiss_at: Option<String>,
     /// Retransmitted requests.
     pub retransmit_count: i64,
     /// Interleaved replies.
@@ -172,6 +175,7 @@ impl From<ntp_clients::Model> for ClientRecord {
             unanswered_count: m.unanswered_count,
             kod_count: m.kod_count,
             last_kiss_code: m.last_kiss_code,
+            last_kiss_at: ts(m.last_kiss_at),
             retransmit_count: m.retransmit_count,
             interleaved_count: m.interleaved_count,
             t1_randomized_count: m.t1_randomized_count,

@@ -54,6 +54,7 @@ const COLUMNS: &[&str] = &[
     "unanswered_count",
     "kod_count",
     "last_kiss_code",
+    "last_kiss_at",
     "retransmit_count",
     "interleaved_count",
     "t1_randomized_count",

@@ -194,6 +194,7 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     put!(out, "unanswered_count", m.unanswered_count, int);
     put!(out, "kod_count", m.kod_count, int);
     field!(out, "last_kiss_code", m.last_kiss_code.as_deref(), string);
+    field!(out, "last_kiss_at", m.last_kiss_at, time);
     put!(out, "retransmit_count", m.retransmit_count, int);
     put!(out, "interleaved_count", m.interleaved_count, int);
     put!(out, "t1_randomized_count", m.t1_randomized_count, int);
@@ -350,6 +351,7 @@ mod tests {
                     first_seen: r as i64 >> 1,
                     last_seen: r as i64 >> 2,
                     last_kiss_code: some(23).then(|| "RATE".into()),
+                    last_kiss_at: ts(33, 1_559_246_614_000_000_000 + (r % 1_000_000_000) as i64),
                     last_mode: int(24, 4),
                     t1_randomized: some(25),
                     session_count: (r >> 30) as i64,

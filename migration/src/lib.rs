@@ -15,9 +15,10 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_create_ntp_clients;
 mod m20261126_000002_create_sink_state;
+mod m20261204_000003_add_last_kiss_at;
 
 /// The newest migration; a database whose newest applied migration differs is not this schema.
-pub const LATEST: &str = "m20261126_000002_create_sink_state";
+pub const LATEST: &str = "m20261204_000003_add_last_kiss_at";
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -26,6 +27,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_create_ntp_clients::Migration), Box::new(m20261126_000002_create_sink_state::Migration)]
+        vec![
+            Box::new(m20261126_000001_create_ntp_clients::Migration),
+            Box::new(m20261126_000002_create_sink_state::Migration),
+            Box::new(m20261204_000003_add_last_kiss_at::Migration),
+        ]
     }
 }

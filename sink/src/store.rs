@@ -13,11 +13,10 @@
 //! Counters add; `first_seen`/`last_seen` take the min/max; metric minima and maxima ignore
 //! NULLs; latest-value columns (and the last mode) change only when the batch's newest session
 //! is at least as new as the stored one, so an old capture replayed late never overwrites newer
-//! values. The kiss code follows the same rule, judged by the batch's newest session rather than
-//! by the kiss's own time (the table keeps no kiss time), and a row without one takes any: a
-//! batch that mixes a late replay's kiss with newer traffic of the same client can still replace
-//! a newer code, and a kiss whose session ends after a later one of its client, in a later batch,
-//! is kept only where the row has none.
+//! values. The kiss code follows its own time, `last_kiss_at` (the request time of the kissed
+//! session): a batch's newest kiss replaces the stored one only when it is at least as new. Rows
+//! written before that column existed have a code without a time; for them the batch's newest
+//! session is compared with the row's `last_seen` instead, as before the column.
 
 use std::collections::BTreeMap;
 
@@ -60,7 +59,7 @@ const METRICS: [&str; 3] = ["latency", "processing", "turnaround"];
 fn columns() -> Vec<String> {
     let mut c: Vec<String> = ["host", "interface_name", "client_ip", "client_ip_bin"].iter().map(|s| (*s).to_string()).collect();
     c.extend(LATEST_COLUMNS.iter().map(|s| (*s).to_string()));
-    c.extend(["first_seen", "last_seen", "last_kiss_code", "last_mode"].iter().map(|s| (*s).to_string()));
+    c.extend(["first_seen", "last_seen", "last_kiss_code", "last_kiss_at", "last_mode"].iter().map(|s| (*s).to_string()));
     c.extend(COUNTER_COLUMNS.iter().map(|s| (*s).to_string()));
     for m in METRICS {
         for part in ["count", "sum", "min", "max"] {
@@ -136,13 +135,15 @@ pub fn upsert_sql_with(backend: DbBackend, rows: usize, returning: bool) -> Stri
     }
     set.push(format!("first_seen = {least}({t}.first_seen, excluded.first_seen)"));
     set.push(format!("last_seen = {greatest}({t}.last_seen, excluded.last_seen)"));
-    // The batch's newest kiss code replaces the stored one only when the batch reaches past
-    // everything stored (as for `last_mode`): a late replay of older traffic keeps the newer
-    // code, unless the row has none.
-    set.push(format!(
-        "last_kiss_code = CASE WHEN excluded.last_kiss_code IS NOT NULL AND ({t}.last_kiss_code IS NULL OR excluded.last_seen >= {t}.last_seen) \
-         THEN excluded.last_kiss_code ELSE {t}.last_kiss_code END"
-    ));
+    // The batch's newest kiss replaces the stored one when it is at least as new; a row written
+    // before `last_kiss_at` existed, holding a code without a time, is judged by its last_seen.
+    let kiss_newer = format!(
+        "excluded.last_kiss_at IS NOT NULL AND CASE WHEN {t}.last_kiss_at IS NOT NULL THEN excluded.last_kiss_at >= {t}.last_kiss_at \
+         ELSE {t}.last_kiss_code IS NULL OR excluded.last_seen >= {t}.last_seen END"
+    );
+    for c in ["last_kiss_code", "last_kiss_at"] {
+        set.push(format!("{c} = CASE WHEN {kiss_newer} THEN excluded.{c} ELSE {t}.{c} END"));
+    }
     set.push(format!("last_mode = CASE WHEN excluded.last_seen >= {t}.last_seen THEN excluded.last_mode ELSE {t}.last_mode END"));
     for c in COUNTER_COLUMNS {
         set.push(format!("{c} = {t}.{c} + excluded.{c}"));
@@ -233,6 +234,7 @@ pub fn row_values(key: &ClientKey, d: &ClientDelta, now: i64, v: &mut Vec<Value>
     v.push(Value::BigInt(Some(d.first_seen)));
     v.push(Value::BigInt(Some(d.last_seen)));
     v.push(Value::String(d.last_kiss_code.as_ref().map(|(_, k)| k.clone())));
+    v.push(Value::BigInt(d.last_kiss_code.as_ref().map(|(t, _)| *t)));
     v.push(Value::Int(Some(d.last_mode)));
     v.extend(d.counters.values().into_iter().map(|c| Value::BigInt(Some(c))));
     push_metric(v, &d.latency);

@@ -200,28 +200,55 @@ fn kiss(ip: &str, t: i64, code: [u8; 4]) -> Record {
     Record::Session(s)
 }
 
-async fn the_latest_kiss_code_follows_the_newest_batch(db: &DatabaseConnection) {
+/// The row's kiss code and its time.
+async fn kissed(db: &DatabaseConnection, ip: &str) -> (Option<String>, Option<i64>) {
+    let r = row(db, ip).await;
+    (r.last_kiss_code, r.last_kiss_at)
+}
+
+fn code(c: &str, t: i64) -> (Option<String>, Option<i64>) {
+    (Some(c.to_string()), Some(t))
+}
+
+async fn the_latest_kiss_code_follows_the_newest_kiss(db: &DatabaseConnection) {
     let ip = "198.18.0.4";
     store::upsert(db, &deltas(vec![kiss(ip, T0 + 5_000, *b"RATE")]), T0 + 10).await.expect("first kiss");
-    assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RATE"));
+    assert_eq!(kissed(db, ip).await, code("RATE", T0 + 5_000));
     // A late replay of older traffic (a DENY before the RATE) counts, but does not replace it.
     store::upsert(db, &deltas(vec![kiss(ip, T0 + 1_000, *b"DENY"), session(ip, T0 + 2_000, true, 2, None)]), T0 + 20).await.expect("late");
     let r = row(db, ip).await;
-    assert_eq!((r.last_kiss_code.as_deref(), r.kod_count, r.session_count), (Some("RATE"), 2, 3));
-    // Newer traffic without a kiss keeps it; a newer kiss replaces it.
-    store::upsert(db, &deltas(vec![session(ip, T0 + 6_000, true, 2, None)]), T0 + 30).await.expect("newer");
-    assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RATE"));
-    store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, *b"RSTR")]), T0 + 40).await.expect("newer kiss");
-    assert_eq!(row(db, ip).await.last_kiss_code.as_deref(), Some("RSTR"));
+    assert_eq!((r.last_kiss_code.as_deref(), r.last_kiss_at, r.kod_count, r.session_count), (Some("RATE"), Some(T0 + 5_000), 2, 3));
+    // Nor does a replayed kiss that arrives in one batch with newer traffic of the same client.
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 1_500, *b"DENY"), session(ip, T0 + 8_000, true, 2, None)]), T0 + 25).await.expect("mixed");
+    let r = row(db, ip).await;
+    assert_eq!((r.last_kiss_code.as_deref(), r.last_kiss_at, r.kod_count), (Some("RATE"), Some(T0 + 5_000), 3));
+    assert_eq!(r.last_seen, T0 + 8_000 + 20_000, "the newer session moved last_seen");
+    // Newer traffic without a kiss keeps it; a newer kiss replaces it, and so does one of the
+    // same time.
+    store::upsert(db, &deltas(vec![session(ip, T0 + 9_000, true, 2, None)]), T0 + 30).await.expect("newer");
+    assert_eq!(kissed(db, ip).await, code("RATE", T0 + 5_000));
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, *b"RSTR")]), T0 + 40).await.expect("newer kiss, older than last_seen");
+    assert_eq!(kissed(db, ip).await, code("RSTR", T0 + 7_000));
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 7_000, *b"STEP")]), T0 + 45).await.expect("a kiss of the same time");
+    assert_eq!(kissed(db, ip).await, code("STEP", T0 + 7_000));
     // A client first seen through a late replay takes its kiss code, old as it is; so does a
     // stored client that has none yet.
     store::upsert(db, &deltas(vec![kiss("198.18.0.5", T0, *b"DENY")]), T0 + 50).await.expect("first seen late");
-    assert_eq!(row(db, "198.18.0.5").await.last_kiss_code.as_deref(), Some("DENY"));
+    assert_eq!(kissed(db, "198.18.0.5").await, code("DENY", T0));
     store::upsert(db, &deltas(vec![session("198.18.0.6", T0 + 5_000, true, 2, None)]), T0 + 60).await.expect("no kiss");
+    assert_eq!(kissed(db, "198.18.0.6").await, (None, None));
     let newer = row(db, "198.18.0.6").await.last_seen;
     store::upsert(db, &deltas(vec![kiss("198.18.0.6", T0 + 1_000, *b"RATE")]), T0 + 70).await.expect("an older kiss");
     let r = row(db, "198.18.0.6").await;
-    assert_eq!((r.last_kiss_code.as_deref(), r.last_seen), (Some("RATE"), newer));
+    assert_eq!((r.last_kiss_code.as_deref(), r.last_kiss_at, r.last_seen), (Some("RATE"), Some(T0 + 1_000), newer));
+    // A row from before `last_kiss_at` existed (a code without a time) is judged by its
+    // last_seen: an older kiss keeps the code, a kiss past last_seen replaces it.
+    db.execute_unprepared(&format!("UPDATE ntp_clients SET last_kiss_at = NULL WHERE client_ip = '{ip}'")).await.expect("legacy row");
+    let last_seen = row(db, ip).await.last_seen;
+    store::upsert(db, &deltas(vec![kiss(ip, T0 + 8_500, *b"RATE")]), T0 + 80).await.expect("legacy, older kiss");
+    assert_eq!(kissed(db, ip).await, (Some("STEP".into()), None));
+    store::upsert(db, &deltas(vec![kiss(ip, last_seen, *b"DENY")]), T0 + 90).await.expect("legacy, newer kiss");
+    assert_eq!(kissed(db, ip).await, code("DENY", last_seen));
 }
 
 #[tokio::test]
@@ -231,7 +258,7 @@ async fn sqlite_store() {
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
-            2 => the_latest_kiss_code_follows_the_newest_batch(&t.db).await,
+            2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
     }
@@ -244,7 +271,7 @@ async fn postgres_store() {
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
-            2 => the_latest_kiss_code_follows_the_newest_batch(&t.db).await,
+            2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
         t.drop_schema().await;

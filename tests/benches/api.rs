@@ -40,7 +40,7 @@ const FILL: &str = "WITH RECURSIVE s(n) AS (SELECT ?1 UNION ALL SELECT n + 1 FRO
 INSERT INTO ntp_clients (host, interface_name, client_ip, client_ip_bin, client_port, server_ip, server_port, ntp_version,
   stratum, precision, root_delay, root_dispersion, reference_id, leap_indicator, poll_interval, reference_timestamp,
   originate_timestamp, receive_timestamp, transmit_timestamp, client_to_server_latency, server_processing_time,
-  total_process_time, packet_length, session_timestamp, first_seen, last_seen, last_mode, t1_randomized, session_count,
+  total_process_time, packet_length, session_timestamp, first_seen, last_seen, last_kiss_code, last_kiss_at, last_mode, t1_randomized, session_count,
   answered_count, unanswered_count, kod_count, retransmit_count, interleaved_count, t1_randomized_count, nts_count,
   extension_count, mac_count, observation_count, symmetric_count, broadcast_count, control_count, private_count,
   monlist_count, latency_count, latency_sum, latency_min, latency_max, processing_count, processing_sum, processing_min,
@@ -52,6 +52,7 @@ SELECT 'ntp' || (n % 4) || '.example.net', CASE WHEN n % 8 < 4 THEN 'eth0' ELSE 
        ELSE unhex(printf('00000000000000000000ffff%02x%02x%02x%02x', 11 + (n >> 24), (n >> 16) & 255, (n >> 8) & 255, n & 255)) END,
   1024 + n % 60000, '198.18.0.1', 123, 4, 2, -24, 0.015, 0.02, '198.18.0.2', 0, 6,
   t * 4, t * 4 + 1, t * 4 + 2, t * 4 + 3, 0.0001 * (n % 100), 0.00001 * (n % 10), 0.0002 * (n % 100), 48, t, t - (n % 86400) * 1000000000, t,
+  CASE WHEN n % 97 = 0 THEN 'RATE' END, CASE WHEN n % 97 = 0 THEN t - 1000000000 END,
   3, 0, 1 + n % 50, 1 + n % 50 - (n % 7 = 0), n % 7 = 0, n % 97 = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
   1, 0.0001 * (n % 100), 0.0001 * (n % 100), 0.0001 * (n % 100), 1, 0.00001 * (n % 10), 0.00001 * (n % 10), 0.00001 * (n % 10),
   1, 0.0002 * (n % 100), 0.0002 * (n % 100), 0.0002 * (n % 100), t, t

@@ -342,6 +342,7 @@ impl Acc {
         cols.insert("first_seen", Cell::Int(Some(self.first_seen)));
         cols.insert("last_seen", Cell::Int(self.last.map(|(t, _)| t)));
         cols.insert("last_mode", Cell::Int(self.last.map(|(_, m)| m)));
+        cols.insert("last_kiss_at", Cell::Int(self.kiss.as_ref().map(|(t, _)| *t)));
         cols.insert("last_kiss_code", Cell::Text(self.kiss.map(|(_, k)| k)));
         self.latency.put("latency", &mut cols);
         self.processing.put("processing", &mut cols);
@@ -475,6 +476,7 @@ fn row_totals(r: entity::ntp_clients::Model) -> Totals {
         ("first_seen", big(r.first_seen)),
         ("last_seen", big(r.last_seen)),
         ("last_kiss_code", Cell::Text(r.last_kiss_code)),
+        ("last_kiss_at", Cell::Int(r.last_kiss_at)),
         ("last_mode", int(r.last_mode)),
         ("t1_randomized", Cell::Bool(r.t1_randomized)),
         ("session_count", big(r.session_count)),

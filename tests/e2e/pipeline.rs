@@ -501,6 +501,7 @@ async fn every_column_matches_on_a_capture_that_sets_every_column() {
         assert_eq!(a[col], harness::Cell::Int(Some(v)), "{col}");
     }
     assert_eq!(a["last_kiss_code"], harness::Cell::Text(Some("RATE".into())));
+    assert!(matches!(a["last_kiss_at"], harness::Cell::Int(Some(t)) if t > 0), "{:?}", a["last_kiss_at"]);
     assert_eq!(a["vlan_id"], harness::Cell::Int(Some(100)));
     // One record per message and one message per transaction: every column goes through the
     // upsert's merge, not only through the sink's in-memory aggregation.

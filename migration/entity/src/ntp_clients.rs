@@ -65,6 +65,9 @@ pub struct Model {
     pub last_seen: i64,
     /// Newest kiss code sent to this client.
     pub last_kiss_code: Option<String>,
+    /// Request capture time of the session answered with `last_kiss_code`, Unix ns (`NULL` on
+    /// rows written before migration m20261204_000003, and on rows never kissed).
+    pub last_kiss_at: Option<i64>,
     /// Mode of the newest packet.
     pub last_mode: Option<i32>,
     /// The newest request had a randomised T1.
