@@ -297,7 +297,7 @@ impl ClientDetailJson<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use poem_openapi::types::ToJSON;
 
     use super::*;
@@ -305,7 +305,7 @@ mod tests {
 
     /// Rows with every optional field present or absent, odd values (NaN and infinities too, which
     /// no JSON number can hold) and strings that need escaping.
-    fn rows(n: usize) -> Vec<Model> {
+    pub(crate) fn rows(n: usize) -> Vec<Model> {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
             x ^= x << 13;

@@ -196,12 +196,22 @@ pub fn condition(p: &Parsed) -> Condition {
 }
 
 /// The sort value of a row, as carried in cursors.
+///
+/// Averages travel as the bits of their `f64` (`{"f": bits}`): printed as a decimal and parsed
+/// back, a float can come back one step off (serde_json parses floats exactly only with its
+/// `float_roundtrip` feature), and the keyset condition would then repeat or skip the rows that
+/// tie with the page's last one. A plain number is still read as a float, as cursors before this
+/// carried it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 enum SortValue {
     Int(i64),
     Float(f64),
     Bytes(String),
+    FloatBits {
+        /// `f64::to_bits` of the value.
+        f: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -242,8 +252,8 @@ fn sort_value(k: SortKey, m: &ntp_clients::Model) -> SortValue {
         SortKey::UnansweredCount => SortValue::Int(m.unanswered_count),
         SortKey::KodCount => SortValue::Int(m.kod_count),
         SortKey::ClientIp => SortValue::Bytes(m.client_ip_bin.as_deref().map(hex).unwrap_or_default()),
-        SortKey::AvgLatency => SortValue::Float(avg(m.latency_count, m.latency_sum)),
-        SortKey::AvgProcessingTime => SortValue::Float(avg(m.processing_count, m.processing_sum)),
+        SortKey::AvgLatency => SortValue::FloatBits { f: avg(m.latency_count, m.latency_sum).to_bits() },
+        SortKey::AvgProcessingTime => SortValue::FloatBits { f: avg(m.processing_count, m.processing_sum).to_bits() },
     }
 }
 
@@ -266,6 +276,7 @@ fn sort_value_expr(v: &SortValue) -> Option<Value> {
     Some(match v {
         SortValue::Int(i) => Value::BigInt(Some(*i)),
         SortValue::Float(f) => Value::Double(Some(*f)),
+        SortValue::FloatBits { f } => Value::Double(Some(Some(f64::from_bits(*f)).filter(|v| !v.is_nan())?)),
         SortValue::Bytes(h) => Value::Bytes(Some(unhex(h)?)),
     })
 }
@@ -278,25 +289,30 @@ pub fn encode_cursor(k: SortKey, o: SortOrder, m: &ntp_clients::Model) -> String
 
 /// The keyset condition of a cursor.
 pub fn cursor_condition(k: SortKey, o: SortOrder, cursor: &str) -> Result<Condition, ApiError> {
+    let (v, id) = decode_cursor(k, o, cursor)?;
+    let e = sort_expr(k);
+    // `sort <= v AND (sort < v OR (sort = v AND id < c.id))`: the first conjunct is implied by
+    // the rest, but without it SQLite plans bound parameters as a scan of the whole index from
+    // the top (88 ms at half depth in 5 M rows) instead of a range search (docs/performance.md).
+    Ok(match o {
+        SortOrder::Desc => Condition::all()
+            .add(e.clone().lte(Expr::val(v.clone())))
+            .add(Condition::any().add(e.clone().lt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(id)))),
+        SortOrder::Asc => Condition::all()
+            .add(e.clone().gte(Expr::val(v.clone())))
+            .add(Condition::any().add(e.clone().gt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(id)))),
+    })
+}
+
+/// The sort value and row id a cursor carries, checked against the request's sort and order.
+fn decode_cursor(k: SortKey, o: SortOrder, cursor: &str) -> Result<(Value, i64), ApiError> {
     let bad = |why: &str| ApiError::bad_request("cursor", format!("invalid cursor: {why}"));
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| bad("not base64url"))?;
     let c: Cursor = serde_json::from_slice(&bytes).map_err(|_| bad("not a cursor"))?;
     if c.k != k.as_str() || c.o != o.as_str() {
         return Err(bad("it belongs to another sort or order; start again without a cursor"));
     }
-    let v = sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?;
-    let e = sort_expr(k);
-    // `sort <= v AND (sort < v OR (sort = v AND id < c.id))`: the first conjunct is implied by
-    // the rest, but without it SQLite plans bound parameters as a scan of the whole index from
-    // the top (88 ms at half depth in 5 M rows) instead of a range search (docs/performance.md).
-    Ok(match o {
-        SortOrder::Desc => Condition::all().add(e.clone().lte(Expr::val(v.clone()))).add(
-            Condition::any().add(e.clone().lt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.lt(c.id))),
-        ),
-        SortOrder::Asc => Condition::all().add(e.clone().gte(Expr::val(v.clone()))).add(
-            Condition::any().add(e.clone().gt(Expr::val(v.clone()))).add(Condition::all().add(e.eq(Expr::val(v))).add(C::Id.gt(c.id))),
-        ),
-    })
+    Ok((sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?, c.id))
 }
 
 /// `SELECT … WHERE filters ORDER BY sort, id`.
@@ -469,6 +485,32 @@ mod tests {
         for bad in ["198.18.0.0", "198.18.0.0/33", "x/8", "2001:db8::/129", "/8"] {
             assert!(parse_cidr("cidr", bad).is_err(), "{bad}");
         }
+    }
+
+    /// The average a cursor carries comes back with the very bits it left with, or the next page
+    /// would repeat or skip the rows that tie with the last one.
+    #[test]
+    fn a_cursor_carries_an_average_exactly() {
+        let mut checked = 0;
+        for m in crate::json::tests::rows(2_000) {
+            for (k, count, sum) in
+                [(SortKey::AvgLatency, m.latency_count, m.latency_sum), (SortKey::AvgProcessingTime, m.processing_count, m.processing_sum)]
+            {
+                let want = if count > 0 { sum / count as f64 } else { -1.0 };
+                if want.is_nan() {
+                    continue;
+                }
+                let (v, id) = decode_cursor(k, SortOrder::Asc, &encode_cursor(k, SortOrder::Asc, &m)).expect("own cursor");
+                assert_eq!(id, m.id);
+                let Value::Double(Some(got)) = v else { panic!("{v:?}") };
+                assert_eq!(got.to_bits(), want.to_bits(), "{want:e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 3_000, "{checked}");
+        // A cursor written before averages travelled as bits still reads.
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"k":"avg_latency","o":"desc","v":0.25,"id":7}"#);
+        assert_eq!(decode_cursor(SortKey::AvgLatency, SortOrder::Desc, &old).expect("old cursor"), (Value::Double(Some(0.25)), 7));
     }
 
     #[test]

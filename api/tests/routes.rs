@@ -483,6 +483,10 @@ struct Inserted {
     last_seen: i64,
     sessions: i64,
     version: i32,
+    unanswered: i64,
+    /// Mean client-to-server latency, summed as the sink sums it (per batch, then the batches'
+    /// sums added in the upsert); -1 without an answered session, as the API sorts it.
+    avg_latency: f64,
 }
 
 fn with_version(r: Record, version: u8) -> Record {
@@ -495,10 +499,12 @@ fn with_version(r: Record, version: u8) -> Record {
 }
 
 /// 60 clients on one interface with 1–5 sessions 100 s apart, NTP versions 3 and 4 mixed across
-/// a client's sessions, every fourth session unanswered; written by the sink's store in two
-/// batches (rows inserted, then updated). Returns what each row must say, computed from the
-/// sessions: first seen at the earliest request, last seen at the latest packet (the response,
-/// 20 µs after its request, or the request when unanswered), the newest session's version.
+/// a client's sessions, every fourth session unanswered, latencies in thirds of a millisecond (no
+/// short decimal holds them), clients 20 apart alike in all but time (so averages tie); written by
+/// the sink's store in two batches (rows inserted, then updated). Returns what each row must
+/// say, computed from the sessions: first seen at the earliest request, last seen at the latest
+/// packet (the response, 20 µs after its request, or the request when unanswered), the newest
+/// session's version.
 async fn catalog(db: &sea_orm::DatabaseConnection) -> Vec<Inserted> {
     let mut batches = [Vec::new(), Vec::new()];
     let mut out = Vec::new();
@@ -506,19 +512,40 @@ async fn catalog(db: &sea_orm::DatabaseConnection) -> Vec<Inserted> {
         let ip = format!("198.18.7.{}", i + 1);
         let n = 1 + i * 7 % 5;
         let base = T0 + (i * 37 % 60) * 1_000_000_000;
-        let mut c = Inserted { ip: ip.clone(), first_seen: i64::MAX, last_seen: i64::MIN, sessions: n, version: 0 };
+        let mut c = Inserted {
+            ip: ip.clone(),
+            first_seen: i64::MAX,
+            last_seen: i64::MIN,
+            sessions: n,
+            version: 0,
+            unanswered: 0,
+            avg_latency: -1.0,
+        };
         let mut newest = i64::MIN;
+        let (mut sums, mut answered_count) = ([0.0f64; 2], 0);
         for j in 0..n {
             let t = base + j * 100_000_000_000;
             let answered = (i + j) % 4 != 0;
             let version = if (i + j) % 3 == 0 { 3 } else { 4 };
-            batches[usize::from(j % 2 == 1)].push(with_version(session(&ip, t, answered, *b"GPS\0", false), version));
+            let Record::Session(mut s) = with_version(session(&ip, t, answered, *b"GPS\0", false), version) else { unreachable!() };
+            let latency = (1 + (i % 20) * 5 + j) as f64 / 3.0 * 1e-3;
+            s.client_to_server_latency_s = answered.then_some(latency);
+            batches[usize::from(j % 2 == 1)].push(Record::Session(s));
+            if answered {
+                sums[usize::from(j % 2 == 1)] += latency;
+                answered_count += 1;
+            } else {
+                c.unanswered += 1;
+            }
             c.first_seen = c.first_seen.min(t);
             c.last_seen = c.last_seen.max(if answered { t + 20_000 } else { t });
             if t > newest {
                 newest = t;
                 c.version = i32::from(version);
             }
+        }
+        if answered_count > 0 {
+            c.avg_latency = (sums[0] + sums[1]) / f64::from(answered_count);
         }
         out.push(c);
     }
@@ -597,8 +624,8 @@ async fn walk(f: &Fixture, sort: &str, order: &str, page_size: &str) -> Vec<i64>
     }
 }
 
-/// `sort=first_seen` and `sort=session_count`, both orders, by cursor and by page, against the
-/// order of the inserted data (ties broken by row id in the same direction).
+/// Every sort but `client_ip` (checked on the seeded rows), both orders, by cursor and by page,
+/// against the order of the inserted data (ties broken by row id in the same direction).
 async fn sorts_follow_the_inserted_rows(f: &Fixture, rows: &[Inserted]) {
     // Row ids are the database's: take them from the API, every sort value from the data.
     let (s, b) = get(f, "/api/ntp/history/clients", &[("page_size", "1000")]).await;
@@ -615,7 +642,20 @@ async fn sorts_follow_the_inserted_rows(f: &Fixture, rows: &[Inserted]) {
         id_of.insert(ip.to_string(), c["id"].as_i64().expect("id"));
     }
     assert_eq!(id_of.len(), rows.len());
-    let keys: [(&str, SortValue); 2] = [("first_seen", |c| c.first_seen), ("session_count", |c| c.sessions)];
+    // Floats compare as their bits do once negative ones are flipped (all of them finite here).
+    let keys: [(&str, SortValue); 6] = [
+        ("first_seen", |c| c.first_seen),
+        ("last_seen", |c| c.last_seen),
+        ("session_count", |c| c.sessions),
+        ("unanswered_count", |c| c.unanswered),
+        ("kod_count", |_| 0),
+        ("avg_latency", |c| {
+            let b = c.avg_latency.to_bits() as i64;
+            if b < 0 { b ^ i64::MAX } else { b }
+        }),
+    ];
+    let averages: BTreeSet<u64> = rows.iter().map(|c| c.avg_latency.to_bits()).collect();
+    assert!(averages.len() > 10 && averages.len() < rows.len(), "averages neither all alike nor all different");
     for (sort, key) in keys {
         for order in ["asc", "desc"] {
             let mut want: Vec<(i64, i64)> = rows.iter().map(|c| (key(c), id_of[&c.ip])).collect();
