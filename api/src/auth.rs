@@ -73,7 +73,10 @@ async fn check(req: &Request, bearer: Bearer) -> poem::Result<()> {
 /// optional): `Ok` when allowed.
 pub fn check_header(req: &Request, tokens: &Tokens) -> Result<(), StatusCode> {
     let header = req.headers().get(poem::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match header.and_then(|h| h.strip_prefix("Bearer ")) {
+    // The scheme's name is case-insensitive (RFC 9110 §11.1), as the typed `Authorization` header
+    // of the mutating endpoints takes it.
+    let token = header.and_then(|h| h.split_once(' ')).filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t);
+    match token {
         None => Err(StatusCode::UNAUTHORIZED),
         Some(t) if tokens.verify(t.trim()) => Ok(()),
         Some(_) => {

@@ -497,7 +497,8 @@ pub struct SinkStatistics {
     pub total_processed: i64,
     /// Consumer pending + acknowledgement-pending messages (last known).
     pub queue_size: i64,
-    /// Dead-lettered messages and failed batches.
+    /// Messages set aside as undecodable or invalid (dead-lettered); failed write attempts are
+    /// counted apart, as `failed_attempts`.
     pub processing_errors: i64,
     /// Rows inserted.
     pub total_inserted: i64,

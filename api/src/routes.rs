@@ -641,8 +641,8 @@ impl InterfacesApi {
     /// Stop capture
     ///
     /// Stops capturing on an agent's interface. The body is optional (the seed's clients send
-    /// none): `{"agent": …}` picks the agent when several are connected. 404: no such agent;
-    /// 409: not capturing; 503: NATS is unreachable; 504: the agent did not answer. Needs a
+    /// none): `{"agent": …}` picks the agent when several are connected. 404: no such agent, or
+    /// no such interface on it; 409: not capturing; 503: NATS is unreachable; 504: the agent did not answer. Needs a
     /// token.
     #[oai(path = "/interfaces/:name/stop", method = "post", operation_id = "stop_capture")]
     async fn stop(

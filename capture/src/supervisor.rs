@@ -193,10 +193,17 @@ impl Supervisor {
 
     /// Stops a running source and waits up to [`STOP_WAIT`] for its thread (blocking; call from a
     /// blocking context). A thread that does not end in time keeps stopping in the background.
+    /// Stopping an interface that is not capturing is a conflict; one the host does not have (and
+    /// never captured on) is not found.
     pub fn stop(&self, name: &str) -> Result<(), StartError> {
         let (stop, thread) = {
             let mut map = self.lock();
+            let known = map.contains_key(name);
             let Some(r) = map.get_mut(name).filter(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) else {
+                drop(map);
+                if !known && !pcap::Device::list().is_ok_and(|l| l.iter().any(|d| d.name == name)) {
+                    return Err(StartError { kind: ControlErrorKind::NotFound, message: format!("no interface {name} on this host") });
+                }
                 return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("not capturing on {name}") });
             };
             if r.stop.load(Ordering::Relaxed) {

@@ -397,7 +397,8 @@ pub struct StateDelta {
     pub total_received: u64,
     /// Records applied.
     pub total_processed: u64,
-    /// Messages that could not be processed (dead-lettered) plus failed batch attempts.
+    /// Messages set aside as undecodable or invalid (dead-lettered); failed write attempts are
+    /// counted apart (`stats`' `failed_attempts`).
     pub processing_errors: u64,
     /// Rows inserted.
     pub total_inserted: u64,

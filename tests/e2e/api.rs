@@ -165,6 +165,7 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["interface"]["capturing"], false);
     assert_eq!(post(&cli, &stop, &serde_json::json!({}), true).await.0, 409, "not capturing");
+    assert_eq!(post(&cli, "/api/ntp/interfaces/nosuch0/stop", &serde_json::json!({}), true).await.0, 404, "no such interface");
 
     // A second agent on the same host: without `agent`, a request goes to the agent that has
     // captured on the interface; on one that both hosts have and neither captured, it is

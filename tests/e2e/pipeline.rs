@@ -228,6 +228,14 @@ async fn stored_exactly_once(db: &sea_orm::DatabaseConnection, want: &BTreeMap<h
     assert_eq!(state[0].total_processed, total, "exactly-once counters");
 }
 
+/// The sink's consumer: messages not yet delivered plus messages delivered and not acknowledged.
+async fn outstanding(nats_url: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("connect"));
+    let stream = js.get_stream(ntp_wire::subject::STREAM).await.expect("stream");
+    let c = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.expect("consumer");
+    c.num_pending + c.num_ack_pending as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -251,6 +259,7 @@ async fn sigterm_commits_the_batch_in_hand_and_exits_zero() {
     assert_eq!(sink.terminate(), Some(0), "{}", sink.log_text());
     assert_eq!(stored_records(&db).await, truth.len() as i64);
     assert_same(&expected(&truth), &stored(&db).await);
+    assert_eq!(outstanding(&nats.url).await, 0, "every committed message acknowledged before exit");
 }
 
 /// A sink consuming from a fresh SQLite file in `dir`, then the synthetic capture of `requests`
@@ -300,6 +309,9 @@ async fn sigterm_with_batches_queued_behind_a_locked_database_commits_them_and_e
     release.join().expect("release the lock");
     let committed = stored_records(&db).await;
     assert!((1_500..=total).contains(&committed), "three batches of 500 committed at shutdown, stored {committed}");
+    // Acknowledged are exactly the committed messages (of 100 records each): the rest is left for
+    // the next sink.
+    assert_eq!(outstanding(&nats.url).await, u64::try_from(total - committed).expect("count") / 100, "acknowledged = committed");
     let _sink = Sink::start(&url, &nats.url, &log, &sink_args);
     stored_exactly_once(&db, &want, total, "after the shutdown").await;
 }
