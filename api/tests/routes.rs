@@ -747,6 +747,11 @@ async fn protected_reads(pg: bool) {
     assert_eq!((s, b["error"]["status"].as_u64()), (401, Some(401)), "metrics without a token: {}", short(&b));
     let metrics = f.cli.get("/api/ntp/metrics").header("Authorization", format!("Bearer {TOKEN}")).send().await;
     assert_eq!(metrics.0.status().as_u16(), 200, "metrics with the token");
+    // The scheme's name is case-insensitive; a scheme other than Bearer is no token.
+    for (header, want) in [(format!("bearer {TOKEN}"), 200), (format!("BEARER {TOKEN}"), 200), (format!("Basic {TOKEN}"), 401)] {
+        let resp = f.cli.get("/api/ntp/history/clients").header("Authorization", header.as_str()).send().await;
+        assert_eq!(resp.0.status().as_u16(), want, "{header}");
+    }
     let (_, b) = call(&f, "POST", "/api/ntp/history/search", Some(&search), Some(TOKEN)).await;
     assert_eq!(b["total"], 49);
     let (_, b) = call(&f, "POST", "/api/ntp/history/export", Some(&export), Some(TOKEN)).await;
