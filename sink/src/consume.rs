@@ -15,6 +15,10 @@
 //! **Poison messages** (undecodable, newer schema, agent/interface not matching the subject) are
 //! copied to `ntp.v1.deadletter.<agent>.<interface>` with the reason in a header, counted, and
 //! terminated (`AckKind::Term`), so they are never redelivered and the pipeline keeps flowing.
+//! A message is terminated only once JetStream has acknowledged its copy; otherwise (the stream
+//! full, NATS slow) it is handed back with a delay ([`DEAD_LETTER_RETRY`]) and comes back as a
+//! duplicate of itself, which tries the copy again under the same message id, so JetStream keeps
+//! one copy however many tries it takes. It is counted once.
 //!
 //! **Slow or failing writes.** While a batch is being written (a busy wait for SQLite's lock
 //! included) and while it is retried with back-off after a database failure, its messages and
@@ -409,8 +413,9 @@ async fn commit(
     let acks = async {
         for d in batch {
             if let Err(reason) = &d.decoded {
-                dead_letter(js, d, &reason.to_string()).await;
-                let _ = d.msg.ack_with(AckKind::Term).await;
+                let kind =
+                    if dead_letter(js, d, &reason.to_string()).await { AckKind::Term } else { AckKind::Nak(Some(DEAD_LETTER_RETRY)) };
+                let _ = d.msg.ack_with(kind).await;
             } else {
                 let _ = d.msg.ack().await;
             }
@@ -424,9 +429,13 @@ async fn commit(
     Ok(())
 }
 
-/// Copies a poison message to the dead-letter subject (id `dlq-<sequence>`, so a retry after a
-/// crash is deduplicated by JetStream).
-async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
+/// How long a poison message whose dead-letter copy JetStream did not acknowledge waits before it
+/// is delivered again (and the copy tried again).
+pub const DEAD_LETTER_RETRY: Duration = Duration::from_secs(2);
+
+/// Copies a poison message to the dead-letter subject (id `dlq-<sequence>`, so a retry is
+/// deduplicated by JetStream); whether JetStream acknowledged the copy.
+async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) -> bool {
     let subject = subject::deadletter(d.msg.subject.as_str());
     let publish = PublishMessage::build()
         .payload(d.msg.payload.clone())
@@ -434,15 +443,21 @@ async fn dead_letter(js: &jetstream::Context, d: &Delivered, reason: &str) {
         .header("Ntpscope-Error", reason.chars().take(500).collect::<String>().as_str())
         .header("Ntpscope-Original-Subject", d.msg.subject.as_str())
         .header("Ntpscope-Original-Sequence", d.seq.to_string().as_str());
-    match js.send_publish(subject, publish).await {
-        Ok(ack) => {
-            if let Err(e) = ack.await {
-                tracing::warn!(message = "Dead-letter copy not acknowledged.", error = %e, sequence = d.seq);
-            }
-        }
-        Err(e) => tracing::warn!(message = "Dead-letter copy failed.", error = %e, sequence = d.seq),
+    let failed = match js.send_publish(subject, publish).await {
+        Ok(ack) => ack.await.err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(error) = failed {
+        tracing::warn!(
+            message = "Dead-letter copy not stored; the message comes back later and the copy is tried again.",
+            error,
+            sequence = d.seq,
+            retry_in = ?DEAD_LETTER_RETRY
+        );
+        return false;
     }
     tracing::warn!(message = "Dead-lettered a message.", sequence = d.seq, subject = %d.msg.subject, reason);
+    true
 }
 
 /// A closed batch, with what it would change if none of its messages had been applied before.

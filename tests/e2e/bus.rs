@@ -24,6 +24,48 @@ fn good_batch(agent_id: &str) -> Batch {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_terminated_only_once_its_dead_letter_copy_is_stored() {
+    // The stream has room for the poison message and nothing more, so JetStream refuses its
+    // copy: the message must come back and be copied once there is room, not be dropped.
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = harness::sqlite_url(dir.path());
+    let _sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-interval", "0.2"]);
+    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("connect"));
+    assert!(
+        wait_until(Duration::from_secs(30), || async { js.get_stream(subject::STREAM).await.is_ok() }).await,
+        "the sink made no stream"
+    );
+    let mut stream = js.get_stream(subject::STREAM).await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    let mut config = info.config.clone();
+    config.max_messages = i64::try_from(info.state.messages).expect("count") + 1;
+    config.discard = stream::DiscardPolicy::New;
+    js.update_stream(config.clone()).await.expect("limit the stream");
+    let subj = subject::sessions("evil", "eth0").expect("subject");
+    js.send_publish(subj, PublishMessage::build().payload(b"\xc1 not msgpack".to_vec().into())).await.expect("publish").await.expect("ack");
+    let db = open(&url).await;
+    let state = || async { entity::sink_state::Entity::find().all(&db).await.ok().and_then(|s| s.into_iter().next()) };
+    // Counted at once; delivered again (a duplicate of itself) while its copy is refused.
+    let retried =
+        wait_until(Duration::from_secs(20), || async { state().await.is_some_and(|s| s.dead_lettered == 1 && s.duplicates_skipped >= 1) })
+            .await;
+    assert!(retried, "{:?}", state().await);
+    let dlq = subject::deadletter("ntp.v1.sessions.evil.eth0");
+    assert!(stream.get_last_raw_message_by_subject(&dlq).await.is_err(), "the copy cannot be there yet");
+    config.max_messages = -1;
+    js.update_stream(config).await.expect("room again");
+    let copied = wait_until(Duration::from_secs(20), || async { stream.get_last_raw_message_by_subject(&dlq).await.is_ok() }).await;
+    assert!(copied, "no dead-letter copy once there was room");
+    let consumer = || async {
+        let c = js.get_stream(subject::STREAM).await.expect("stream").consumer_info(subject::DEFAULT_CONSUMER).await.expect("consumer");
+        c.num_pending + c.num_ack_pending as u64
+    };
+    assert!(wait_until(Duration::from_secs(20), || async { consumer().await == 0 }).await, "the poison message was not terminated");
+    assert_eq!(state().await.map(|s| s.dead_lettered), Some(1), "counted once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_dead_lettered_and_the_good_messages_around_it_are_stored() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -244,6 +286,32 @@ async fn a_stream_with_other_limits_is_reported_and_converged() {
     let mut s = js.get_stream(subject::STREAM).await.expect("stream");
     assert_eq!(s.info().await.expect("info").config.max_age, settings.max_age);
     assert_eq!(ntpscope_bus::ensure_stream(&js, &settings).await.expect("again"), ntpscope_bus::StreamOutcome::Unchanged);
+    // Limits that would refuse batches are differences too, and are converged.
+    let mut odd = s.info().await.expect("info").config.clone();
+    (odd.max_messages, odd.max_message_size, odd.discard) = (1_000, 4_096, stream::DiscardPolicy::New);
+    js.update_stream(odd).await.expect("odd limits");
+    let check_only = ntpscope_bus::StreamSettings { check_only: true, ..settings.clone() };
+    let outcome = ntpscope_bus::ensure_stream(&js, &check_only).await.expect("check");
+    let ntpscope_bus::StreamOutcome::Differs(diffs) = outcome else { panic!("expected differences, got {outcome:?}") };
+    for name in ["max_msgs 1000", "max_msg_size 4096", "discard New"] {
+        assert!(diffs.iter().any(|d| d.starts_with(name)), "{name} not in {diffs:?}");
+    }
+    assert_eq!(diffs.len(), 3, "{diffs:?}");
+    assert!(matches!(ntpscope_bus::ensure_stream(&js, &settings).await.expect("converge"), ntpscope_bus::StreamOutcome::Updated(_)));
+    let c = s.info().await.expect("info").config.clone();
+    assert_eq!((c.max_messages, c.max_message_size, c.discard), (-1, -1, stream::DiscardPolicy::Old));
+    // Retention cannot be changed in place: a clear error.
+    js.delete_stream(subject::STREAM).await.expect("delete");
+    js.create_stream(stream::Config {
+        name: subject::STREAM.into(),
+        subjects: vec![subject::STREAM_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .expect("work-queue stream");
+    let err = ntpscope_bus::ensure_stream(&js, &settings).await.expect_err("retention mismatch").to_string();
+    assert!(err.contains("limits retention"), "{err}");
     // Memory storage cannot be changed in place: a clear error, not a silent mismatch.
     js.delete_stream(subject::STREAM).await.expect("delete");
     js.create_stream(stream::Config {

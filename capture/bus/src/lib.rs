@@ -480,6 +480,22 @@ async fn ensure_stream_once(js: &jetstream::Context, settings: &StreamSettings) 
         js.create_stream(want).await.map_err(|e| js_err("creating stream NTP")(&e))?;
         return Ok(StreamOutcome::Created);
     };
+    let diffs = stream_differences(&have, &want)?;
+    if diffs.is_empty() {
+        return Ok(StreamOutcome::Unchanged);
+    }
+    if settings.check_only {
+        return Ok(StreamOutcome::Differs(diffs));
+    }
+    js.update_stream(want)
+        .await
+        .map_err(|e| BusError::jetstream(format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")), &e))?;
+    Ok(StreamOutcome::Updated(diffs))
+}
+
+/// What differs between the stream as it is (`have`) and as ntpscope wants it, as "name old →
+/// new" lines; an error for what cannot be changed in place (storage, retention, a sealed stream).
+fn stream_differences(have: &stream::Config, want: &stream::Config) -> Result<Vec<String>, BusError> {
     let mut diffs = Vec::new();
     if have.subjects != want.subjects {
         diffs.push(format!("subjects {:?} → {:?}", have.subjects, want.subjects));
@@ -496,6 +512,48 @@ async fn ensure_stream_once(js: &jetstream::Context, settings: &StreamSettings) 
     if have.num_replicas.max(1) != want.num_replicas.max(1) {
         diffs.push(format!("replicas {} → {}", have.num_replicas, want.num_replicas));
     }
+    // Limits ntpscope leaves unset (0 and -1 both mean none): any value would refuse or drop
+    // batches (a small max_msg_size refuses every batch; a max_msgs with discard=new refuses
+    // everything once reached, dead-letter copies included).
+    let none = |v: i64| if v <= 0 { -1 } else { v };
+    for (name, h, w) in [
+        ("max_msgs", have.max_messages, want.max_messages),
+        ("max_msgs_per_subject", have.max_messages_per_subject, want.max_messages_per_subject),
+        ("max_msg_size", i64::from(have.max_message_size), i64::from(want.max_message_size)),
+        ("max_consumers", i64::from(have.max_consumers), i64::from(want.max_consumers)),
+    ] {
+        if none(h) != none(w) {
+            diffs.push(format!("{name} {} → {}", none(h), none(w)));
+        }
+    }
+    if have.discard != want.discard || have.discard_new_per_subject != want.discard_new_per_subject {
+        diffs.push(format!(
+            "discard {:?}{} → {:?}",
+            have.discard,
+            if have.discard_new_per_subject { " per subject" } else { "" },
+            want.discard
+        ));
+    }
+    if have.no_ack != want.no_ack {
+        diffs.push(format!("no_ack {} → {}", have.no_ack, want.no_ack));
+    }
+    let fixed = if have.retention != want.retention {
+        Some(format!(
+            "has {:?} retention, ntpscope needs limits retention (the sink's acknowledgements must not delete messages)",
+            have.retention
+        ))
+    } else if have.sealed {
+        Some("is sealed: nothing can be published to it".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = fixed {
+        return Err(BusError::JetStream {
+            what: "stream NTP".into(),
+            detail: format!("{why}; this cannot be changed in place (back up and delete the stream, or point ntpscope at another server)"),
+            transient: false,
+        });
+    }
     if have.storage != want.storage {
         return Err(BusError::JetStream {
             what: "stream NTP".into(),
@@ -507,16 +565,7 @@ async fn ensure_stream_once(js: &jetstream::Context, settings: &StreamSettings) 
             transient: false,
         });
     }
-    if diffs.is_empty() {
-        return Ok(StreamOutcome::Unchanged);
-    }
-    if settings.check_only {
-        return Ok(StreamOutcome::Differs(diffs));
-    }
-    js.update_stream(want)
-        .await
-        .map_err(|e| BusError::jetstream(format!("stream NTP differs ({}) and could not be updated", diffs.join(", ")), &e))?;
-    Ok(StreamOutcome::Updated(diffs))
+    Ok(diffs)
 }
 
 /// The status KV bucket: created on first use unless `check_only`, with the stream's replicas (a
@@ -575,5 +624,30 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_differences_name_what_differs_and_refuse_what_cannot_change() {
+        let want = StreamSettings::default().config();
+        // The server reports "no limit" as -1 where ntpscope asks with 0.
+        let mut have =
+            stream::Config { max_messages: -1, max_messages_per_subject: -1, max_message_size: -1, max_consumers: -1, ..want.clone() };
+        assert_eq!(stream_differences(&have, &want).expect("comparable"), Vec::<String>::new());
+        have.max_messages_per_subject = 1;
+        have.discard = stream::DiscardPolicy::New;
+        have.discard_new_per_subject = true;
+        assert_eq!(
+            stream_differences(&have, &want).expect("comparable"),
+            ["max_msgs_per_subject 1 → -1", "discard New per subject → Old"].map(String::from)
+        );
+        let sealed = stream::Config { sealed: true, ..want.clone() };
+        assert!(stream_differences(&sealed, &want).expect_err("sealed").to_string().contains("sealed"));
+        let interest = stream::Config { retention: stream::RetentionPolicy::Interest, ..want.clone() };
+        assert!(stream_differences(&interest, &want).expect_err("retention").to_string().contains("limits retention"));
     }
 }
