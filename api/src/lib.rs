@@ -4,7 +4,7 @@
 //! # Layout
 //! - [`config`]: flags and environment → [`Config`].
 //! - [`routes`]: the operations (thin); [`dto`]: their types; [`error`]: the one error shape;
-//!   [`body`]: an optional JSON request body.
+//!   [`body`]: an optional JSON request body; [`body_fields`]: the field a refused body names.
 //! - [`query`]: read queries, keyset paging, counts, aggregates, cleanup; [`reader`]: where
 //!   rows are read (rusqlite on an SQLite file, sea-orm otherwise); [`json`]: client pages and
 //!   lookups written straight to bytes.
@@ -20,6 +20,7 @@
 pub mod agents;
 pub mod auth;
 pub mod body;
+pub mod body_fields;
 pub mod clock;
 pub mod config;
 pub mod dto;
@@ -76,6 +77,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let ui = svc.swagger_ui();
     let json = svc.spec_endpoint();
     let yaml = svc.spec_endpoint_yaml();
+    let fields = body_fields::BodyFields::new(&svc.spec());
     let tokens = state.tokens.clone();
     let limit = state.request_timeout;
     Route::new()
@@ -86,6 +88,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .with(ProtectReads(tokens.clone()))
         .data(tokens)
         .data(state)
+        .with(fields)
         .with(BodyLimit(1 << 20))
         .catch_all_error(error::json_errors)
         .around(move |ep, req| async move {

@@ -272,7 +272,17 @@ async fn detail_search_and_statistics(f: &Fixture) {
     assert_error(s, &b, 400, Some("client_ips"));
     let (s, b) =
         json(f.cli.post("/api/ntp/history/search").body_json(&serde_json::json!({"pagination": {"page_size": 5000}})).send().await).await;
-    assert_error(s, &b, 400, None);
+    assert_error(s, &b, 400, Some("page_size"));
+    // Values of the wrong type name their field too, however deep.
+    for (body, field) in [
+        (serde_json::json!({"pagination": {"page_size": "many"}}), "pagination.page_size"),
+        (serde_json::json!({"filters": {"min_sessions": "x"}}), "filters.min_sessions"),
+        (serde_json::json!({"filters": {"client_ips": ["198.18.0.1", 7]}}), "filters.client_ips[1]"),
+        (serde_json::json!({"sort": "loudest"}), "sort"),
+    ] {
+        let (s, b) = json(f.cli.post("/api/ntp/history/search").body_json(&body).send().await).await;
+        assert_error(s, &b, 400, Some(field));
+    }
     let (s, b) = json(f.cli.post("/api/ntp/history/search").content_type("application/json").body("{not json").send().await).await;
     assert_error(s, &b, 400, None);
     // Statistics.
@@ -339,7 +349,9 @@ async fn export_streams(f: &Fixture) {
     let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("json")).expect("a JSON array");
     assert_eq!(v.as_array().map(Vec::len), Some(300));
     let (s, b) = json(f.cli.post("/api/ntp/history/export").body_json(&serde_json::json!({"format": "xml"})).send().await).await;
-    assert_error(s, &b, 400, None);
+    assert_error(s, &b, 400, Some("format"));
+    let (s, b) = json(f.cli.post("/api/ntp/history/export").body_json(&serde_json::json!({"limit": "all"})).send().await).await;
+    assert_error(s, &b, 400, Some("limit"));
 }
 
 async fn cleanup_needs_a_token(f: &Fixture) {
@@ -696,9 +708,13 @@ async fn cleanup_older_than_days(pg: bool) {
         let req = f.cli.post("/api/ntp/history/cleanup").header("Authorization", &auth).body_json(&body);
         async move { json(req.send().await).await }
     };
-    for bad in [serde_json::json!({"older_than_days": -1}), serde_json::json!({"older_than_days": 36501})] {
+    for bad in [
+        serde_json::json!({"older_than_days": -1}),
+        serde_json::json!({"older_than_days": 36501}),
+        serde_json::json!({"older_than_days": "7"}),
+    ] {
         let (s, b) = cleanup(bad).await;
-        assert_error(s, &b, 400, None);
+        assert_error(s, &b, 400, Some("older_than_days"));
     }
     let (s, b) = cleanup(serde_json::json!({"older_than_days": 1, "before": "2026-01-01T00:00:00Z"})).await;
     assert_error(s, &b, 400, Some("older_than_days"));
