@@ -50,8 +50,32 @@ impl Tokens {
     }
 }
 
-/// Bearer authentication for mutating endpoints (cleanup, capture start/stop, export when so
-/// configured): no token → 401, a wrong token → 403.
+/// A token from the server's configuration (`--token-file`, several allowed). Mutating operations
+/// (cleanup, capture start/stop) always need one; read operations need one when the server runs
+/// with `--protect-reads`, export with `--protect-reads` or `--protect-export`, and take none
+/// otherwise. No token → 401, a wrong token → 403.
+// The scheme of read operations and export (the same `bearerAuth` in the spec, hence the same
+// description): it offers a token or none, so Swagger UI sends a token it was given, and never
+// refuses a request itself; `ProtectReads` and the export handler decide, by configuration.
+#[derive(Debug, SecurityScheme)]
+#[oai(ty = "bearer", rename = "bearerAuth", bearer_format = "opaque token")]
+pub struct ReadToken(pub Bearer);
+
+/// [`ReadToken`], or no token at all.
+#[derive(Debug, SecurityScheme)]
+pub enum ReadAuth {
+    /// A bearer token was sent.
+    Token(ReadToken),
+    /// None was sent.
+    #[oai(fallback)]
+    Anonymous,
+}
+
+/// A token from the server's configuration (`--token-file`, several allowed). Mutating operations
+/// (cleanup, capture start/stop) always need one; read operations need one when the server runs
+/// with `--protect-reads`, export with `--protect-reads` or `--protect-export`, and take none
+/// otherwise. No token → 401, a wrong token → 403.
+// The scheme of mutating operations: it refuses a request without a valid token itself.
 #[derive(Debug, SecurityScheme)]
 #[oai(ty = "bearer", rename = "bearerAuth", bearer_format = "opaque token", checker = "check")]
 pub struct TokenAuth(pub ());

@@ -11,7 +11,7 @@ use sea_orm::EntityTrait;
 
 use crate::{
     agents,
-    auth::{TokenAuth, check_header},
+    auth::{ReadAuth, TokenAuth, check_header},
     body::OptionalJson,
     clock,
     dto::{
@@ -173,6 +173,7 @@ impl HistoryApi {
     async fn list_clients(
         &self,
         state: Data<&AppState>,
+        _auth: ReadAuth,
         /// Page number, 1-based.
         #[oai(default = "one", validator(minimum(value = "1"), maximum(value = "1000000")))]
         page: Query<u32>,
@@ -241,6 +242,7 @@ impl HistoryApi {
     async fn get_client(
         &self,
         state: Data<&AppState>,
+        _auth: ReadAuth,
         /// Client address.
         #[oai(validator(max_length = 64))]
         client_ip: Path<String>,
@@ -258,7 +260,7 @@ impl HistoryApi {
     /// The seed's body (`filters.client_ips`, `filters.interface_names`, `pagination`) plus
     /// every filter of the list endpoint, the sort and a cursor.
     #[oai(path = "/history/search", method = "post", operation_id = "search_clients")]
-    async fn search(&self, state: Data<&AppState>, body: Json<SearchRequest>) -> Result<JsonBody<ClientPage>, ApiError> {
+    async fn search(&self, state: Data<&AppState>, _auth: ReadAuth, body: Json<SearchRequest>) -> Result<JsonBody<ClientPage>, ApiError> {
         let b = body.0;
         list(&state, &b.filters, b.sort, b.order, b.pagination.page, b.pagination.page_size, b.pagination.cursor.as_deref()).await
     }
@@ -269,7 +271,13 @@ impl HistoryApi {
     /// file name. Needs a token when the server runs with `--protect-export`.
     #[oai(path = "/history/export", method = "post", operation_id = "export_clients")]
     #[allow(clippy::unused_async)] // poem-openapi operations are async
-    async fn export(&self, state: Data<&AppState>, req: &poem::Request, body: Json<ExportRequest>) -> Result<ExportResponse, ApiError> {
+    async fn export(
+        &self,
+        state: Data<&AppState>,
+        _auth: ReadAuth,
+        req: &poem::Request,
+        body: Json<ExportRequest>,
+    ) -> Result<ExportResponse, ApiError> {
         if state.tokens.protect_export
             && let Err(status) = check_header(req, &state.tokens)
         {
@@ -316,7 +324,7 @@ impl HistoryApi {
     /// first and last activity, and the agent's live capture state and pcap drops. Cached for a
     /// few seconds.
     #[oai(path = "/history/interfaces/statistics", method = "get", operation_id = "interface_statistics")]
-    async fn interface_statistics(&self, state: Data<&AppState>) -> Result<Json<InterfaceStatisticsList>, ApiError> {
+    async fn interface_statistics(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<Json<InterfaceStatisticsList>, ApiError> {
         interface_statistics(&state).await.map(Json)
     }
 
@@ -326,7 +334,7 @@ impl HistoryApi {
     /// `processing_errors`, `total_inserted`, `total_updated`), consumer lag, stream state, and
     /// every agent's counters and buffer use.
     #[oai(path = "/history/service/statistics", method = "get", operation_id = "service_statistics")]
-    async fn service_statistics(&self, state: Data<&AppState>) -> Result<Json<ServiceStatistics>, ApiError> {
+    async fn service_statistics(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<Json<ServiceStatistics>, ApiError> {
         service_statistics(&state).await.map(Json)
     }
 
@@ -338,7 +346,7 @@ impl HistoryApi {
     /// (`ntpscope_sink_*`), the stream and consumer, and each agent's live status, libpcap drops,
     /// capture and publisher counters (`ntpscope_agent_*`). Every family has its `# HELP`.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self, state: Data<&AppState>) -> Result<MetricsResponse, ApiError> {
+    async fn metrics(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<MetricsResponse, ApiError> {
         let interfaces = interface_statistics(&state).await?;
         let service = service_statistics(&state).await?;
         Ok(MetricsResponse::Ok(PlainText(crate::metrics::render(&interfaces, &service))))
@@ -579,7 +587,7 @@ impl InterfacesApi {
     /// Asks each agent (request/reply over NATS) for its interfaces and their capture state;
     /// agents that do not answer are listed as offline with their last reported interfaces.
     #[oai(path = "/interfaces", method = "get", operation_id = "list_interfaces")]
-    async fn list_interfaces(&self, state: Data<&AppState>) -> Result<Json<InterfaceList>, ApiError> {
+    async fn list_interfaces(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<Json<InterfaceList>, ApiError> {
         let bus = bus_or_unavailable(&state).await?;
         let statuses = agents::agent_statuses(&bus).await;
         let mut out = InterfaceList { interfaces: Vec::new(), agents_online: Vec::new(), agents_offline: Vec::new() };

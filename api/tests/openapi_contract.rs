@@ -39,3 +39,27 @@ fn the_contract_documents_every_seed_path_and_the_security_scheme() {
     assert!(spec.contains("bearerAuth"), "security scheme documented");
     assert!(spec.contains("maximum: 1000"), "page_size bound documented");
 }
+
+/// Mutating operations require the bearer token; every other operation but health offers it as
+/// an alternative to none (it is required only with `--protect-reads`/`--protect-export`), so
+/// clients and Swagger UI know where to send one.
+#[test]
+fn every_operation_but_health_declares_the_bearer_token() {
+    let spec: serde_json::Value = serde_json::from_str(&ntpscope_api::openapi().spec()).expect("spec");
+    let required = serde_json::json!([{"bearerAuth": []}]);
+    let optional = serde_json::json!([{"bearerAuth": []}, {}]);
+    let mut seen = 0;
+    for (path, ops) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            let want = match id {
+                "health" => serde_json::Value::Null,
+                "cleanup" | "start_capture" | "stop_capture" => required.clone(),
+                _ => optional.clone(),
+            };
+            assert_eq!(op["security"], want, "{method} {path}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 12, "{seen} operations");
+}
