@@ -798,6 +798,35 @@ async fn protected_export(pg: bool) {
 /// Capture stop (and start): the token first; then 503 without NATS; 404 when no agent has
 /// reported or the named one has no responder; 504 when an agent that is online in the status
 /// bucket never answers. Stop takes no body, an empty one, `null` or an object.
+/// Each host's interfaces in the database, joined with its agent's live status: the capture state
+/// and libpcap's drops where the agent reports the interface, "agent offline" where its status is
+/// stale, "unknown" where no agent reports it.
+async fn interface_statistics_join_the_agents_live_status(f: &Fixture, kv: &async_nats::jetstream::kv::Store, live: &AgentStatus) {
+    let mut stale = live.clone();
+    stale.agent = "old-agent".into();
+    stale.updated_ns = clock::wall_ns() - 3_600 * 1_000_000_000;
+    let doc = ntp_wire::status::encode(&stale).expect("encode");
+    kv.put(subject::agent_status_key("old-agent").expect("key"), doc.into()).await.expect("put status");
+    let rows = [("silent-agent", "eth0"), ("silent-agent", "eth9"), ("old-agent", "eth0"), ("nobody", "eth0")];
+    for (i, (host, iface)) in rows.into_iter().enumerate() {
+        let records = vec![session(&format!("198.18.8.{}", i + 1), T0, true, *b"GPS\0", false)];
+        let deltas = ntpscope_sink::aggregate::aggregate([&Batch::new(host, iface, records)]);
+        ntpscope_sink::store::upsert(&f.writer, &deltas, T0).await.expect("rows");
+    }
+    let (s, b) = get(f, "/api/ntp/history/interfaces/statistics", &[]).await;
+    assert_eq!(s, 200, "{b}");
+    let of = |host: &str, iface: &str| {
+        let all = b["interfaces"].as_array().expect("interfaces");
+        let row = all.iter().find(|r| r["host"] == host && r["interface_name"] == iface).unwrap_or_else(|| panic!("{host}/{iface}: {b}"));
+        (row["capture_state"].as_str().map(str::to_string), row["pcap_dropped"].as_u64(), row["pcap_if_dropped"].as_u64())
+    };
+    assert_eq!(of("silent-agent", "eth0"), (Some("running".into()), Some(7), Some(2)));
+    assert_eq!(of("silent-agent", "eth9"), (Some("unknown".into()), None, None));
+    assert_eq!(of("old-agent", "eth0"), (Some("agent offline".into()), Some(7), Some(2)));
+    assert_eq!(of("nobody", "eth0"), (Some("unknown".into()), None, None));
+    kv.purge(subject::agent_status_key("old-agent").expect("key")).await.expect("forget old-agent");
+}
+
 async fn capture_control(pg: bool) {
     let f = empty_fixture(pg, Protect::default()).await;
     let stop = "/api/ntp/interfaces/eth0/stop";
@@ -842,11 +871,19 @@ async fn capture_control(pg: bool) {
         agent: agent.into(),
         version: "test".into(),
         updated_ns: clock::wall_ns(),
-        interfaces: vec![InterfaceStatus { name: "eth0".into(), kind: "live".into(), state: "running".into(), ..Default::default() }],
+        interfaces: vec![InterfaceStatus {
+            name: "eth0".into(),
+            kind: "live".into(),
+            state: "running".into(),
+            pcap_dropped: 7,
+            pcap_if_dropped: 2,
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let doc = ntp_wire::status::encode(&status).expect("encode");
     kv.put(subject::agent_status_key(agent).expect("key"), doc.into()).await.expect("put status");
+    interface_statistics_join_the_agents_live_status(&f, &kv, &status).await;
     let agent_conn = async_nats::connect(&nats.url).await.expect("connect");
     let mut requests = agent_conn.subscribe(subject::control(agent).expect("subject")).await.expect("subscribe");
     agent_conn.flush().await.expect("flush");
