@@ -151,6 +151,7 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Option<String> {
                 Some("uint32") => v.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
                 Some("uint16") => v.as_u64().is_some_and(|n| u16::try_from(n).is_ok()),
                 Some("uint8") => v.as_u64().is_some_and(|n| u8::try_from(n).is_ok()),
+                Some("int64") => v.as_i64().is_some(),
                 Some("int32") => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
                 Some("int16") => v.as_i64().is_some_and(|n| i16::try_from(n).is_ok()),
                 Some("int8") => v.as_i64().is_some_and(|n| i8::try_from(n).is_ok()),

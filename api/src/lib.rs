@@ -85,10 +85,10 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/docs", ui)
         .at("/openapi.json", json)
         .at("/openapi.yaml", yaml)
+        .with(fields)
         .with(ProtectReads(tokens.clone()))
         .data(tokens)
         .data(state)
-        .with(fields)
         .with(BodyLimit(1 << 20))
         .catch_all_error(error::json_errors)
         .around(move |ep, req| async move {

@@ -795,9 +795,6 @@ async fn protected_export(pg: bool) {
     done(f).await;
 }
 
-/// Capture stop (and start): the token first; then 503 without NATS; 404 when no agent has
-/// reported or the named one has no responder; 504 when an agent that is online in the status
-/// bucket never answers. Stop takes no body, an empty one, `null` or an object.
 /// Each host's interfaces in the database, joined with its agent's live status: the capture state
 /// and libpcap's drops where the agent reports the interface, "agent offline" where its status is
 /// stale, "unknown" where no agent reports it.
@@ -827,10 +824,18 @@ async fn interface_statistics_join_the_agents_live_status(f: &Fixture, kv: &asyn
     kv.purge(subject::agent_status_key("old-agent").expect("key")).await.expect("forget old-agent");
 }
 
+/// Capture stop (and start): the token first; then 503 without NATS; 404 when no agent has
+/// reported or the named one has no responder; 504 when an agent that is online in the status
+/// bucket never answers. Stop takes no body, an empty one, `null` or an object.
 async fn capture_control(pg: bool) {
     let f = empty_fixture(pg, Protect::default()).await;
     let stop = "/api/ntp/interfaces/eth0/stop";
     let auth = format!("Bearer {TOKEN}");
+    // Reads are not protected here: no Authorization header of any shape refuses them.
+    for header in ["Basic x", "garbage", "Bearer", &format!("Bearer {WRONG_TOKEN}")] {
+        let resp = f.cli.get("/api/ntp/history/clients").header("Authorization", header).send().await;
+        assert_eq!(resp.0.status().as_u16(), 200, "{header}");
+    }
     let (s, b) = json(f.cli.post(stop).send().await).await;
     assert_error(s, &b, 401, None);
     let (s, b) = json(f.cli.post(stop).header("Authorization", format!("Bearer {WRONG_TOKEN}")).send().await).await;
@@ -842,10 +847,13 @@ async fn capture_control(pg: bool) {
         assert_error(s, &b, 503, None);
     }
     let long_agent = format!("{{\"agent\": \"{}\"}}", "a".repeat(300));
-    for bad in ["{not json", "[1]", long_agent.as_str()] {
+    for (bad, field) in [("{not json", None), ("[1]", Some("body")), (long_agent.as_str(), Some("agent"))] {
         let (s, b) =
             json(f.cli.post(stop).header("Authorization", &auth).content_type("application/json").body(bad.to_string()).send().await).await;
-        assert_error(s, &b, 400, None);
+        assert_error(s, &b, 400, field);
+        if field.is_none() {
+            assert!(b["error"]["field"].is_null(), "{b}");
+        }
     }
     let (s, b) = json(f.cli.post(stop).header("Authorization", &auth).content_type("text/plain").body("agent=a").send().await).await;
     assert_error(s, &b, 415, None);

@@ -201,7 +201,7 @@ impl Supervisor {
             let known = map.contains_key(name);
             let Some(r) = map.get_mut(name).filter(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) else {
                 drop(map);
-                if !known && !pcap::Device::list().is_ok_and(|l| l.iter().any(|d| d.name == name)) {
+                if !known && !is_network_interface(name) {
                     return Err(StartError { kind: ControlErrorKind::NotFound, message: format!("no interface {name} on this host") });
                 }
                 return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("not capturing on {name}") });

@@ -18,7 +18,8 @@
 //! A message is terminated only once JetStream has acknowledged its copy; otherwise (the stream
 //! full, NATS slow) it is handed back with a delay ([`DEAD_LETTER_RETRY`]) and comes back as a
 //! duplicate of itself, which tries the copy again under the same message id, so JetStream keeps
-//! one copy however many tries it takes. It is counted once.
+//! one copy however many tries it takes. It is counted once. After [`DEAD_LETTER_TRIES`]
+//! deliveries the copy is given up, with an error in the log.
 //!
 //! **Slow or failing writes.** While a batch is being written (a busy wait for SQLite's lock
 //! included) and while it is retried with back-off after a database failure, its messages and
@@ -413,8 +414,21 @@ async fn commit(
     let acks = async {
         for d in batch {
             if let Err(reason) = &d.decoded {
-                let kind =
-                    if dead_letter(js, d, &reason.to_string()).await { AckKind::Term } else { AckKind::Nak(Some(DEAD_LETTER_RETRY)) };
+                let copied = dead_letter(js, d, &reason.to_string()).await;
+                let deliveries = d.msg.info().map_or(0, |i| i.delivered);
+                let kind = if copied {
+                    AckKind::Term
+                } else if deliveries < DEAD_LETTER_TRIES {
+                    AckKind::Nak(Some(DEAD_LETTER_RETRY))
+                } else {
+                    tracing::error!(
+                        message = "Gave up on a dead-letter copy JetStream keeps refusing; the message is terminated without one.",
+                        sequence = d.seq,
+                        subject = %d.msg.subject,
+                        deliveries
+                    );
+                    AckKind::Term
+                };
                 let _ = d.msg.ack_with(kind).await;
             } else {
                 let _ = d.msg.ack().await;
@@ -432,6 +446,12 @@ async fn commit(
 /// How long a poison message whose dead-letter copy JetStream did not acknowledge waits before it
 /// is delivered again (and the copy tried again).
 pub const DEAD_LETTER_RETRY: Duration = Duration::from_secs(2);
+
+/// Deliveries of a poison message after which a copy JetStream still refuses (one that can never
+/// be stored: larger than the server's payload limit once the headers are added, say) is given up,
+/// with an error in the log, so such messages cannot hold the consumer's slots for ever: about a
+/// minute of tries.
+pub const DEAD_LETTER_TRIES: i64 = 30;
 
 /// Copies a poison message to the dead-letter subject (id `dlq-<sequence>`, so a retry is
 /// deduplicated by JetStream); whether JetStream acknowledged the copy.

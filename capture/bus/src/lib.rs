@@ -516,11 +516,11 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Result<Ve
     // batches (a small max_msg_size refuses every batch; a max_msgs with discard=new refuses
     // everything once reached, dead-letter copies included).
     let none = |v: i64| if v <= 0 { -1 } else { v };
+    // (max_consumers is left alone: servers before 2.12 cannot change it in place.)
     for (name, h, w) in [
         ("max_msgs", have.max_messages, want.max_messages),
         ("max_msgs_per_subject", have.max_messages_per_subject, want.max_messages_per_subject),
         ("max_msg_size", i64::from(have.max_message_size), i64::from(want.max_message_size)),
-        ("max_consumers", i64::from(have.max_consumers), i64::from(want.max_consumers)),
     ] {
         if none(h) != none(w) {
             diffs.push(format!("{name} {} → {}", none(h), none(w)));
