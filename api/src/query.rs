@@ -276,7 +276,13 @@ fn sort_value_expr(v: &SortValue) -> Option<Value> {
     Some(match v {
         SortValue::Int(i) => Value::BigInt(Some(*i)),
         SortValue::Float(f) => Value::Double(Some(*f)),
-        SortValue::FloatBits { f } => Value::Double(Some(Some(f64::from_bits(*f)).filter(|v| !v.is_nan())?)),
+        SortValue::FloatBits { f } => {
+            let v = f64::from_bits(*f);
+            if v.is_nan() {
+                return None; // orders nowhere: a bad cursor
+            }
+            Value::Double(Some(v))
+        }
         SortValue::Bytes(h) => Value::Bytes(Some(unhex(h)?)),
     })
 }

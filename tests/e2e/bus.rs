@@ -57,11 +57,8 @@ async fn a_poison_message_is_terminated_only_once_its_dead_letter_copy_is_stored
     js.update_stream(config).await.expect("room again");
     let copied = wait_until(Duration::from_secs(20), || async { stream.get_last_raw_message_by_subject(&dlq).await.is_ok() }).await;
     assert!(copied, "no dead-letter copy once there was room");
-    let consumer = || async {
-        let c = js.get_stream(subject::STREAM).await.expect("stream").consumer_info(subject::DEFAULT_CONSUMER).await.expect("consumer");
-        c.num_pending + c.num_ack_pending as u64
-    };
-    assert!(wait_until(Duration::from_secs(20), || async { consumer().await == 0 }).await, "the poison message was not terminated");
+    let terminated = wait_until(Duration::from_secs(20), || async { harness::outstanding(&nats.url).await == 0 }).await;
+    assert!(terminated, "the poison message was not terminated");
     assert_eq!(state().await.map(|s| s.dead_lettered), Some(1), "counted once");
 }
 
@@ -300,30 +297,18 @@ async fn a_stream_with_other_limits_is_reported_and_converged() {
     assert!(matches!(ntpscope_bus::ensure_stream(&js, &settings).await.expect("converge"), ntpscope_bus::StreamOutcome::Updated(_)));
     let c = s.info().await.expect("info").config.clone();
     assert_eq!((c.max_messages, c.max_message_size, c.discard), (-1, -1, stream::DiscardPolicy::Old));
-    // Retention cannot be changed in place: a clear error.
-    js.delete_stream(subject::STREAM).await.expect("delete");
-    js.create_stream(stream::Config {
-        name: subject::STREAM.into(),
-        subjects: vec![subject::STREAM_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        ..Default::default()
-    })
-    .await
-    .expect("work-queue stream");
-    let err = ntpscope_bus::ensure_stream(&js, &settings).await.expect_err("retention mismatch").to_string();
-    assert!(err.contains("limits retention"), "{err}");
-    // Memory storage cannot be changed in place: a clear error, not a silent mismatch.
-    js.delete_stream(subject::STREAM).await.expect("delete");
-    js.create_stream(stream::Config {
-        name: subject::STREAM.into(),
-        subjects: vec![subject::STREAM_SUBJECTS.into()],
-        storage: stream::StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .expect("memory stream");
-    let err = ntpscope_bus::ensure_stream(&js, &settings).await.expect_err("storage mismatch").to_string();
-    assert!(err.contains("file storage"), "{err}");
+    // Another retention or memory storage cannot be changed in place: a clear error, not a
+    // silent mismatch.
+    let base = stream::Config { name: subject::STREAM.into(), subjects: vec![subject::STREAM_SUBJECTS.into()], ..Default::default() };
+    for (config, why) in [
+        (stream::Config { retention: stream::RetentionPolicy::WorkQueue, ..base.clone() }, "limits retention"),
+        (stream::Config { storage: stream::StorageType::Memory, ..base.clone() }, "file storage"),
+    ] {
+        js.delete_stream(subject::STREAM).await.expect("delete");
+        js.create_stream(config).await.expect("odd stream");
+        let err = ntpscope_bus::ensure_stream(&js, &settings).await.expect_err(why).to_string();
+        assert!(err.contains(why), "{err}");
+    }
 }
 
 /// A JetStream server whose only configuration is `auth` (nats-server syntax).

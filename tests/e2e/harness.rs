@@ -542,6 +542,14 @@ pub fn assert_same(expected: &BTreeMap<RowKey, Totals>, got: &BTreeMap<RowKey, T
     );
 }
 
+/// The sink's consumer: messages not yet delivered plus messages delivered and not acknowledged.
+pub async fn outstanding(nats_url: &str) -> u64 {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("connect"));
+    let stream = js.get_stream(ntp_wire::subject::STREAM).await.expect("stream");
+    let c = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.expect("consumer");
+    c.num_pending + c.num_ack_pending as u64
+}
+
 /// `SUM(session_count) + SUM(observation_count)` in the table.
 pub async fn stored_records(db: &DatabaseConnection) -> i64 {
     let backend = db.get_database_backend();

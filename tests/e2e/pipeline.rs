@@ -10,7 +10,9 @@ use netlab::{NatsServer, pcapgen};
 use sea_orm::EntityTrait;
 use serde_json::Value;
 
-use crate::harness::{self, Sink, agent, assert_same, expected, fixture, lines, open, stored, stored_records, summary, wait_until};
+use crate::harness::{
+    self, Sink, agent, assert_same, expected, fixture, lines, open, outstanding, stored, stored_records, summary, wait_until,
+};
 
 const FIXTURES: [&str; 9] = [
     "zeek-ntp.pcap",
@@ -226,14 +228,6 @@ async fn stored_exactly_once(db: &sea_orm::DatabaseConnection, want: &BTreeMap<h
     assert_same(want, &stored(db).await);
     let state = entity::sink_state::Entity::find().all(db).await.expect("state");
     assert_eq!(state[0].total_processed, total, "exactly-once counters");
-}
-
-/// The sink's consumer: messages not yet delivered plus messages delivered and not acknowledged.
-async fn outstanding(nats_url: &str) -> u64 {
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.expect("connect"));
-    let stream = js.get_stream(ntp_wire::subject::STREAM).await.expect("stream");
-    let c = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.expect("consumer");
-    c.num_pending + c.num_ack_pending as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

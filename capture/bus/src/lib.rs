@@ -537,7 +537,9 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Result<Ve
     if have.no_ack != want.no_ack {
         diffs.push(format!("no_ack {} → {}", have.no_ack, want.no_ack));
     }
-    let fixed = if have.retention != want.retention {
+    let fixed = if have.storage != want.storage {
+        Some(format!("exists with {:?} storage, ntpscope needs file storage", have.storage))
+    } else if have.retention != want.retention {
         Some(format!(
             "has {:?} retention, ntpscope needs limits retention (the sink's acknowledgements must not delete messages)",
             have.retention
@@ -551,17 +553,6 @@ fn stream_differences(have: &stream::Config, want: &stream::Config) -> Result<Ve
         return Err(BusError::JetStream {
             what: "stream NTP".into(),
             detail: format!("{why}; this cannot be changed in place (back up and delete the stream, or point ntpscope at another server)"),
-            transient: false,
-        });
-    }
-    if have.storage != want.storage {
-        return Err(BusError::JetStream {
-            what: "stream NTP".into(),
-            detail: format!(
-                "exists with {:?} storage, ntpscope needs file storage; storage cannot be changed in place \
-                 (back up and delete the stream, or point ntpscope at another server)",
-                have.storage
-            ),
             transient: false,
         });
     }
