@@ -16,9 +16,10 @@ pub use sea_orm_migration::prelude::*;
 mod m20261126_000001_create_ntp_clients;
 mod m20261126_000002_create_sink_state;
 mod m20261204_000003_add_last_kiss_at;
+mod m20261204_000004_relax_upserted_columns;
 
 /// The newest migration; a database whose newest applied migration differs is not this schema.
-pub const LATEST: &str = "m20261204_000003_add_last_kiss_at";
+pub const LATEST: &str = "m20261204_000004_relax_upserted_columns";
 
 /// All migrations, oldest first.
 #[derive(Debug)]
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_ntp_clients::Migration),
             Box::new(m20261126_000002_create_sink_state::Migration),
             Box::new(m20261204_000003_add_last_kiss_at::Migration),
+            Box::new(m20261204_000004_relax_upserted_columns::Migration),
         ]
     }
 }

@@ -18,10 +18,10 @@
 //!   on PostgreSQL, and on SQLite until it counted inserts by id range instead);
 //! - the fastest equivalent found: a lookup of the key in the unique index, then the upsert
 //!   without `RETURNING`. SQLite compiles `RETURNING` as a temporary trigger, and a statement
-//!   with a trigger counts as one that may write several rows; with the table's `NOT NULL`
-//!   checks, which abort, such a statement keeps a statement journal. A single-row upsert
-//!   without it keeps none. (The sink's multi-row statements keep the journal either way, and
-//!   there the lookup measured no faster than `RETURNING`; see docs/performance.md.)
+//!   with a trigger counts as one that may write several rows; such a statement keeps a
+//!   statement journal when it may also abort half-way. Since migration `m20261204_000004` and
+//!   the sink's `INSERT OR FAIL` it cannot (see `store::upsert_sql_with`), so the two raw
+//!   forms now differ by the cost of the returned row alone.
 //!
 //! Every variant allocates through mimalloc, as the sink binary does (since commit 01ae539;
 //! earlier figures in docs/performance.md were measured with glibc's malloc).

@@ -17,7 +17,7 @@ const T0: i64 = 1_767_225_600_000_000_000;
 
 struct TestDb {
     db: DatabaseConnection,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
     pg_schema: Option<(String, String)>,
 }
 
@@ -26,13 +26,13 @@ impl TestDb {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("ntp.db").display());
         let db = db::connect_and_migrate(&url).await.expect("sqlite");
-        Self { db, _dir: Some(dir), pg_schema: None }
+        Self { db, dir: Some(dir), pg_schema: None }
     }
 
     async fn postgres() -> Self {
         let (url, schema) = pg_schema().await;
         let db = db::connect_and_migrate(&url).await.expect("postgres");
-        Self { db, _dir: None, pg_schema: Some((base_pg_url(), schema)) }
+        Self { db, dir: None, pg_schema: Some((base_pg_url(), schema)) }
     }
 
     async fn drop_schema(self) {
@@ -276,6 +276,52 @@ async fn postgres_store() {
         }
         t.drop_schema().await;
     }
+}
+
+/// SQLite keeps a statement journal (a copy of every page the statement changes) for a
+/// statement that may write several rows and may abort half-way; the sink's multi-row upsert
+/// always may write several rows, so it must not be able to abort. In the program SQLite
+/// compiles for it on the migrated schema, that means: no SQL function calls (each counts as a
+/// possible abort) and no constraint check that halts with ABORT (the `DO UPDATE` branch checks
+/// the `NOT NULL` columns it changes with ABORT, whatever the statement says). A new `NOT NULL`
+/// column in the upsert, or a `MIN()` in it, fails here.
+#[tokio::test]
+async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journal() {
+    const OE_ABORT: i64 = 2;
+    let t = TestDb::sqlite().await;
+    let path = t.dir.as_ref().expect("sqlite dir").path().join("ntp.db");
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, 4);
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+    let mut rows = stmt.raw_query();
+    let (mut ops, mut aborts, mut calls) = (0, Vec::new(), Vec::new());
+    while let Some(row) = rows.next().expect("row") {
+        let (addr, opcode, p2): (i64, String, i64) = (row.get(0).expect("addr"), row.get(1).expect("opcode"), row.get(3).expect("p2"));
+        ops += 1;
+        if matches!(opcode.as_str(), "Function" | "PureFunc") {
+            calls.push((addr, row.get::<_, String>(5).expect("p4")));
+        }
+        if matches!(opcode.as_str(), "Halt" | "HaltIfNull") && p2 == OE_ABORT {
+            aborts.push((addr, opcode, row.get::<_, Option<String>>(5).expect("p4")));
+        }
+    }
+    assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
+    assert!(calls.is_empty(), "function calls in the upsert: {calls:?}");
+    assert!(aborts.is_empty(), "checks that abort the upsert: {aborts:?}");
+
+    // The same check sees the aborting NOT NULL checks of the schema before m20261204_000004.
+    let mut strict = TestDb::sqlite().await;
+    let path = strict.dir.take().expect("sqlite dir");
+    <migration::Migrator as migration::MigratorTrait>::down(&strict.db, Some(1)).await.expect("down one migration");
+    let conn = rusqlite::Connection::open(path.path().join("ntp.db")).expect("open");
+    let halts: i64 = conn
+        .prepare(&format!("EXPLAIN {}", sql.replace("INSERT OR FAIL", "INSERT")))
+        .expect("explain")
+        .raw_query()
+        .mapped(|r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(3)?)))
+        .filter(|r| r.as_ref().is_ok_and(|(op, p2)| op == "HaltIfNull" && *p2 == OE_ABORT))
+        .count() as i64;
+    assert!(halts > 10, "the strict schema's NOT NULL checks abort ({halts})");
 }
 
 #[tokio::test]
