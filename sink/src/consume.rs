@@ -597,6 +597,10 @@ async fn apply(
     };
     let mut delta = StateDelta { queue_size: stats.queue_size(), ..plan.delta.clone() };
     let counts = store::upsert(&txn, deltas, now).await?;
+    let filled = store::fill_binary_addresses(&txn, store::FILL_PER_BATCH).await?;
+    if filled > 0 {
+        tracing::info!(message = "Filled in the binary address of copied rows.", rows = filled);
+    }
     delta.total_inserted = counts.inserted;
     delta.total_updated = counts.updated;
     delta.batch_records = delta.total_processed;

@@ -114,19 +114,30 @@ async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) 
     // An unanswered-only client has no latency and NULL minima.
     let u = row(db, "198.18.0.3").await;
     assert_eq!((u.unanswered_count, u.latency_count, u.latency_min), (1, 0, None));
-    // A row copied in from the Flask seed has no binary address; the next upsert supplies it.
+    // Rows copied in from the Flask seed have no binary address; the fill supplies it, seen
+    // again or not, a limited number of rows a call.
     db.execute_unprepared(&format!(
         "INSERT INTO ntp_clients (host, interface_name, client_ip, first_seen, last_seen, session_count, created_at, updated_at) \
-         VALUES ('host-a', 'eth0', '198.18.0.9', {T0}, {T0}, 1, {T0}, {T0})"
+         VALUES ('host-a', 'eth0', '198.18.0.9', {T0}, {T0}, 1, {T0}, {T0}), ('host-a', 'eth0', '2001:db8::9', {T0}, {T0}, 1, {T0}, {T0}), \
+         ('host-a', 'eth0', 'not an address', {T0}, {T0}, 1, {T0}, {T0})"
     ))
     .await
-    .expect("copied row");
+    .expect("copied rows");
     assert_eq!(row(db, "198.18.0.9").await.client_ip_bin, None);
     let c = store::upsert(db, &deltas(vec![session("198.18.0.9", T0 + 1_000, true, 2, None)]), T0 + 40).await.expect("seen again");
     assert_eq!((c.inserted, c.updated), (0, 1));
-    let m = row(db, "198.18.0.9").await;
-    let want = ntpscope_sink::aggregate::ip_bytes("198.18.0.9".parse().expect("ip")).to_vec();
-    assert_eq!((m.client_ip_bin, m.session_count), (Some(want), 2));
+    assert_eq!(row(db, "198.18.0.9").await.session_count, 2);
+    assert_eq!(store::fill_binary_addresses(db, 2).await.expect("fill"), 2, "at most the limit");
+    assert_eq!(store::fill_binary_addresses(db, 2).await.expect("fill"), 1, "the rest");
+    assert_eq!(store::fill_binary_addresses(db, 2).await.expect("fill"), 0, "nothing left, the unparsable address included");
+    for (ip, want) in [
+        ("198.18.0.9", ntpscope_sink::aggregate::ip_bytes("198.18.0.9".parse().expect("ip")).to_vec()),
+        ("2001:db8::9", ntpscope_sink::aggregate::ip_bytes("2001:db8::9".parse().expect("ip")).to_vec()),
+        ("not an address", Vec::new()),
+        ("198.18.0.2", ntpscope_sink::aggregate::ip_bytes("198.18.0.2".parse().expect("ip")).to_vec()),
+    ] {
+        assert_eq!(row(db, ip).await.client_ip_bin, Some(want), "{ip}");
+    }
 }
 
 async fn large_batches_chunk_and_count(db: &DatabaseConnection) {

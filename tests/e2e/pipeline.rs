@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use netlab::{NatsServer, pcapgen};
-use sea_orm::EntityTrait;
+use sea_orm::{ConnectionTrait, EntityTrait};
 use serde_json::Value;
 
 use crate::harness::{
@@ -63,6 +63,26 @@ async fn corpus_replay_matches(database_url: &str) {
     let status: ntp_wire::status::AgentStatus = ntp_wire::status::decode(&doc).expect("decode");
     assert_eq!(status.agent, "e2e-host");
     assert!(!status.interfaces.is_empty());
+    // A row copied in from the Flask seed (README) gets the binary form of its address with the
+    // sink's next batch, though that batch does not hold its client.
+    db.execute_unprepared(
+        "INSERT INTO ntp_clients (host, interface_name, client_ip, first_seen, last_seen, session_count, created_at, updated_at) \
+         VALUES ('seed-host', 'eth0', '2001:db8::77', 1, 1, 1, 1, 1)",
+    )
+    .await
+    .expect("copied row");
+    let copied = || async {
+        use sea_orm::{ColumnTrait, QueryFilter};
+        let row = entity::ntp_clients::Entity::find().filter(entity::ntp_clients::Column::ClientIp.eq("2001:db8::77")).one(&db).await;
+        row.expect("query").expect("copied row").client_ip_bin
+    };
+    assert_eq!(copied().await, None);
+    let file = fixture(FIXTURES[0]);
+    // Another agent id: the same agent's messages would have the same ids, which JetStream drops.
+    summary(&agent(&["-r", file.to_str().expect("path"), "--agent-id", "e2e-other", "--flush-pending"], Some(&nats.url)));
+    let want = "2001:db8::77".parse::<std::net::Ipv6Addr>().expect("ip").octets().to_vec();
+    let filled = wait_until(Duration::from_secs(30), || async { copied().await.as_ref() == Some(&want) }).await;
+    assert!(filled, "the copied row's binary address: {:?}", copied().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
