@@ -597,10 +597,6 @@ async fn apply(
     };
     let mut delta = StateDelta { queue_size: stats.queue_size(), ..plan.delta.clone() };
     let counts = store::upsert(&txn, deltas, now).await?;
-    let filled = store::fill_binary_addresses(&txn, store::FILL_PER_BATCH).await?;
-    if filled > 0 {
-        tracing::info!(message = "Filled in the binary address of copied rows.", rows = filled);
-    }
     delta.total_inserted = counts.inserted;
     delta.total_updated = counts.updated;
     delta.batch_records = delta.total_processed;
@@ -611,6 +607,12 @@ async fn apply(
     delta.written_at = now;
     store::update_state(&txn, &cfg.consumer, subject::STREAM, &delta, now).await?;
     txn.commit().await?;
+    // After the commit, in its own transaction: a row it cannot fill must not hold up batches.
+    match store::fill_binary_addresses(db, store::FILL_PER_BATCH).await {
+        Ok(0) => {}
+        Ok(rows) => tracing::info!(message = "Filled in the binary address of copied rows.", rows),
+        Err(e) => tracing::warn!(message = "Could not fill in the binary address of copied rows.", error = %e),
+    }
     let committed = clock::wall_ns();
     let lags: Vec<u32> = plan.sent_times.iter().map(|s| u32::try_from((committed - s).max(0) / 1_000_000).unwrap_or(u32::MAX)).collect();
     stats.add_lags(&lags);

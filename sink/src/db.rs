@@ -15,7 +15,8 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection
 
 /// Pragmas of the SQLite writer beyond WAL, `synchronous=NORMAL` and the busy timeout.
 ///
-/// - `temp_store=memory`: multi-row upserts write statement journals; keep them off the disk.
+/// - `temp_store=memory`: temporary files (statement journals, which the upsert no longer
+///   needs, see `store::upsert_sql_with`; sorts) stay off the disk.
 /// - `cache_size`: room for the hot table and its indexes (negative = KiB).
 /// - `wal_autocheckpoint`: random-key upserts dirty most pages of the table at every commit;
 ///   checkpointing every 64 Ki pages instead of every 1 Ki lets successive commits of the same

@@ -347,42 +347,54 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
     Ok(counts)
 }
 
-/// Rows [`fill_binary_addresses`] fills per call (the sink calls it once per batch).
+/// Rows [`fill_binary_addresses`] fills per call (the sink calls it after each batch).
 pub const FILL_PER_BATCH: u64 = 4_096;
 
 /// Gives up to `limit` rows without the binary form of their address (rows copied in from the
-/// Flask seed's table, README) that form, and returns how many it filled. An address that does
-/// not parse gets an empty one, so it is not looked at again (it matches no CIDR filter, as
-/// before). Finding none costs one seek in the `client_ip_bin` index.
-pub async fn fill_binary_addresses<C: ConnectionTrait>(conn: &C, limit: u64) -> Result<u64, DbErr> {
-    let backend = conn.get_database_backend();
-    let rows = conn
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            match backend {
-                DbBackend::Postgres => "SELECT id, client_ip FROM ntp_clients WHERE client_ip_bin IS NULL LIMIT $1",
-                _ => "SELECT id, client_ip FROM ntp_clients WHERE client_ip_bin IS NULL LIMIT ?",
-            },
-            [Value::BigInt(Some(i64::try_from(limit).unwrap_or(i64::MAX)))],
-        ))
-        .await?;
+/// Flask seed's table, README) that form, in a transaction of its own, and returns how many it
+/// filled. An address that does not parse gets an empty one, so it is not looked at again (it
+/// matches no CIDR filter, as before). Finding none costs one seek in the `client_ip_bin` index
+/// and writes nothing. On PostgreSQL, rows another sink is filling are skipped, not waited for.
+pub async fn fill_binary_addresses(db: &sea_orm::DatabaseConnection, limit: u64) -> Result<u64, DbErr> {
+    if copied_rows(db, limit).await?.is_empty() {
+        return Ok(0);
+    }
+    let backend = db.get_database_backend();
+    let txn = begin_write(db).await?;
+    let rows = copied_rows(&txn, limit).await?;
     let mut filled = 0;
     for chunk in rows.chunks(1_024) {
         let mut values = Vec::with_capacity(chunk.len() * 2);
         for row in chunk {
-            let (id, ip): (i64, String) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
-            let bin = ip.parse::<std::net::IpAddr>().map_or_else(|_| Vec::new(), |ip| crate::aggregate::ip_bytes(ip).to_vec());
+            let (id, ip): (i64, Option<String>) = (row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+            let ip = ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
             values.push(Value::BigInt(Some(id)));
-            values.push(Value::Bytes(Some(bin)));
+            values.push(Value::Bytes(Some(ip.map_or_else(Vec::new, |ip| crate::aggregate::ip_bytes(ip).to_vec()))));
         }
         // VALUES columns are `column1`, `column2` on both backends.
         let sql = format!(
-            "UPDATE ntp_clients SET client_ip_bin = v.column2 FROM (VALUES {}) AS v WHERE ntp_clients.id = v.column1",
+            "UPDATE ntp_clients SET client_ip_bin = v.column2 FROM (VALUES {}) AS v \
+             WHERE ntp_clients.id = v.column1 AND ntp_clients.client_ip_bin IS NULL",
             placeholders(backend, chunk.len(), 2)
         );
-        filled += conn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?.rows_affected();
+        filled += txn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?.rows_affected();
     }
+    txn.commit().await?;
     Ok(filled)
+}
+
+/// `(id, client_ip)` of up to `limit` rows without `client_ip_bin`; on PostgreSQL locked, and
+/// skipping rows another transaction has locked.
+async fn copied_rows<C: ConnectionTrait>(conn: &C, limit: u64) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT id, CAST(client_ip AS TEXT) FROM ntp_clients WHERE client_ip_bin IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        }
+        _ => "SELECT id, CAST(client_ip AS TEXT) FROM ntp_clients WHERE client_ip_bin IS NULL LIMIT ?",
+    };
+    let limit = Value::BigInt(Some(i64::try_from(limit).unwrap_or(i64::MAX)));
+    conn.query_all_raw(Statement::from_sql_and_values(backend, sql, [limit])).await
 }
 
 /// One integer from `sql` (with at most one bound integer).

@@ -320,13 +320,14 @@ async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journa
     assert!(calls.is_empty(), "function calls in the upsert: {calls:?}");
     assert!(aborts.is_empty(), "checks that abort the upsert: {aborts:?}");
 
-    // The same check sees the aborting NOT NULL checks of the schema before m20261204_000004.
+    // The same check sees the aborting NOT NULL checks of the DO UPDATE branch on the schema
+    // before m20261204_000004, `INSERT OR FAIL` or not: why the migration is needed.
     let mut strict = TestDb::sqlite().await;
     let path = strict.dir.take().expect("sqlite dir");
     <migration::Migrator as migration::MigratorTrait>::down(&strict.db, Some(1)).await.expect("down one migration");
     let conn = rusqlite::Connection::open(path.path().join("ntp.db")).expect("open");
     let halts: i64 = conn
-        .prepare(&format!("EXPLAIN {}", sql.replace("INSERT OR FAIL", "INSERT")))
+        .prepare(&format!("EXPLAIN {sql}"))
         .expect("explain")
         .raw_query()
         .mapped(|r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(3)?)))
