@@ -17,8 +17,9 @@
 //! of the operator's on the table stops the migration with a message (dropping the table would
 //! lose them). On a database of 5 M clients (1.6 GB) it took 24 s with `ntpscope-migrate`; the
 //! copy passes through the WAL, so it needs free disk of about twice the table, and the file
-//! keeps the old table's pages as free pages for later inserts (`VACUUM` returns them). PostgreSQL keeps its constraints: it has no statement
-//! journal to avoid, and there the constraints cost nothing.
+//! keeps the old table's pages as free pages for later inserts (`VACUUM` returns them).
+//! PostgreSQL keeps its constraints: it has no statement journal to avoid, and there the
+//! constraints cost nothing.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, Statement};

@@ -289,6 +289,30 @@ async fn postgres_store() {
     }
 }
 
+/// Instructions of an SQLite program, as `(address, opcode, p4)`.
+type Found = Vec<(i64, String, Option<String>)>;
+
+/// What in SQLite's program for `sql` on the database at `path` could abort it half-way:
+/// `(instructions in the program, function calls, halts with ABORT)`.
+fn abort_sources(path: &std::path::Path, sql: &str) -> (usize, Found, Found) {
+    const OE_ABORT: i64 = 2;
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+    let mut rows = stmt.raw_query();
+    let (mut ops, mut calls, mut aborts) = (0, Vec::new(), Vec::new());
+    while let Some(row) = rows.next().expect("row") {
+        let (addr, opcode, p2): (i64, String, i64) = (row.get(0).expect("addr"), row.get(1).expect("opcode"), row.get(3).expect("p2"));
+        let p4: Option<String> = row.get(5).expect("p4");
+        ops += 1;
+        if matches!(opcode.as_str(), "Function" | "PureFunc") {
+            calls.push((addr, opcode, p4));
+        } else if matches!(opcode.as_str(), "Halt" | "HaltIfNull") && p2 == OE_ABORT {
+            aborts.push((addr, opcode, p4));
+        }
+    }
+    (ops, calls, aborts)
+}
+
 /// SQLite keeps a statement journal (a copy of every page the statement changes) for a
 /// statement that may write several rows and may abort half-way; the sink's multi-row upsert
 /// always may write several rows, so it must not be able to abort. In the program SQLite
@@ -298,24 +322,9 @@ async fn postgres_store() {
 /// column in the upsert, or a `MIN()` in it, fails here.
 #[tokio::test]
 async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journal() {
-    const OE_ABORT: i64 = 2;
     let t = TestDb::sqlite().await;
-    let path = t.dir.as_ref().expect("sqlite dir").path().join("ntp.db");
-    let conn = rusqlite::Connection::open(path).expect("open");
     let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, 4);
-    let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
-    let mut rows = stmt.raw_query();
-    let (mut ops, mut aborts, mut calls) = (0, Vec::new(), Vec::new());
-    while let Some(row) = rows.next().expect("row") {
-        let (addr, opcode, p2): (i64, String, i64) = (row.get(0).expect("addr"), row.get(1).expect("opcode"), row.get(3).expect("p2"));
-        ops += 1;
-        if matches!(opcode.as_str(), "Function" | "PureFunc") {
-            calls.push((addr, row.get::<_, String>(5).expect("p4")));
-        }
-        if matches!(opcode.as_str(), "Halt" | "HaltIfNull") && p2 == OE_ABORT {
-            aborts.push((addr, opcode, row.get::<_, Option<String>>(5).expect("p4")));
-        }
-    }
+    let (ops, calls, aborts) = abort_sources(&t.dir.as_ref().expect("sqlite dir").path().join("ntp.db"), &sql);
     assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
     assert!(calls.is_empty(), "function calls in the upsert: {calls:?}");
     assert!(aborts.is_empty(), "checks that abort the upsert: {aborts:?}");
@@ -323,16 +332,10 @@ async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journa
     // The same check sees the aborting NOT NULL checks of the DO UPDATE branch on the schema
     // before m20261204_000004, `INSERT OR FAIL` or not: why the migration is needed.
     let mut strict = TestDb::sqlite().await;
-    let path = strict.dir.take().expect("sqlite dir");
+    let dir = strict.dir.take().expect("sqlite dir");
     <migration::Migrator as migration::MigratorTrait>::down(&strict.db, Some(1)).await.expect("down one migration");
-    let conn = rusqlite::Connection::open(path.path().join("ntp.db")).expect("open");
-    let halts: i64 = conn
-        .prepare(&format!("EXPLAIN {sql}"))
-        .expect("explain")
-        .raw_query()
-        .mapped(|r| Ok((r.get::<_, String>(1)?, r.get::<_, i64>(3)?)))
-        .filter(|r| r.as_ref().is_ok_and(|(op, p2)| op == "HaltIfNull" && *p2 == OE_ABORT))
-        .count() as i64;
+    let (_, _, aborts) = abort_sources(&dir.path().join("ntp.db"), &sql);
+    let halts = aborts.iter().filter(|(_, op, _)| op == "HaltIfNull").count();
     assert!(halts > 10, "the strict schema's NOT NULL checks abort ({halts})");
 }
 
