@@ -183,28 +183,32 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     if let Ok(extra) = std::env::var("BENCH_SQL") {
         conn.execute_batch(&extra).expect("BENCH_SQL");
     }
-    let mut sql = store::upsert_sql_with(DbBackend::Sqlite, 1, true);
-    if std::env::var_os("BENCH_NO_GUARD").is_some() {
-        // Experiment: latest-value columns overwritten unconditionally.
-        let newer = "excluded.session_timestamp IS NOT NULL AND (ntp_clients.session_timestamp IS NULL OR excluded.session_timestamp >= ntp_clients.session_timestamp)";
-        let mut out = String::new();
-        for part in sql.split(&format!("CASE WHEN {newer} THEN ")) {
-            if out.is_empty() {
-                out.push_str(part);
-            } else {
-                let (col, rest) = part.split_once(" ELSE ").expect("else");
-                let (_, rest) = rest.split_once(" END").expect("end");
-                out.push_str(col);
-                out.push_str(rest);
+    let sql_of = |shape: store::Shape| {
+        let mut sql = store::upsert_sql_with(DbBackend::Sqlite, shape, 1, true);
+        if std::env::var_os("BENCH_NO_GUARD").is_some() {
+            // Experiment: latest-value columns overwritten unconditionally.
+            let newer = "excluded.session_timestamp IS NOT NULL AND (ntp_clients.session_timestamp IS NULL OR excluded.session_timestamp >= ntp_clients.session_timestamp)";
+            let mut out = String::new();
+            for part in sql.split(&format!("CASE WHEN {newer} THEN ")) {
+                if out.is_empty() {
+                    out.push_str(part);
+                } else {
+                    let (col, rest) = part.split_once(" ELSE ").expect("else");
+                    let (_, rest) = rest.split_once(" END").expect("end");
+                    out.push_str(col);
+                    out.push_str(rest);
+                }
             }
+            sql = out;
         }
-        sql = out;
-    }
-    if form == RawForm::Probe {
-        sql = sql.replace(" RETURNING created_at", "");
-    }
+        if form == RawForm::Probe {
+            sql = sql.replace(" RETURNING created_at", "");
+        }
+        sql
+    };
+    let sql = [sql_of(store::Shape::Single), sql_of(store::Shape::Full)];
     let mut run = Run::default();
-    let mut values = Vec::with_capacity(store::columns_per_row());
+    let mut values = Vec::with_capacity(store::row_width(store::Shape::Full) + 4);
     for (i, b) in batches.iter().enumerate() {
         let t = Instant::now();
         let deltas = aggregate::aggregate([b]);
@@ -214,10 +218,13 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
         let tx = conn.transaction().expect("begin");
         {
             let mut probe = (form == RawForm::Probe).then(|| tx.prepare(PROBE_SQL).expect("prepare"));
-            let mut stmt = tx.prepare(&sql).expect("prepare");
+            let mut stmts = [tx.prepare(&sql[0]).expect("prepare"), tx.prepare(&sql[1]).expect("prepare")];
             for (k, d) in &deltas {
                 values.clear();
-                store::row_values(k, d, now, &mut values);
+                let shape = store::shape_of(d);
+                values.extend(store::statement_values(&k.host, &k.interface, now));
+                store::row_values(k, d, shape, &mut values);
+                let stmt = &mut stmts[usize::from(shape == store::Shape::Full)];
                 let params: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
                 let existed = match form {
                     RawForm::Returning => {
@@ -257,7 +264,11 @@ fn rate(run: &Run) -> f64 {
 async fn main() {
     let pg = std::env::args().any(|a| a == "--pg");
     let order = events();
-    println!("# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} columns per row", store::columns_per_row());
+    println!(
+        "# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} / {} values bound per row (one session / any)",
+        store::row_width(store::Shape::Single),
+        store::row_width(store::Shape::Full)
+    );
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .ok()
         .map_or_else(|| vec![1_000, 10_000, 50_000], |v| v.split(',').filter_map(|s| s.parse().ok()).collect());

@@ -42,6 +42,13 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// The metric of a single value (empty when it is missing or not finite).
+    pub fn of(v: Option<f64>) -> Self {
+        let mut m = Self::default();
+        m.add(v);
+        m
+    }
+
     fn add(&mut self, v: Option<f64>) {
         let Some(v) = v.filter(|v| v.is_finite()) else { return };
         self.count += 1;

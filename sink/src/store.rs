@@ -1,11 +1,17 @@
 //! Writing one batch: upserts of the per-client deltas, the applied-message ids and the sink's
 //! counters, all in the caller's transaction.
 //!
-//! The upsert is one multi-row `INSERT … ON CONFLICT (host, interface_name, client_ip) DO UPDATE`
-//! per chunk, built here as SQL text with bound values and executed through sea-orm's connection
-//! (sea-orm's own `insert_many().on_conflict()` builds the same statement but costs about a third
-//! more CPU per row in its query builder; see `docs/performance.md`). Chunks hold a power-of-two
-//! number of rows so only a dozen statement shapes ever reach sqlx's prepared-statement cache.
+//! The upsert is one multi-row `INSERT … SELECT … FROM (VALUES …) ON CONFLICT (host,
+//! interface_name, client_ip) DO UPDATE` per chunk ([`upsert_sql_with`]), built here as SQL text
+//! with bound values and executed through sea-orm's connection (sea-orm's own
+//! `insert_many().on_conflict()` builds a plain `VALUES` statement but costs about a third more
+//! CPU per row in its query builder; see `docs/performance.md`). A chunk holds the rows of one
+//! host and interface, bound once for the statement, and of one [`Shape`]: a client the batch saw
+//! in a single session, the common case, binds only what that session does not already
+//! determine. sea-orm copies and converts every bound value while it holds the transaction's
+//! connection, so SQLite waits for that work statement by statement; fewer values are the part of
+//! it the sink can cut. Chunks hold a power-of-two number of rows, so only a score of statement
+//! texts ever reach sqlx's prepared-statement cache.
 //!
 //! Inserted rows are told from updated ones by `RETURNING created_at` on PostgreSQL and by the
 //! range of new ids on SQLite ([`counts_by_returning`]).
@@ -22,7 +28,7 @@ use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
-use crate::aggregate::{COUNTER_COLUMNS, ClientDelta, ClientKey, Metric};
+use crate::aggregate::{COUNTER_COLUMNS, ClientDelta, ClientKey, Counters, Metric, SessionLatest};
 
 const TABLE: &str = "ntp_clients";
 
@@ -55,30 +61,234 @@ const LATEST_COLUMNS: [&str; 22] = [
 
 const METRICS: [&str; 3] = ["latency", "processing", "turnaround"];
 
-/// Every inserted column, in bind order.
-fn columns() -> Vec<String> {
-    let mut c: Vec<String> = ["host", "interface_name", "client_ip", "client_ip_bin"].iter().map(|s| (*s).to_string()).collect();
-    c.extend(LATEST_COLUMNS.iter().map(|s| (*s).to_string()));
-    c.extend(["first_seen", "last_seen", "last_kiss_code", "last_kiss_at", "last_mode"].iter().map(|s| (*s).to_string()));
-    c.extend(COUNTER_COLUMNS.iter().map(|s| (*s).to_string()));
-    for m in METRICS {
-        for part in ["count", "sum", "min", "max"] {
-            c.push(format!("{m}_{part}"));
+/// How the rows of one upsert statement are bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// Every column's value is bound: any delta.
+    Full,
+    /// A client the batch saw in exactly one session and nothing else ([`shape_of`]), the common
+    /// case for an NTP server's clients, which poll every minute or slower. Only what that
+    /// session does not already determine is bound (34 values instead of 57); the counters,
+    /// metric counts, sums, minima and maxima, `first_seen` and the kiss time are written from
+    /// those values by the statement.
+    Single,
+}
+
+/// The value of one column for a row of [`Shape::Full`].
+type Get = fn(&ClientKey, &ClientDelta) -> Value;
+
+/// Where an inserted column's value comes from.
+enum Src {
+    /// The same for every row of a statement: bound once per statement, in the select list.
+    Statement(Shared),
+    /// Bound per row in [`Shape::Full`]; in [`Shape::Single`] also bound, unless an expression
+    /// is given: SQL over the row's bound columns, each written `{name}`.
+    Row(Get, Option<&'static str>),
+}
+
+/// An inserted column.
+struct Column {
+    name: &'static str,
+    src: Src,
+}
+
+const fn bound(name: &'static str, get: Get) -> Column {
+    Column { name, src: Src::Row(get, None) }
+}
+
+const fn derived(name: &'static str, get: Get, single: &'static str) -> Column {
+    Column { name, src: Src::Row(get, Some(single)) }
+}
+
+fn latest<T>(d: &ClientDelta, f: impl FnOnce(&SessionLatest) -> T) -> Option<T> {
+    d.latest.as_ref().map(f)
+}
+
+/// A metric's four columns: in [`Shape::Single`] they follow from the session's own value.
+macro_rules! metric {
+    ($m:ident, $col:literal) => {
+        [
+            derived(
+                concat!(stringify!($m), "_count"),
+                |_, d| Value::BigInt(Some(d.$m.count)),
+                concat!("CASE WHEN {", $col, "} IS NULL THEN 0 ELSE 1 END"),
+            ),
+            derived(concat!(stringify!($m), "_sum"), |_, d| Value::Double(Some(d.$m.sum)), concat!("COALESCE({", $col, "}, 0.0)")),
+            derived(concat!(stringify!($m), "_min"), |_, d| Value::Double(d.$m.min), concat!("{", $col, "}")),
+            derived(concat!(stringify!($m), "_max"), |_, d| Value::Double(d.$m.max), concat!("{", $col, "}")),
+        ]
+    };
+}
+
+/// A counter column: bound, or in [`Shape::Single`] the given expression.
+macro_rules! counter {
+    ($c:ident) => {
+        bound(stringify!($c), |_, d| Value::BigInt(Some(d.counters.$c)))
+    };
+    ($c:ident, $single:expr) => {
+        derived(stringify!($c), |_, d| Value::BigInt(Some(d.counters.$c)), $single)
+    };
+}
+
+/// Every inserted column, in the statement's order. The `DO UPDATE` list is written from
+/// [`LATEST_COLUMNS`], `COUNTER_COLUMNS` and [`METRICS`] (a unit test checks they agree).
+static COLUMNS: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
+    let mut c = vec![
+        Column { name: "host", src: Src::Statement(Shared::Host) },
+        Column { name: "interface_name", src: Src::Statement(Shared::Interface) },
+        bound("client_ip", |k, _| Value::String(Some(k.client_ip.clone()))),
+        bound("client_ip_bin", |k, _| {
+            Value::Bytes(k.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec()))
+        }),
+        bound("client_port", |_, d| Value::Int(latest(d, |l| l.client_port))),
+        bound("server_ip", |_, d| Value::String(latest(d, |l| l.server_ip.clone()))),
+        bound("server_port", |_, d| Value::Int(latest(d, |l| l.server_port))),
+        bound("vlan_id", |_, d| Value::Int(latest(d, |l| l.vlan_id).flatten())),
+        bound("ntp_version", |_, d| Value::Int(latest(d, |l| l.ntp_version))),
+        bound("stratum", |_, d| Value::Int(latest(d, |l| l.stratum))),
+        bound("precision", |_, d| Value::Int(latest(d, |l| l.precision))),
+        bound("root_delay", |_, d| Value::Double(latest(d, |l| l.root_delay))),
+        bound("root_dispersion", |_, d| Value::Double(latest(d, |l| l.root_dispersion))),
+        bound("reference_id", |_, d| Value::String(latest(d, |l| l.reference_id.clone()))),
+        bound("leap_indicator", |_, d| Value::Int(latest(d, |l| l.leap_indicator))),
+        bound("poll_interval", |_, d| Value::Int(latest(d, |l| l.poll_interval))),
+        bound("reference_timestamp", |_, d| Value::BigInt(latest(d, |l| l.reference_timestamp).flatten())),
+        bound("originate_timestamp", |_, d| Value::BigInt(latest(d, |l| l.originate_timestamp).flatten())),
+        bound("receive_timestamp", |_, d| Value::BigInt(latest(d, |l| l.receive_timestamp).flatten())),
+        bound("transmit_timestamp", |_, d| Value::BigInt(latest(d, |l| l.transmit_timestamp).flatten())),
+        bound("client_to_server_latency", |_, d| Value::Double(latest(d, |l| l.client_to_server_latency).flatten())),
+        bound("server_processing_time", |_, d| Value::Double(latest(d, |l| l.server_processing_time).flatten())),
+        bound("total_process_time", |_, d| Value::Double(latest(d, |l| l.total_process_time).flatten())),
+        bound("packet_length", |_, d| Value::Int(latest(d, |l| l.packet_length))),
+        bound("t1_randomized", |_, d| Value::Bool(Some(d.latest.as_ref().is_some_and(|l| l.t1_randomized)))),
+        bound("session_timestamp", |_, d| Value::BigInt(latest(d, |l| l.session_timestamp))),
+        derived("first_seen", |_, d| Value::BigInt(Some(d.first_seen)), "{session_timestamp}"),
+        bound("last_seen", |_, d| Value::BigInt(Some(d.last_seen))),
+        bound("last_kiss_code", |_, d| Value::String(d.last_kiss_code.as_ref().map(|(_, k)| k.clone()))),
+        derived(
+            "last_kiss_at",
+            |_, d| Value::BigInt(d.last_kiss_code.as_ref().map(|(t, _)| *t)),
+            "CASE WHEN {last_kiss_code} IS NULL THEN NULL ELSE {session_timestamp} END",
+        ),
+        bound("last_mode", |_, d| Value::Int(Some(d.last_mode))),
+        counter!(session_count, "1"),
+        counter!(answered_count),
+        counter!(unanswered_count, "1 - {answered_count}"),
+        counter!(kod_count),
+        counter!(retransmit_count),
+        counter!(interleaved_count),
+        counter!(t1_randomized_count, "CASE WHEN {t1_randomized} THEN 1 ELSE 0 END"),
+        counter!(nts_count),
+        counter!(extension_count),
+        counter!(mac_count),
+        counter!(observation_count, "0"),
+        counter!(symmetric_count, "0"),
+        counter!(broadcast_count, "0"),
+        counter!(control_count, "0"),
+        counter!(private_count, "0"),
+        counter!(monlist_count, "0"),
+    ];
+    c.extend(metric!(latency, "client_to_server_latency"));
+    c.extend(metric!(processing, "server_processing_time"));
+    c.extend(metric!(turnaround, "total_process_time"));
+    c.push(Column { name: "created_at", src: Src::Statement(Shared::Now) });
+    c.push(Column { name: "updated_at", src: Src::Statement(Shared::Now) });
+    c
+});
+
+/// Whether `column` is bound per row in statements of `shape`.
+fn is_bound(column: &Column, shape: Shape) -> bool {
+    match column.src {
+        Src::Statement(_) => false,
+        Src::Row(_, single) => shape == Shape::Full || single.is_none(),
+    }
+}
+
+/// Values bound per row in statements of `shape`.
+pub fn row_width(shape: Shape) -> usize {
+    COLUMNS.iter().filter(|c| is_bound(c, shape)).count()
+}
+
+/// A value the rows of one statement share (the plan keeps one host and interface per statement).
+#[derive(Clone, Copy)]
+enum Shared {
+    Host,
+    Interface,
+    /// The batch's time (`created_at`, `updated_at`).
+    Now,
+}
+
+/// Values bound once per statement, before the rows': see [`statement_values`].
+const STATEMENT_VALUES: usize = 4;
+
+/// How a delta is bound: [`Shape::Single`] when the delta is exactly what one session makes of
+/// a client (its counters, metrics, first seen and kiss time follow from the session's values,
+/// as [`Shape::Single`]'s expressions write them), [`Shape::Full`] otherwise (several sessions,
+/// observations, a non-finite metric, a response captured before its request).
+pub fn shape_of(d: &ClientDelta) -> Shape {
+    let Some(l) = &d.latest else { return Shape::Full };
+    let c = &d.counters;
+    let one_session = Counters {
+        session_count: 1,
+        answered_count: c.answered_count,
+        unanswered_count: 1 - c.answered_count,
+        kod_count: c.kod_count,
+        retransmit_count: c.retransmit_count,
+        interleaved_count: c.interleaved_count,
+        t1_randomized_count: i64::from(l.t1_randomized),
+        nts_count: c.nts_count,
+        extension_count: c.extension_count,
+        mac_count: c.mac_count,
+        ..Counters::default()
+    };
+    let metric = |m: &Metric, v: Option<f64>| v.is_none_or(f64::is_finite) && *m == Metric::of(v);
+    let single = *c == one_session
+        && (0..=1).contains(&c.answered_count)
+        && d.first_seen == l.session_timestamp
+        && d.last_kiss_code.as_ref().is_none_or(|(t, _)| *t == l.session_timestamp)
+        && metric(&d.latency, l.client_to_server_latency)
+        && metric(&d.processing, l.server_processing_time)
+        && metric(&d.turnaround, l.total_process_time);
+    if single { Shape::Single } else { Shape::Full }
+}
+
+/// The bound values of one row of `shape`, in the statement's order.
+pub fn row_values(key: &ClientKey, d: &ClientDelta, shape: Shape, v: &mut Vec<Value>) {
+    for c in COLUMNS.iter() {
+        if let Src::Row(get, _) = c.src
+            && is_bound(c, shape)
+        {
+            v.push(get(key, d));
         }
     }
-    c.push("created_at".into());
-    c.push("updated_at".into());
-    c
 }
 
-/// Values bound per row.
-pub fn columns_per_row() -> usize {
-    columns().len()
+/// The values bound once per statement, before every row's: one per [`Src::Statement`] column,
+/// in their order.
+pub fn statement_values(host: &str, interface: &str, now: i64) -> Vec<Value> {
+    COLUMNS
+        .iter()
+        .filter_map(|c| match c.src {
+            Src::Statement(Shared::Host) => Some(Value::String(Some(host.to_string()))),
+            Src::Statement(Shared::Interface) => Some(Value::String(Some(interface.to_string()))),
+            Src::Statement(Shared::Now) => Some(Value::BigInt(Some(now))),
+            Src::Row(..) => None,
+        })
+        .collect()
 }
 
-fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    let mut n = 0;
+/// Placeholder number `n` (counted from 1 in the order of the text).
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".into(),
+    }
+}
+
+/// `rows` tuples of `cols` placeholders, numbered from `first` on PostgreSQL.
+fn placeholders_from(backend: DbBackend, first: usize, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    let mut n = first;
     for r in 0..rows {
         if r > 0 {
             out.push(',');
@@ -88,7 +298,6 @@ fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
             if c > 0 {
                 out.push(',');
             }
-            n += 1;
             match backend {
                 DbBackend::Postgres => {
                     out.push('$');
@@ -96,16 +305,21 @@ fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
                 }
                 _ => out.push('?'),
             }
+            n += 1;
         }
         out.push(')');
     }
     out
 }
 
-/// The upsert statement for `rows` rows, as [`upsert`] runs it on `backend`: with
+fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
+    placeholders_from(backend, 1, rows, cols)
+}
+
+/// The upsert statement for `rows` rows of `shape`, as [`upsert`] runs it on `backend`: with
 /// `RETURNING created_at` where [`counts_by_returning`], without it elsewhere.
-pub fn upsert_sql(backend: DbBackend, rows: usize) -> String {
-    upsert_sql_with(backend, rows, counts_by_returning(backend))
+pub fn upsert_sql(backend: DbBackend, shape: Shape, rows: usize) -> String {
+    upsert_sql_with(backend, shape, rows, counts_by_returning(backend))
 }
 
 /// Whether [`upsert`] tells inserted rows from updated ones by a `RETURNING created_at` per row
@@ -118,19 +332,48 @@ pub fn counts_by_returning(backend: DbBackend) -> bool {
     backend != DbBackend::Sqlite
 }
 
-/// The upsert statement for `rows` rows, with or without `RETURNING created_at`.
+/// The upsert statement for `rows` rows of `shape`, with or without `RETURNING created_at`:
+///
+/// ```sql
+/// INSERT OR FAIL INTO ntp_clients (host, interface_name, client_ip, …)
+/// SELECT ?, ?, v.column1, …, ?, ? FROM (VALUES (?, …), …) AS v
+/// WHERE true ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET …
+/// ```
+///
+/// The statement's values ([`statement_values`]) come first, then the rows': both backends
+/// number the parameters in the order of the text, so every placeholder stays anonymous on
+/// SQLite (sqlx looks numbered ones, `?NNN`, up by name, a linear scan per bound value), while
+/// the select list may use a row's value in several columns ([`Shape::Single`]). The rows stay
+/// one `VALUES` list, which SQLite runs as a co-routine (`SCAN n-ROW VALUES CLAUSE`).
 ///
 /// On SQLite the statement is written so that it cannot abort half-way, which spares it a
 /// statement journal (SQLite's copy of every page a statement changes, kept so that the
 /// statement alone can be undone; it is kept for statements that may write several rows and
 /// may abort): `INSERT OR FAIL` (the key's `NOT NULL` checks fail instead of aborting; the
 /// transaction is rolled back on any error anyway), minima and maxima as `CASE` (SQLite counts
-/// every SQL function call as a possible abort), and no `NOT NULL` column among those the
-/// `DO UPDATE` changes (migration `m20261204_000004`). That took the sink from 84–86 k to
-/// 91–93 k upserts/s (docs/performance.md).
-pub fn upsert_sql_with(backend: DbBackend, rows: usize, returning: bool) -> String {
-    let cols = columns();
+/// every SQL function call as a possible abort; `COALESCE` is compiled inline), and no
+/// `NOT NULL` column among those the `DO UPDATE` changes (migration `m20261204_000004`). That
+/// took the sink from 84–86 k to 91–93 k upserts/s (docs/performance.md).
+pub fn upsert_sql_with(backend: DbBackend, shape: Shape, rows: usize, returning: bool) -> String {
     let t = TABLE;
+    let bound: Vec<&str> = COLUMNS.iter().filter(|c| is_bound(c, shape)).map(|c| c.name).collect();
+    let value_of = |name: &str| {
+        let i = bound.iter().position(|b| *b == name).unwrap_or_else(|| panic!("{name} is not bound in {shape:?} rows"));
+        format!("v.column{}", i + 1)
+    };
+    let mut shared = 0;
+    let select: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| match c.src {
+            Src::Statement(_) => {
+                shared += 1;
+                placeholder(backend, shared)
+            }
+            Src::Row(_, Some(expr)) if shape == Shape::Single => render(expr, &value_of),
+            Src::Row(..) => value_of(c.name),
+        })
+        .collect();
+    let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
     let mut set: Vec<String> = Vec::new();
     let newer = format!(
         "excluded.session_timestamp IS NOT NULL AND ({t}.session_timestamp IS NULL OR excluded.session_timestamp >= {t}.session_timestamp)"
@@ -166,13 +409,29 @@ pub fn upsert_sql_with(backend: DbBackend, rows: usize, returning: bool) -> Stri
     // in without it get it from [`fill_binary_addresses`] instead.
     set.push("updated_at = excluded.updated_at".into());
     format!(
-        "INSERT {}INTO {t} ({}) VALUES {} ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET {}{}",
+        "INSERT {}INTO {t} ({}) SELECT {} FROM (VALUES {}) AS v \
+         WHERE true ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET {}{}",
         if backend == DbBackend::Sqlite { "OR FAIL " } else { "" },
-        cols.join(", "),
-        placeholders(backend, rows, cols.len()),
+        names.join(", "),
+        select.join(", "),
+        placeholders_from(backend, STATEMENT_VALUES + 1, rows, bound.len()),
         set.join(", "),
         if returning { " RETURNING created_at" } else { "" }
     )
+}
+
+/// `expr` with every `{name}` replaced by `value_of(name)`.
+fn render(expr: &str, value_of: &dyn Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = open + rest[open..].find('}').expect("a closing brace");
+        out.push_str(&value_of(&rest[open + 1..close]));
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The smaller of two values, written without a function call (see [`upsert_sql_with`]); `NULL`
@@ -186,90 +445,13 @@ fn greatest(a: &str, b: &str) -> String {
     format!("CASE WHEN {a} >= {b} THEN {a} ELSE {b} END")
 }
 
-fn push_metric(v: &mut Vec<Value>, m: &Metric) {
-    v.push(Value::BigInt(Some(m.count)));
-    v.push(Value::Double(Some(m.sum)));
-    v.push(Value::Double(m.min));
-    v.push(Value::Double(m.max));
-}
-
-/// The bound values of one row, in [`columns`] order.
-pub fn row_values(key: &ClientKey, d: &ClientDelta, now: i64, v: &mut Vec<Value>) {
-    v.push(Value::String(Some(key.host.clone())));
-    v.push(Value::String(Some(key.interface.clone())));
-    v.push(Value::String(Some(key.client_ip.clone())));
-    v.push(Value::Bytes(key.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec())));
-    match &d.latest {
-        Some(l) => {
-            v.push(Value::Int(Some(l.client_port)));
-            v.push(Value::String(Some(l.server_ip.clone())));
-            v.push(Value::Int(Some(l.server_port)));
-            v.push(Value::Int(l.vlan_id));
-            v.push(Value::Int(Some(l.ntp_version)));
-            v.push(Value::Int(Some(l.stratum)));
-            v.push(Value::Int(Some(l.precision)));
-            v.push(Value::Double(Some(l.root_delay)));
-            v.push(Value::Double(Some(l.root_dispersion)));
-            v.push(Value::String(Some(l.reference_id.clone())));
-            v.push(Value::Int(Some(l.leap_indicator)));
-            v.push(Value::Int(Some(l.poll_interval)));
-            v.push(Value::BigInt(l.reference_timestamp));
-            v.push(Value::BigInt(l.originate_timestamp));
-            v.push(Value::BigInt(l.receive_timestamp));
-            v.push(Value::BigInt(l.transmit_timestamp));
-            v.push(Value::Double(l.client_to_server_latency));
-            v.push(Value::Double(l.server_processing_time));
-            v.push(Value::Double(l.total_process_time));
-            v.push(Value::Int(Some(l.packet_length)));
-            v.push(Value::Bool(Some(l.t1_randomized)));
-            v.push(Value::BigInt(Some(l.session_timestamp)));
-        }
-        None => {
-            v.extend([
-                Value::Int(None),
-                Value::String(None),
-                Value::Int(None),
-                Value::Int(None),
-                Value::Int(None),
-                Value::Int(None),
-                Value::Int(None),
-                Value::Double(None),
-                Value::Double(None),
-                Value::String(None),
-                Value::Int(None),
-                Value::Int(None),
-                Value::BigInt(None),
-                Value::BigInt(None),
-                Value::BigInt(None),
-                Value::BigInt(None),
-                Value::Double(None),
-                Value::Double(None),
-                Value::Double(None),
-                Value::Int(None),
-                Value::Bool(Some(false)),
-                Value::BigInt(None),
-            ]);
-        }
-    }
-    v.push(Value::BigInt(Some(d.first_seen)));
-    v.push(Value::BigInt(Some(d.last_seen)));
-    v.push(Value::String(d.last_kiss_code.as_ref().map(|(_, k)| k.clone())));
-    v.push(Value::BigInt(d.last_kiss_code.as_ref().map(|(t, _)| *t)));
-    v.push(Value::Int(Some(d.last_mode)));
-    v.extend(d.counters.values().into_iter().map(|c| Value::BigInt(Some(c))));
-    push_metric(v, &d.latency);
-    push_metric(v, &d.processing);
-    push_metric(v, &d.turnaround);
-    v.push(Value::BigInt(Some(now)));
-    v.push(Value::BigInt(Some(now)));
-}
-
-/// Largest power of two ≤ the backend's bind limit divided by the row width.
+/// Largest power of two ≤ the backend's bind limit, less the statement's own values, divided by
+/// the row width.
 fn max_chunk(backend: DbBackend, per_row: usize) -> usize {
     let limit = match backend {
         DbBackend::Postgres => 65_535,
         _ => 32_766,
-    };
+    } - STATEMENT_VALUES;
     let rows = (limit / per_row).max(1);
     1 << (usize::BITS - 1 - rows.leading_zeros())
 }
@@ -295,33 +477,73 @@ pub struct UpsertCounts {
     pub updated: u64,
 }
 
+/// One statement's rows: all of one host and interface and of one shape, in key order.
+struct Chunk<'a> {
+    shape: Shape,
+    rows: Vec<(&'a ClientKey, &'a ClientDelta)>,
+}
+
+/// The statements for `deltas`: per host and interface, the [`Shape::Single`] rows, then the
+/// others, each in chunks of at most the backend's bind limit ([`chunk_sizes`]). With
+/// `single` false every row is bound in full (a test compares the two).
+fn plan(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>, single: bool) -> Vec<Chunk<'_>> {
+    let mut chunks = Vec::new();
+    let mut it = deltas.iter().peekable();
+    while let Some((first, _)) = it.peek() {
+        let (host, interface) = (first.host.clone(), first.interface.clone());
+        let mut by_shape: [(Shape, Vec<(&ClientKey, &ClientDelta)>); 2] = [(Shape::Single, Vec::new()), (Shape::Full, Vec::new())];
+        while let Some((k, d)) = it.next_if(|(k, _)| k.host == host && k.interface == interface) {
+            let shape = if single { shape_of(d) } else { Shape::Full };
+            by_shape[usize::from(shape == Shape::Full)].1.push((k, d));
+        }
+        for (shape, rows) in by_shape {
+            let mut rows = rows.into_iter();
+            for size in chunk_sizes(rows.len(), max_chunk(backend, row_width(shape))) {
+                chunks.push(Chunk { shape, rows: rows.by_ref().take(size).collect() });
+            }
+        }
+    }
+    chunks
+}
+
 /// Upserts the deltas. `now` must be unique per batch: a returned `created_at` equal to it marks
 /// a row this statement inserted (where [`counts_by_returning`]; elsewhere the rows above the
 /// table's highest id before the first chunk are the inserted ones, so on SQLite call it inside
 /// a write transaction, as the sink does, or another writer's rows could count as this call's).
 pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, ClientDelta>, now: i64) -> Result<UpsertCounts, DbErr> {
+    upsert_shaped(conn, deltas, now, true).await
+}
+
+/// [`upsert`], with every row bound in full ([`Shape::Full`]) unless `single`: the two must
+/// leave the same rows behind (tested).
+pub async fn upsert_shaped<C: ConnectionTrait>(
+    conn: &C,
+    deltas: &BTreeMap<ClientKey, ClientDelta>,
+    now: i64,
+    single: bool,
+) -> Result<UpsertCounts, DbErr> {
     let backend = conn.get_database_backend();
-    let per_row = columns_per_row();
-    let max = max_chunk(backend, per_row);
     let returning = counts_by_returning(backend);
     let id_floor =
         if returning || deltas.is_empty() { 0 } else { query_i64(conn, "SELECT COALESCE(MAX(id), 0) FROM ntp_clients", None).await? };
     let mut counts = UpsertCounts::default();
-    let mut it = deltas.iter();
-    let sizes = chunk_sizes(deltas.len(), max);
-    let mut statement = |size: usize| {
-        let mut values = Vec::with_capacity(size * per_row);
-        for (k, d) in it.by_ref().take(size) {
-            row_values(k, d, now, &mut values);
+    let chunks = plan(backend, deltas, single);
+    let statement = |chunk: &Chunk<'_>| {
+        let (host, interface) = chunk.rows.first().map_or(("", ""), |(k, _)| (k.host.as_str(), k.interface.as_str()));
+        let mut values = statement_values(host, interface, now);
+        values.reserve(chunk.rows.len() * row_width(chunk.shape));
+        for (k, d) in &chunk.rows {
+            row_values(k, d, chunk.shape, &mut values);
         }
-        Statement::from_sql_and_values(backend, upsert_sql_with(backend, size, returning), values)
+        Statement::from_sql_and_values(backend, upsert_sql_with(backend, chunk.shape, chunk.rows.len(), returning), values)
     };
-    let mut next = sizes.first().map(|&size| statement(size));
-    for (i, &size) in sizes.iter().enumerate() {
+    let mut next = chunks.first().map(statement);
+    for (i, chunk) in chunks.iter().enumerate() {
         let Some(stmt) = next.take() else { break };
+        let size = chunk.rows.len();
         if !returning {
             // The next statement is built while this one runs on the driver's thread.
-            let (written, ahead) = tokio::join!(conn.execute_raw(stmt), async { sizes.get(i + 1).map(|&s| statement(s)) });
+            let (written, ahead) = tokio::join!(conn.execute_raw(stmt), async { chunks.get(i + 1).map(statement) });
             next = ahead;
             let written = written?.rows_affected();
             if written != size as u64 {
@@ -329,7 +551,7 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
             }
             continue;
         }
-        next = sizes.get(i + 1).map(|&s| statement(s));
+        next = chunks.get(i + 1).map(statement);
         for row in conn.query_all_raw(stmt).await? {
             let created: i64 = row.try_get_by_index(0)?;
             if created == now {
@@ -614,21 +836,95 @@ mod tests {
         assert_eq!(chunk_sizes(0, 512), Vec::<usize>::new());
         assert_eq!(chunk_sizes(1200, 512), vec![512, 512, 128, 32, 16]);
         assert_eq!(chunk_sizes(7, 512), vec![4, 2, 1]);
-        assert!(max_chunk(DbBackend::Sqlite, columns_per_row()) * columns_per_row() <= 32_766);
-        assert!(max_chunk(DbBackend::Postgres, columns_per_row()) * columns_per_row() <= 65_535);
+        for shape in [Shape::Full, Shape::Single] {
+            let w = row_width(shape);
+            assert!(max_chunk(DbBackend::Sqlite, w) * w + STATEMENT_VALUES <= 32_766);
+            assert!(max_chunk(DbBackend::Postgres, w) * w + STATEMENT_VALUES <= 65_535);
+        }
     }
 
     #[test]
-    fn statements_bind_every_column_once() {
-        let sqlite = upsert_sql(DbBackend::Sqlite, 3);
-        assert_eq!(sqlite.matches('?').count(), 3 * columns_per_row());
-        assert!(sqlite.starts_with("INSERT OR FAIL INTO ntp_clients"));
-        assert!(sqlite.contains(
-            "first_seen = CASE WHEN ntp_clients.first_seen <= excluded.first_seen THEN ntp_clients.first_seen ELSE excluded.first_seen END"
-        ));
-        let pg = upsert_sql(DbBackend::Postgres, 2);
-        assert!(pg.contains(&format!("${}", 2 * columns_per_row())));
-        assert!(!pg.contains(&format!("${}", 2 * columns_per_row() + 1)));
-        assert!(pg.starts_with("INSERT INTO ntp_clients"));
+    fn statements_bind_every_row_value_and_the_statement_values_once() {
+        for shape in [Shape::Full, Shape::Single] {
+            let sqlite = upsert_sql(DbBackend::Sqlite, shape, 3);
+            assert_eq!(sqlite.matches('?').count(), 3 * row_width(shape) + STATEMENT_VALUES);
+            assert!(sqlite.starts_with("INSERT OR FAIL INTO ntp_clients"));
+            assert!(sqlite.contains(
+                "first_seen = CASE WHEN ntp_clients.first_seen <= excluded.first_seen THEN ntp_clients.first_seen ELSE excluded.first_seen END"
+            ));
+            let pg = upsert_sql(DbBackend::Postgres, shape, 2);
+            let last = 2 * row_width(shape) + STATEMENT_VALUES;
+            assert!(pg.contains("SELECT $1, $2, v.column1, "), "the statement's values first");
+            assert!(pg.contains(&format!("${last})")));
+            assert!(!pg.contains(&format!("${}", last + 1)));
+            assert!(pg.starts_with("INSERT INTO ntp_clients"));
+        }
+        assert_eq!(row_width(Shape::Full), 57);
+        assert_eq!(row_width(Shape::Single), 34);
+    }
+
+    /// The insert list and the `DO UPDATE` list name the same columns, bar the key, the binary
+    /// address (see [`upsert_sql_with`]) and `created_at`.
+    #[test]
+    fn every_inserted_column_is_updated_or_known_not_to_be() {
+        let mut inserted: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+        let mut updated: Vec<String> = LATEST_COLUMNS.iter().chain(COUNTER_COLUMNS.iter()).map(|c| (*c).to_string()).collect();
+        updated.extend(["first_seen", "last_seen", "last_kiss_code", "last_kiss_at", "last_mode", "updated_at"].map(String::from));
+        for m in METRICS {
+            updated.extend(["count", "sum", "min", "max"].map(|p| format!("{m}_{p}")));
+        }
+        inserted.retain(|c| !["host", "interface_name", "client_ip", "client_ip_bin", "created_at"].contains(c));
+        inserted.sort_unstable();
+        updated.sort_unstable();
+        assert_eq!(inserted, updated);
+        let sql = upsert_sql(DbBackend::Sqlite, Shape::Full, 1);
+        for c in &updated {
+            assert!(sql.contains(&format!(" {c} = ")), "{c} is updated");
+        }
+    }
+
+    fn one_session(latency: Option<f64>) -> ClientDelta {
+        use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome};
+        let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: 1, ..PacketSummary::default() };
+        let session = |t: i64| {
+            Record::Session(Session {
+                id: 1,
+                outcome: SessionOutcome::Answered,
+                client_ip: "198.18.0.9".parse().expect("ip"),
+                client_port: 40000,
+                server_ip: "198.18.0.1".parse().expect("ip"),
+                server_port: 123,
+                vlan_id: None,
+                inner_vlan_id: None,
+                request_time_ns: t,
+                response_time_ns: Some(t + 20_000),
+                request: req.clone(),
+                response: Some(PacketSummary { mode: 4, stratum: 2, ..req.clone() }),
+                retransmits: 0,
+                t1_randomized: true,
+                interleaved: false,
+                client_to_server_latency_s: latency,
+                server_processing_time_s: Some(1e-5),
+                total_process_time_s: None,
+            })
+        };
+        let batch = Batch::new("a", "eth0", vec![session(1_000)]);
+        crate::aggregate::aggregate([&batch]).into_values().next().expect("one client")
+    }
+
+    #[test]
+    fn one_session_is_single_unless_its_values_cannot_say_everything() {
+        assert_eq!(shape_of(&one_session(Some(0.5))), Shape::Single);
+        assert_eq!(shape_of(&one_session(None)), Shape::Single);
+        assert_eq!(shape_of(&one_session(Some(f64::NAN))), Shape::Full, "the metric skips it, the statement would count it");
+        let mut twice = one_session(Some(0.5));
+        twice.counters.session_count = 2;
+        assert_eq!(shape_of(&twice), Shape::Full);
+        let mut observed = one_session(Some(0.5));
+        observed.counters.observation_count = 1;
+        assert_eq!(shape_of(&observed), Shape::Full);
+        let mut early = one_session(Some(0.5));
+        early.first_seen -= 1;
+        assert_eq!(shape_of(&early), Shape::Full, "a response captured before its request");
     }
 }

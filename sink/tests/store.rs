@@ -262,14 +262,88 @@ async fn the_latest_kiss_code_follows_the_newest_kiss(db: &DatabaseConnection) {
     assert_eq!(kissed(db, ip).await, code("DENY", last_seen));
 }
 
+/// Every kind of client a batch can hold, for host `host`: one answered session, one
+/// unanswered, a kiss, a randomised T1 with retransmits, a session without latency, an IPv6
+/// client ([`store::Shape::Single`] rows), and a client seen twice, a control query beside a
+/// session, a non-finite latency and a response captured before its request (full rows).
+fn every_kind(host: &str, t: i64) -> Batch {
+    let mut records = vec![
+        session("198.18.1.1", t, true, 2, Some(0.003)),
+        session("198.18.1.2", t + 1, false, 0, None),
+        kiss("198.18.1.3", t + 2, *b"RATE"),
+        session("198.18.1.5", t + 4, true, 2, None),
+        session("2001:db8::5", t + 5, true, 2, Some(0.25)),
+        session("198.18.1.6", t + 6, true, 2, Some(0.001)),
+        session("198.18.1.6", t + 7, true, 3, Some(0.002)),
+        session("198.18.1.7", t + 8, true, 2, Some(0.001)),
+        session("198.18.1.8", t + 9, true, 2, Some(f64::INFINITY)),
+        session("198.18.1.9", t + 10, true, 2, Some(0.004)),
+    ];
+    if let Record::Session(s) = session("198.18.1.4", t + 3, true, 2, Some(0.002)) {
+        records.push(Record::Session(ntp_wire::Session { t1_randomized: true, retransmits: 2, interleaved: true, ..s }));
+    }
+    if let Record::Session(s) = &mut records[9] {
+        s.response_time_ns = Some(t + 10 - 1_000);
+    }
+    records.push(Record::Observation(ntp_wire::Observation {
+        id: 1,
+        time_ns: t + 11,
+        client_ip: "198.18.1.7".parse().expect("ip"),
+        client_port: 40000,
+        server_ip: "198.18.0.1".parse().expect("ip"),
+        server_port: 123,
+        from_client: true,
+        vlan_id: None,
+        inner_vlan_id: None,
+        length: 12,
+        leap: 0,
+        version: 2,
+        mode: 6,
+        header: None,
+        control: None,
+        private: None,
+    }));
+    Batch::new(host, "eth0", records)
+}
+
+/// The rows of `host`, without what tells the hosts' rows apart.
+async fn rows_of(db: &DatabaseConnection, host: &str) -> Vec<ntp_clients::Model> {
+    let mut rows = ntp_clients::Entity::find().filter(ntp_clients::Column::Host.eq(host)).all(db).await.expect("rows of the host");
+    rows.sort_by(|a, b| a.client_ip.cmp(&b.client_ip));
+    rows.into_iter().map(|r| ntp_clients::Model { id: 0, host: String::new(), ..r }).collect()
+}
+
+/// The statements that bind a single session's row compactly leave exactly the rows that
+/// binding every column leaves, new and updated, for every kind of client.
+async fn single_session_rows_leave_what_full_rows_leave(db: &DatabaseConnection) {
+    for (i, t) in [T0, T0 + 100_000, T0 - 100_000].into_iter().enumerate() {
+        let now = T0 + i as i64;
+        for (host, single) in [("full", false), ("single", true)] {
+            let d = aggregate::aggregate([&every_kind(host, t)]);
+            if single {
+                let shapes: Vec<store::Shape> = d.values().map(store::shape_of).collect();
+                assert_eq!(shapes.iter().filter(|s| **s == store::Shape::Single).count(), 6, "{shapes:?}");
+            }
+            let c = store::upsert_shaped(db, &d, now, single).await.expect("upsert");
+            assert_eq!((c.inserted, c.updated), if i == 0 { (10, 0) } else { (0, 10) });
+        }
+        let (full, single) = (rows_of(db, "full").await, rows_of(db, "single").await);
+        assert_eq!(full.len(), 10);
+        assert_eq!(full, single, "batch {i}");
+    }
+    let r = &rows_of(db, "single").await[0];
+    assert_eq!((r.client_ip.as_str(), r.session_count, r.answered_count, r.latency_count), ("198.18.1.1", 3, 3, 3));
+}
+
 #[tokio::test]
 async fn sqlite_store() {
-    for body in 0..4 {
+    for body in 0..5 {
         let t = TestDb::sqlite().await;
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
             2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
+            3 => single_session_rows_leave_what_full_rows_leave(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
     }
@@ -277,12 +351,13 @@ async fn sqlite_store() {
 
 #[tokio::test]
 async fn postgres_store() {
-    for body in 0..4 {
+    for body in 0..5 {
         let t = TestDb::postgres().await;
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
             2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
+            3 => single_session_rows_leave_what_full_rows_leave(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
         t.drop_schema().await;
@@ -323,11 +398,14 @@ fn abort_sources(path: &std::path::Path, sql: &str) -> (usize, Found, Found) {
 #[tokio::test]
 async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journal() {
     let t = TestDb::sqlite().await;
-    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, 4);
-    let (ops, calls, aborts) = abort_sources(&t.dir.as_ref().expect("sqlite dir").path().join("ntp.db"), &sql);
-    assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
-    assert!(calls.is_empty(), "function calls in the upsert: {calls:?}");
-    assert!(aborts.is_empty(), "checks that abort the upsert: {aborts:?}");
+    for shape in [store::Shape::Full, store::Shape::Single] {
+        let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, shape, 4);
+        let (ops, calls, aborts) = abort_sources(&t.dir.as_ref().expect("sqlite dir").path().join("ntp.db"), &sql);
+        assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
+        assert!(calls.is_empty(), "function calls in the {shape:?} upsert: {calls:?}");
+        assert!(aborts.is_empty(), "checks that abort the {shape:?} upsert: {aborts:?}");
+    }
+    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, store::Shape::Full, 4);
 
     // The same check sees the aborting NOT NULL checks of the DO UPDATE branch on the schema
     // before m20261204_000004, `INSERT OR FAIL` or not: why the migration is needed.
