@@ -183,8 +183,9 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     if let Ok(extra) = std::env::var("BENCH_SQL") {
         conn.execute_batch(&extra).expect("BENCH_SQL");
     }
+    let form_of = |shape| store::Form { shape, shared_key: true };
     let sql_of = |shape: store::Shape| {
-        let mut sql = store::upsert_sql_with(DbBackend::Sqlite, shape, 1, true);
+        let mut sql = store::upsert_sql_with(DbBackend::Sqlite, form_of(shape), 1, true);
         if std::env::var_os("BENCH_NO_GUARD").is_some() {
             // Experiment: latest-value columns overwritten unconditionally.
             let newer = "excluded.session_timestamp IS NOT NULL AND (ntp_clients.session_timestamp IS NULL OR excluded.session_timestamp >= ntp_clients.session_timestamp)";
@@ -208,7 +209,7 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     };
     let sql = [sql_of(store::Shape::Single), sql_of(store::Shape::Full)];
     let mut run = Run::default();
-    let mut values = Vec::with_capacity(store::row_width(store::Shape::Full) + 4);
+    let mut values = Vec::new();
     for (i, b) in batches.iter().enumerate() {
         let t = Instant::now();
         let deltas = aggregate::aggregate([b]);
@@ -222,8 +223,8 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
             for (k, d) in &deltas {
                 values.clear();
                 let shape = store::shape_of(d);
-                values.extend(store::statement_values(&k.host, &k.interface, now));
-                store::row_values(k, d, shape, &mut values);
+                values.extend(store::statement_values(form_of(shape), (k, d), now));
+                store::row_values(k, d, form_of(shape), &mut values);
                 let stmt = &mut stmts[usize::from(shape == store::Shape::Full)];
                 let params: Vec<rusqlite::types::Value> = values.iter().map(to_sql).collect();
                 let existed = match form {
@@ -266,8 +267,8 @@ async fn main() {
     let order = events();
     println!(
         "# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} / {} values bound per row (one session / any)",
-        store::row_width(store::Shape::Single),
-        store::row_width(store::Shape::Full)
+        store::row_width(store::Form { shape: store::Shape::Single, shared_key: true }),
+        store::row_width(store::Form { shape: store::Shape::Full, shared_key: true })
     );
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .ok()

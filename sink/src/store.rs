@@ -74,13 +74,27 @@ pub enum Shape {
     Single,
 }
 
+/// How the rows of one statement are bound: their [`Shape`], and whether they share one host and
+/// interface, bound once for the statement (with one agent, every statement), or bind theirs
+/// per row (a chunk that spans agents or interfaces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Form {
+    /// What the rows' deltas are.
+    pub shape: Shape,
+    /// The rows' host and interface are the statement's.
+    pub shared_key: bool,
+}
+
 /// The value of one column for a row of [`Shape::Full`].
 type Get = fn(&ClientKey, &ClientDelta) -> Value;
 
 /// Where an inserted column's value comes from.
 enum Src {
-    /// The same for every row of a statement: bound once per statement, in the select list.
-    Statement(Shared),
+    /// The batch's time: bound once per statement, in the select list.
+    Now,
+    /// The row's host or interface: bound once per statement, in the select list, when the
+    /// statement's rows share it ([`Form::shared_key`]), per row otherwise.
+    Key(Get),
     /// Bound per row in [`Shape::Full`]; in [`Shape::Single`] also bound, unless an expression
     /// is given: SQL over the row's bound columns, each written `{name}`.
     Row(Get, Option<&'static str>),
@@ -134,8 +148,8 @@ macro_rules! counter {
 /// [`LATEST_COLUMNS`], `COUNTER_COLUMNS` and [`METRICS`] (a unit test checks they agree).
 static COLUMNS: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
     let mut c = vec![
-        Column { name: "host", src: Src::Statement(Shared::Host) },
-        Column { name: "interface_name", src: Src::Statement(Shared::Interface) },
+        Column { name: "host", src: Src::Key(|k, _| Value::String(Some(k.host.clone()))) },
+        Column { name: "interface_name", src: Src::Key(|k, _| Value::String(Some(k.interface.clone()))) },
         bound("client_ip", |k, _| Value::String(Some(k.client_ip.clone()))),
         bound("client_ip_bin", |k, _| {
             Value::Bytes(k.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec()))
@@ -191,35 +205,38 @@ static COLUMNS: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
     c.extend(metric!(latency, "client_to_server_latency"));
     c.extend(metric!(processing, "server_processing_time"));
     c.extend(metric!(turnaround, "total_process_time"));
-    c.push(Column { name: "created_at", src: Src::Statement(Shared::Now) });
-    c.push(Column { name: "updated_at", src: Src::Statement(Shared::Now) });
+    c.push(Column { name: "created_at", src: Src::Now });
+    c.push(Column { name: "updated_at", src: Src::Now });
     c
 });
 
-/// Whether `column` is bound per row in statements of `shape`.
-fn is_bound(column: &Column, shape: Shape) -> bool {
+/// Whether `column` is bound per row in statements of `form`.
+fn is_bound(column: &Column, form: Form) -> bool {
     match column.src {
-        Src::Statement(_) => false,
-        Src::Row(_, single) => shape == Shape::Full || single.is_none(),
+        Src::Now => false,
+        Src::Key(_) => !form.shared_key,
+        Src::Row(_, single) => form.shape == Shape::Full || single.is_none(),
     }
 }
 
-/// Values bound per row in statements of `shape`.
-pub fn row_width(shape: Shape) -> usize {
-    COLUMNS.iter().filter(|c| is_bound(c, shape)).count()
+/// Whether `column` is bound once for statements of `form`.
+fn is_shared(column: &Column, form: Form) -> bool {
+    match column.src {
+        Src::Now => true,
+        Src::Key(_) => form.shared_key,
+        Src::Row(..) => false,
+    }
 }
 
-/// A value the rows of one statement share (the plan keeps one host and interface per statement).
-#[derive(Clone, Copy)]
-enum Shared {
-    Host,
-    Interface,
-    /// The batch's time (`created_at`, `updated_at`).
-    Now,
+/// Values bound per row in statements of `form`.
+pub fn row_width(form: Form) -> usize {
+    COLUMNS.iter().filter(|c| is_bound(c, form)).count()
 }
 
-/// Values bound once per statement, before the rows': see [`statement_values`].
-const STATEMENT_VALUES: usize = 4;
+/// Values bound once for statements of `form` ([`statement_values`]).
+pub fn statement_width(form: Form) -> usize {
+    COLUMNS.iter().filter(|c| is_shared(c, form)).count()
+}
 
 /// How a delta is bound: [`Shape::Single`] when the delta is exactly what one session makes of
 /// a client (its counters, metrics, first seen and kiss time follow from the session's values,
@@ -241,7 +258,10 @@ pub fn shape_of(d: &ClientDelta) -> Shape {
         mac_count: c.mac_count,
         ..Counters::default()
     };
-    let metric = |m: &Metric, v: Option<f64>| v.is_none_or(f64::is_finite) && *m == Metric::of(v);
+    // Not finite: the metric skips it, the statement would count it. Negative zero: the
+    // metric's sum is 0.0 + -0.0 = +0.0, the statement's would be -0.0.
+    let exact = |v: f64| v.is_finite() && !(v == 0.0 && v.is_sign_negative());
+    let metric = |m: &Metric, v: Option<f64>| v.is_none_or(exact) && *m == Metric::of(v);
     let single = *c == one_session
         && (0..=1).contains(&c.answered_count)
         && d.first_seen == l.session_timestamp
@@ -252,27 +272,27 @@ pub fn shape_of(d: &ClientDelta) -> Shape {
     if single { Shape::Single } else { Shape::Full }
 }
 
-/// The bound values of one row of `shape`, in the statement's order.
-pub fn row_values(key: &ClientKey, d: &ClientDelta, shape: Shape, v: &mut Vec<Value>) {
+/// The bound values of one row of `form`, in the statement's order.
+pub fn row_values(key: &ClientKey, d: &ClientDelta, form: Form, v: &mut Vec<Value>) {
     for c in COLUMNS.iter() {
-        if let Src::Row(get, _) = c.src
-            && is_bound(c, shape)
+        if let Src::Row(get, _) | Src::Key(get) = c.src
+            && is_bound(c, form)
         {
             v.push(get(key, d));
         }
     }
 }
 
-/// The values bound once per statement, before every row's: one per [`Src::Statement`] column,
-/// in their order.
-pub fn statement_values(host: &str, interface: &str, now: i64) -> Vec<Value> {
+/// The values bound once per statement of `form`, before every row's, in the statement's
+/// order: the batch's time, and with [`Form::shared_key`] the host and interface of `first`
+/// (any row of the statement).
+pub fn statement_values(form: Form, first: (&ClientKey, &ClientDelta), now: i64) -> Vec<Value> {
     COLUMNS
         .iter()
         .filter_map(|c| match c.src {
-            Src::Statement(Shared::Host) => Some(Value::String(Some(host.to_string()))),
-            Src::Statement(Shared::Interface) => Some(Value::String(Some(interface.to_string()))),
-            Src::Statement(Shared::Now) => Some(Value::BigInt(Some(now))),
-            Src::Row(..) => None,
+            Src::Now => Some(Value::BigInt(Some(now))),
+            Src::Key(get) if form.shared_key => Some(get(first.0, first.1)),
+            Src::Key(_) | Src::Row(..) => None,
         })
         .collect()
 }
@@ -316,10 +336,10 @@ fn placeholders(backend: DbBackend, rows: usize, cols: usize) -> String {
     placeholders_from(backend, 1, rows, cols)
 }
 
-/// The upsert statement for `rows` rows of `shape`, as [`upsert`] runs it on `backend`: with
+/// The upsert statement for `rows` rows of `form`, as [`upsert`] runs it on `backend`: with
 /// `RETURNING created_at` where [`counts_by_returning`], without it elsewhere.
-pub fn upsert_sql(backend: DbBackend, shape: Shape, rows: usize) -> String {
-    upsert_sql_with(backend, shape, rows, counts_by_returning(backend))
+pub fn upsert_sql(backend: DbBackend, form: Form, rows: usize) -> String {
+    upsert_sql_with(backend, form, rows, counts_by_returning(backend))
 }
 
 /// Whether [`upsert`] tells inserted rows from updated ones by a `RETURNING created_at` per row
@@ -332,7 +352,7 @@ pub fn counts_by_returning(backend: DbBackend) -> bool {
     backend != DbBackend::Sqlite
 }
 
-/// The upsert statement for `rows` rows of `shape`, with or without `RETURNING created_at`:
+/// The upsert statement for `rows` rows of `form`, with or without `RETURNING created_at`:
 ///
 /// ```sql
 /// INSERT OR FAIL INTO ntp_clients (host, interface_name, client_ip, …)
@@ -340,8 +360,9 @@ pub fn counts_by_returning(backend: DbBackend) -> bool {
 /// WHERE true ON CONFLICT (host, interface_name, client_ip) DO UPDATE SET …
 /// ```
 ///
-/// The statement's values ([`statement_values`]) come first, then the rows': both backends
-/// number the parameters in the order of the text, so every placeholder stays anonymous on
+/// The statement's values ([`statement_values`]) come first, then the rows'. SQLite numbers
+/// anonymous parameters in the order of the text, and so does this code on PostgreSQL
+/// (`$1` first), so every placeholder stays anonymous on
 /// SQLite (sqlx looks numbered ones, `?NNN`, up by name, a linear scan per bound value), while
 /// the select list may use a row's value in several columns ([`Shape::Single`]). The rows stay
 /// one `VALUES` list, which SQLite runs as a co-routine (`SCAN n-ROW VALUES CLAUSE`).
@@ -354,23 +375,23 @@ pub fn counts_by_returning(backend: DbBackend) -> bool {
 /// every SQL function call as a possible abort; `COALESCE` is compiled inline), and no
 /// `NOT NULL` column among those the `DO UPDATE` changes (migration `m20261204_000004`). That
 /// took the sink from 84–86 k to 91–93 k upserts/s (docs/performance.md).
-pub fn upsert_sql_with(backend: DbBackend, shape: Shape, rows: usize, returning: bool) -> String {
+pub fn upsert_sql_with(backend: DbBackend, form: Form, rows: usize, returning: bool) -> String {
     let t = TABLE;
-    let bound: Vec<&str> = COLUMNS.iter().filter(|c| is_bound(c, shape)).map(|c| c.name).collect();
+    let bound: Vec<&str> = COLUMNS.iter().filter(|c| is_bound(c, form)).map(|c| c.name).collect();
     let value_of = |name: &str| {
-        let i = bound.iter().position(|b| *b == name).unwrap_or_else(|| panic!("{name} is not bound in {shape:?} rows"));
+        let i = bound.iter().position(|b| *b == name).unwrap_or_else(|| panic!("{name} is not bound in {form:?} rows"));
         format!("v.column{}", i + 1)
     };
     let mut shared = 0;
     let select: Vec<String> = COLUMNS
         .iter()
         .map(|c| match c.src {
-            Src::Statement(_) => {
+            _ if is_shared(c, form) => {
                 shared += 1;
                 placeholder(backend, shared)
             }
-            Src::Row(_, Some(expr)) if shape == Shape::Single => render(expr, &value_of),
-            Src::Row(..) => value_of(c.name),
+            Src::Row(_, Some(expr)) if form.shape == Shape::Single => render(expr, &value_of),
+            _ => value_of(c.name),
         })
         .collect();
     let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
@@ -414,7 +435,7 @@ pub fn upsert_sql_with(backend: DbBackend, shape: Shape, rows: usize, returning:
         if backend == DbBackend::Sqlite { "OR FAIL " } else { "" },
         names.join(", "),
         select.join(", "),
-        placeholders_from(backend, STATEMENT_VALUES + 1, rows, bound.len()),
+        placeholders_from(backend, shared + 1, rows, bound.len()),
         set.join(", "),
         if returning { " RETURNING created_at" } else { "" }
     )
@@ -445,14 +466,15 @@ fn greatest(a: &str, b: &str) -> String {
     format!("CASE WHEN {a} >= {b} THEN {a} ELSE {b} END")
 }
 
-/// Largest power of two ≤ the backend's bind limit, less the statement's own values, divided by
-/// the row width.
-fn max_chunk(backend: DbBackend, per_row: usize) -> usize {
+/// Largest power of two of rows of `shape` that stays within the backend's bind limit in either
+/// [`Form`] (the key bound per row or once).
+fn max_chunk(backend: DbBackend, shape: Shape) -> usize {
     let limit = match backend {
         DbBackend::Postgres => 65_535,
         _ => 32_766,
-    } - STATEMENT_VALUES;
-    let rows = (limit / per_row).max(1);
+    };
+    let widest = |f: fn(Form) -> usize| f(Form { shape, shared_key: true }).max(f(Form { shape, shared_key: false }));
+    let rows = ((limit - widest(statement_width)) / widest(row_width)).max(1);
     1 << (usize::BITS - 1 - rows.leading_zeros())
 }
 
@@ -477,30 +499,33 @@ pub struct UpsertCounts {
     pub updated: u64,
 }
 
-/// One statement's rows: all of one host and interface and of one shape, in key order.
+/// One statement's rows, in key order.
+#[derive(Debug)]
 struct Chunk<'a> {
-    shape: Shape,
+    form: Form,
     rows: Vec<(&'a ClientKey, &'a ClientDelta)>,
 }
 
-/// The statements for `deltas`: per host and interface, the [`Shape::Single`] rows, then the
-/// others, each in chunks of at most the backend's bind limit ([`chunk_sizes`]). With
-/// `single` false every row is bound in full (a test compares the two).
+/// The statements for `deltas`: the [`Shape::Single`] rows, then the others, each in chunks of
+/// at most the backend's bind limit ([`chunk_sizes`]); a chunk whose rows all have one host and
+/// interface binds them once. With `single` false every row is bound in full (a test compares
+/// the two).
 fn plan(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>, single: bool) -> Vec<Chunk<'_>> {
+    let mut by_shape: [(Shape, Vec<(&ClientKey, &ClientDelta)>); 2] = [(Shape::Single, Vec::new()), (Shape::Full, Vec::new())];
+    for (k, d) in deltas {
+        let shape = if single { shape_of(d) } else { Shape::Full };
+        by_shape[usize::from(shape == Shape::Full)].1.push((k, d));
+    }
     let mut chunks = Vec::new();
-    let mut it = deltas.iter().peekable();
-    while let Some((first, _)) = it.peek() {
-        let (host, interface) = (first.host.clone(), first.interface.clone());
-        let mut by_shape: [(Shape, Vec<(&ClientKey, &ClientDelta)>); 2] = [(Shape::Single, Vec::new()), (Shape::Full, Vec::new())];
-        while let Some((k, d)) = it.next_if(|(k, _)| k.host == host && k.interface == interface) {
-            let shape = if single { shape_of(d) } else { Shape::Full };
-            by_shape[usize::from(shape == Shape::Full)].1.push((k, d));
-        }
-        for (shape, rows) in by_shape {
-            let mut rows = rows.into_iter();
-            for size in chunk_sizes(rows.len(), max_chunk(backend, row_width(shape))) {
-                chunks.push(Chunk { shape, rows: rows.by_ref().take(size).collect() });
-            }
+    for (shape, rows) in by_shape {
+        let mut rows = rows.into_iter();
+        for size in chunk_sizes(rows.len(), max_chunk(backend, shape)) {
+            let rows: Vec<_> = rows.by_ref().take(size).collect();
+            let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+            // Rows are in key order, so the first and the last share host and interface only
+            // when every row between them does.
+            let shared_key = first.host == last.host && first.interface == last.interface;
+            chunks.push(Chunk { form: Form { shape, shared_key }, rows });
         }
     }
     chunks
@@ -529,13 +554,12 @@ pub async fn upsert_shaped<C: ConnectionTrait>(
     let mut counts = UpsertCounts::default();
     let chunks = plan(backend, deltas, single);
     let statement = |chunk: &Chunk<'_>| {
-        let (host, interface) = chunk.rows.first().map_or(("", ""), |(k, _)| (k.host.as_str(), k.interface.as_str()));
-        let mut values = statement_values(host, interface, now);
-        values.reserve(chunk.rows.len() * row_width(chunk.shape));
+        let mut values = statement_values(chunk.form, chunk.rows[0], now);
+        values.reserve(chunk.rows.len() * row_width(chunk.form));
         for (k, d) in &chunk.rows {
-            row_values(k, d, chunk.shape, &mut values);
+            row_values(k, d, chunk.form, &mut values);
         }
-        Statement::from_sql_and_values(backend, upsert_sql_with(backend, chunk.shape, chunk.rows.len(), returning), values)
+        Statement::from_sql_and_values(backend, upsert_sql_with(backend, chunk.form, chunk.rows.len(), returning), values)
     };
     let mut next = chunks.first().map(statement);
     for (i, chunk) in chunks.iter().enumerate() {
@@ -831,36 +855,86 @@ pub async fn heartbeat<C: ConnectionTrait>(conn: &C, consumer: &str, stream: &st
 mod tests {
     use super::*;
 
+    const FORMS: [Form; 4] = [
+        Form { shape: Shape::Full, shared_key: true },
+        Form { shape: Shape::Full, shared_key: false },
+        Form { shape: Shape::Single, shared_key: true },
+        Form { shape: Shape::Single, shared_key: false },
+    ];
+
     #[test]
-    fn chunks_are_full_then_powers_of_two() {
+    fn chunks_are_full_then_powers_of_two_within_the_bind_limits() {
         assert_eq!(chunk_sizes(0, 512), Vec::<usize>::new());
         assert_eq!(chunk_sizes(1200, 512), vec![512, 512, 128, 32, 16]);
         assert_eq!(chunk_sizes(7, 512), vec![4, 2, 1]);
-        for shape in [Shape::Full, Shape::Single] {
-            let w = row_width(shape);
-            assert!(max_chunk(DbBackend::Sqlite, w) * w + STATEMENT_VALUES <= 32_766);
-            assert!(max_chunk(DbBackend::Postgres, w) * w + STATEMENT_VALUES <= 65_535);
+        for form in FORMS {
+            let (w, s) = (row_width(form), statement_width(form));
+            assert!(max_chunk(DbBackend::Sqlite, form.shape) * w + s <= 32_766);
+            assert!(max_chunk(DbBackend::Postgres, form.shape) * w + s <= 65_535);
         }
+        assert_eq!((max_chunk(DbBackend::Sqlite, Shape::Full), max_chunk(DbBackend::Postgres, Shape::Single)), (512, 1024));
     }
 
     #[test]
     fn statements_bind_every_row_value_and_the_statement_values_once() {
-        for shape in [Shape::Full, Shape::Single] {
-            let sqlite = upsert_sql(DbBackend::Sqlite, shape, 3);
-            assert_eq!(sqlite.matches('?').count(), 3 * row_width(shape) + STATEMENT_VALUES);
+        for form in FORMS {
+            let sqlite = upsert_sql(DbBackend::Sqlite, form, 3);
+            assert_eq!(sqlite.matches('?').count(), 3 * row_width(form) + statement_width(form));
             assert!(sqlite.starts_with("INSERT OR FAIL INTO ntp_clients"));
             assert!(sqlite.contains(
                 "first_seen = CASE WHEN ntp_clients.first_seen <= excluded.first_seen THEN ntp_clients.first_seen ELSE excluded.first_seen END"
             ));
-            let pg = upsert_sql(DbBackend::Postgres, shape, 2);
-            let last = 2 * row_width(shape) + STATEMENT_VALUES;
-            assert!(pg.contains("SELECT $1, $2, v.column1, "), "the statement's values first");
+            let pg = upsert_sql(DbBackend::Postgres, form, 2);
+            let last = 2 * row_width(form) + statement_width(form);
+            let head = if form.shared_key { "SELECT $1, $2, v.column1, " } else { "SELECT v.column1, v.column2, v.column3, " };
+            assert!(pg.contains(head), "{form:?}");
             assert!(pg.contains(&format!("${last})")));
             assert!(!pg.contains(&format!("${}", last + 1)));
             assert!(pg.starts_with("INSERT INTO ntp_clients"));
         }
-        assert_eq!(row_width(Shape::Full), 57);
-        assert_eq!(row_width(Shape::Single), 34);
+        let widths: Vec<(usize, usize)> = FORMS.iter().map(|f| (row_width(*f), statement_width(*f))).collect();
+        assert_eq!(widths, [(57, 4), (59, 2), (34, 4), (36, 2)]);
+    }
+
+    /// Chunks follow the bind limit across hosts and interfaces (so a batch from many agents
+    /// needs no more statements than one from a single agent), and bind the key once only where
+    /// all their rows share it.
+    #[test]
+    fn chunks_span_agents_and_share_the_key_where_they_can() {
+        let mut deltas = BTreeMap::new();
+        for (host, interface, n) in [("a", "eth0", 300), ("a", "eth1", 300), ("b", "eth0", 700)] {
+            for i in 0..n {
+                let key =
+                    ClientKey { host: host.into(), interface: interface.into(), client_ip: format!("198.18.{}.{}", i / 250, i % 250) };
+                let d = if i % 100 == 0 { ClientDelta { latest: None, ..one_session(Some(0.5)) } } else { one_session(Some(0.5)) };
+                deltas.insert(key, d);
+            }
+        }
+        let chunks = plan(DbBackend::Sqlite, &deltas, true);
+        let got: Vec<(Shape, usize, bool)> = chunks.iter().map(|c| (c.form.shape, c.rows.len(), c.form.shared_key)).collect();
+        assert_eq!(
+            got,
+            [
+                // 1 287 single-session clients: a/eth0, a/eth1 and the first of b/eth0 ...
+                (Shape::Single, 512, false),
+                (Shape::Single, 512, false),
+                // ... then b/eth0 alone.
+                (Shape::Single, 256, true),
+                (Shape::Single, 4, true),
+                (Shape::Single, 2, true),
+                (Shape::Single, 1, true),
+                // 13 others, 3 + 3 + 7.
+                (Shape::Full, 8, false),
+                (Shape::Full, 4, true),
+                (Shape::Full, 1, true),
+            ]
+        );
+        let all: Vec<&ClientKey> = chunks.iter().flat_map(|c| c.rows.iter().map(|(k, _)| *k)).collect();
+        assert_eq!(all.len(), deltas.len());
+        for c in &chunks {
+            let (k, _) = c.rows[0];
+            assert_eq!(c.form.shared_key, c.rows.iter().all(|(r, _)| r.host == k.host && r.interface == k.interface));
+        }
     }
 
     /// The insert list and the `DO UPDATE` list name the same columns, bar the key, the binary
@@ -877,7 +951,7 @@ mod tests {
         inserted.sort_unstable();
         updated.sort_unstable();
         assert_eq!(inserted, updated);
-        let sql = upsert_sql(DbBackend::Sqlite, Shape::Full, 1);
+        let sql = upsert_sql(DbBackend::Sqlite, Form { shape: Shape::Full, shared_key: true }, 1);
         for c in &updated {
             assert!(sql.contains(&format!(" {c} = ")), "{c} is updated");
         }
@@ -917,6 +991,8 @@ mod tests {
         assert_eq!(shape_of(&one_session(Some(0.5))), Shape::Single);
         assert_eq!(shape_of(&one_session(None)), Shape::Single);
         assert_eq!(shape_of(&one_session(Some(f64::NAN))), Shape::Full, "the metric skips it, the statement would count it");
+        assert_eq!(shape_of(&one_session(Some(-0.0))), Shape::Full, "the metric's sum is +0.0, the statement's -0.0");
+        assert_eq!(shape_of(&one_session(Some(0.0))), Shape::Single);
         let mut twice = one_session(Some(0.5));
         twice.counters.session_count = 2;
         assert_eq!(shape_of(&twice), Shape::Full);

@@ -169,6 +169,15 @@ async fn large_batches_chunk_and_count(db: &DatabaseConnection) {
     assert_eq!((c.inserted, c.updated), (701, 999));
     let n = ntp_clients::Entity::find().all(db).await.expect("all").len();
     assert_eq!(n, 3701);
+    // Clients seen twice are bound in full, the widest rows, also past the bind limit.
+    let twice: Vec<Record> = (0..2400)
+        .map(|i| session(&format!("198.18.{}.{}", 100 + i % 1200 / 250, i % 1200 % 250), T0 + 20_000 + i64::from(i), true, 2, Some(0.001)))
+        .collect();
+    let d = deltas(twice);
+    assert!(d.values().all(|d| store::shape_of(d) == store::Shape::Full));
+    let c = store::upsert(db, &d, T0 + 4).await.expect("seen twice");
+    assert_eq!((c.inserted, c.updated), (1200, 0));
+    assert_eq!(row(db, "198.18.104.199").await.session_count, 2);
 }
 
 async fn applied_ids_and_state(db: &DatabaseConnection) {
@@ -266,7 +275,7 @@ async fn the_latest_kiss_code_follows_the_newest_kiss(db: &DatabaseConnection) {
 /// unanswered, a kiss, a randomised T1 with retransmits, a session without latency, an IPv6
 /// client ([`store::Shape::Single`] rows), and a client seen twice, a control query beside a
 /// session, a non-finite latency and a response captured before its request (full rows).
-fn every_kind(host: &str, t: i64) -> Batch {
+fn every_kind(host: &str, interface: &str, t: i64) -> Batch {
     let mut records = vec![
         session("198.18.1.1", t, true, 2, Some(0.003)),
         session("198.18.1.2", t + 1, false, 0, None),
@@ -303,36 +312,44 @@ fn every_kind(host: &str, t: i64) -> Batch {
         control: None,
         private: None,
     }));
-    Batch::new(host, "eth0", records)
+    Batch::new(host, interface, records)
 }
 
 /// The rows of `host`, without what tells the hosts' rows apart.
 async fn rows_of(db: &DatabaseConnection, host: &str) -> Vec<ntp_clients::Model> {
     let mut rows = ntp_clients::Entity::find().filter(ntp_clients::Column::Host.eq(host)).all(db).await.expect("rows of the host");
-    rows.sort_by(|a, b| a.client_ip.cmp(&b.client_ip));
+    rows.sort_by(|a, b| (&a.interface_name, &a.client_ip).cmp(&(&b.interface_name, &b.client_ip)));
     rows.into_iter().map(|r| ntp_clients::Model { id: 0, host: String::new(), ..r }).collect()
 }
 
 /// The statements that bind a single session's row compactly leave exactly the rows that
-/// binding every column leaves, new and updated, for every kind of client.
+/// binding every column leaves, new and updated, for every kind of client; so do statements
+/// that bind the host and interface once and those that bind them per row (one call writes
+/// two hosts and two interfaces, so some chunks span them).
 async fn single_session_rows_leave_what_full_rows_leave(db: &DatabaseConnection) {
     for (i, t) in [T0, T0 + 100_000, T0 - 100_000].into_iter().enumerate() {
         let now = T0 + i as i64;
-        for (host, single) in [("full", false), ("single", true)] {
-            let d = aggregate::aggregate([&every_kind(host, t)]);
+        for (prefix, single) in [("full", false), ("single", true)] {
+            let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+            let batches = [every_kind(&a, "eth0", t), every_kind(&a, "eth1", t), every_kind(&b, "eth0", t)];
+            let d = aggregate::aggregate(&batches);
             if single {
                 let shapes: Vec<store::Shape> = d.values().map(store::shape_of).collect();
-                assert_eq!(shapes.iter().filter(|s| **s == store::Shape::Single).count(), 6, "{shapes:?}");
+                assert_eq!(shapes.iter().filter(|s| **s == store::Shape::Single).count(), 18, "{shapes:?}");
             }
             let c = store::upsert_shaped(db, &d, now, single).await.expect("upsert");
-            assert_eq!((c.inserted, c.updated), if i == 0 { (10, 0) } else { (0, 10) });
+            assert_eq!((c.inserted, c.updated), if i == 0 { (30, 0) } else { (0, 30) });
         }
-        let (full, single) = (rows_of(db, "full").await, rows_of(db, "single").await);
-        assert_eq!(full.len(), 10);
-        assert_eq!(full, single, "batch {i}");
+        for host in ["a", "b"] {
+            let (full, single) = (rows_of(db, &format!("full-{host}")).await, rows_of(db, &format!("single-{host}")).await);
+            assert_eq!(full.len(), if host == "a" { 20 } else { 10 });
+            assert_eq!(full, single, "batch {i}, host {host}");
+        }
     }
-    let r = &rows_of(db, "single").await[0];
-    assert_eq!((r.client_ip.as_str(), r.session_count, r.answered_count, r.latency_count), ("198.18.1.1", 3, 3, 3));
+    let rows = rows_of(db, "single-a").await;
+    let r = &rows[10];
+    assert_eq!((r.interface_name.as_str(), r.client_ip.as_str()), ("eth1", "198.18.1.1"));
+    assert_eq!((r.session_count, r.answered_count, r.latency_count), (3, 3, 3));
 }
 
 #[tokio::test]
@@ -398,14 +415,17 @@ fn abort_sources(path: &std::path::Path, sql: &str) -> (usize, Found, Found) {
 #[tokio::test]
 async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journal() {
     let t = TestDb::sqlite().await;
-    for shape in [store::Shape::Full, store::Shape::Single] {
-        let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, shape, 4);
+    for (shape, shared_key) in
+        [(store::Shape::Full, true), (store::Shape::Full, false), (store::Shape::Single, true), (store::Shape::Single, false)]
+    {
+        let form = store::Form { shape, shared_key };
+        let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, form, 4);
         let (ops, calls, aborts) = abort_sources(&t.dir.as_ref().expect("sqlite dir").path().join("ntp.db"), &sql);
         assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
-        assert!(calls.is_empty(), "function calls in the {shape:?} upsert: {calls:?}");
-        assert!(aborts.is_empty(), "checks that abort the {shape:?} upsert: {aborts:?}");
+        assert!(calls.is_empty(), "function calls in the {form:?} upsert: {calls:?}");
+        assert!(aborts.is_empty(), "checks that abort the {form:?} upsert: {aborts:?}");
     }
-    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, store::Shape::Full, 4);
+    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, store::Form { shape: store::Shape::Full, shared_key: true }, 4);
 
     // The same check sees the aborting NOT NULL checks of the DO UPDATE branch on the schema
     // before m20261204_000004, `INSERT OR FAIL` or not: why the migration is needed.
