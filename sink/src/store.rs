@@ -241,7 +241,7 @@ pub fn statement_width(form: Form) -> usize {
 /// How a delta is bound: [`Shape::Single`] when the delta is exactly what one session makes of
 /// a client (its counters, metrics, first seen and kiss time follow from the session's values,
 /// as [`Shape::Single`]'s expressions write them), [`Shape::Full`] otherwise (several sessions,
-/// observations, a non-finite metric, a response captured before its request).
+/// observations, a non-finite or negative-zero metric, a response captured before its request).
 pub fn shape_of(d: &ClientDelta) -> Shape {
     let Some(l) = &d.latest else { return Shape::Full };
     let c = &d.counters;
