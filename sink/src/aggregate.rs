@@ -342,12 +342,13 @@ fn add_observation(d: &mut ClientDelta, o: &Observation) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ntp_wire::{PacketSummary, Private};
 
     use super::*;
 
-    fn session(ip: &str, t: i64, answered: bool, latency: Option<f64>) -> Record {
+    /// A session of `ip` requested at `t` (answered 10 ns later, or not), for tests in this crate.
+    pub(crate) fn session(ip: &str, t: i64, answered: bool, latency: Option<f64>) -> Record {
         let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: 1, ..PacketSummary::default() };
         Record::Session(Session {
             id: t as u64,

@@ -957,32 +957,13 @@ mod tests {
         }
     }
 
+    /// The delta of one answered session with a randomised T1 and the given latency.
     fn one_session(latency: Option<f64>) -> ClientDelta {
-        use ntp_wire::{Batch, PacketSummary, Record, Session, SessionOutcome};
-        let req = PacketSummary { mode: 3, version: 4, length: 48, transmit_ts: 1, ..PacketSummary::default() };
-        let session = |t: i64| {
-            Record::Session(Session {
-                id: 1,
-                outcome: SessionOutcome::Answered,
-                client_ip: "198.18.0.9".parse().expect("ip"),
-                client_port: 40000,
-                server_ip: "198.18.0.1".parse().expect("ip"),
-                server_port: 123,
-                vlan_id: None,
-                inner_vlan_id: None,
-                request_time_ns: t,
-                response_time_ns: Some(t + 20_000),
-                request: req.clone(),
-                response: Some(PacketSummary { mode: 4, stratum: 2, ..req.clone() }),
-                retransmits: 0,
-                t1_randomized: true,
-                interleaved: false,
-                client_to_server_latency_s: latency,
-                server_processing_time_s: Some(1e-5),
-                total_process_time_s: None,
-            })
+        let ntp_wire::Record::Session(s) = crate::aggregate::tests::session("198.18.0.9", 1_000, true, latency) else {
+            unreachable!("a session")
         };
-        let batch = Batch::new("a", "eth0", vec![session(1_000)]);
+        let record = ntp_wire::Record::Session(ntp_wire::Session { t1_randomized: true, ..s });
+        let batch = ntp_wire::Batch::new("a", "eth0", vec![record]);
         crate::aggregate::aggregate([&batch]).into_values().next().expect("one client")
     }
 
