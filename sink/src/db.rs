@@ -13,7 +13,8 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection
     Ok(db)
 }
 
-/// Pragmas of the SQLite writer beyond WAL, `synchronous=NORMAL` and the busy timeout.
+/// Pragmas of the SQLite writer beyond WAL, `synchronous=NORMAL`, the busy timeout and the page
+/// size of a new file (`migration::SQLITE_PAGE_SIZE`).
 ///
 /// - `temp_store=memory`: temporary files (statement journals, which the upsert no longer
 ///   needs, see `store::upsert_sql_with`; sorts) stay off the disk.
@@ -39,7 +40,8 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
-                .create_if_missing(true);
+                .create_if_missing(true)
+                .page_size(migration::SQLITE_PAGE_SIZE);
             SQLITE_WRITER_PRAGMAS.iter().fold(o, |o, (k, v)| o.pragma(*k, *v))
         });
     } else {

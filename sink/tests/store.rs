@@ -448,6 +448,33 @@ async fn sqlite_is_in_wal_mode_so_readers_never_block_the_writer() {
     assert_eq!(mode.try_get_by_index::<String>(0).expect("text"), "wal");
 }
 
+async fn pragma_i64(db: &DatabaseConnection, pragma: &str) -> i64 {
+    let row = db.query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, format!("PRAGMA {pragma}"))).await;
+    row.expect("pragma").expect("row").try_get_by_index(0).expect("integer")
+}
+
+/// A database the sink creates has the sink's page size; one made before (SQLite's default
+/// 4 KiB pages) keeps its own, migrates and takes upserts, because a WAL database cannot change
+/// it and the sink must not fail on it.
+#[tokio::test]
+async fn new_databases_get_the_sinks_page_size_and_old_ones_keep_theirs() {
+    let t = TestDb::sqlite().await;
+    assert_eq!(pragma_i64(&t.db, "page_size").await, i64::from(migration::SQLITE_PAGE_SIZE));
+    assert_ne!(migration::SQLITE_PAGE_SIZE, 4_096, "the test below needs a size other than SQLite's default");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.db");
+    let old = rusqlite::Connection::open(&path).expect("create");
+    old.execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE made_before (x)").expect("old file");
+    drop(old);
+    let db = db::connect_and_migrate(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("old database opens");
+    assert_eq!(pragma_i64(&db, "page_size").await, 4_096);
+    let txn = db.begin().await.expect("begin");
+    let counts = store::upsert(&txn, &deltas(vec![session("198.18.0.9", T0, true, 2, Some(0.001))]), T0).await.expect("upsert");
+    txn.commit().await.expect("commit");
+    assert_eq!((counts.inserted, row(&db, "198.18.0.9").await.session_count), (1, 1));
+}
+
 /// The idle sink's probe takes SQLite's write lock and gives it back: it waits while another
 /// process holds the lock (what the heartbeat's time limit reports), and it commits nothing, so
 /// a reader's `PRAGMA data_version` (which moves at every commit by another connection, and with

@@ -59,7 +59,10 @@ SELECT 'ntp' || (n % 4) || '.example.net', CASE WHEN n % 8 < 4 THEN 'eth0' ELSE 
 FROM (SELECT n, 1780000000000000000 + ((n * 7919) % ?3) * 1000000 AS t FROM s)";
 
 async fn fill(url: &str, rows: i64) {
-    let db = Database::connect(url).await.expect("database");
+    // Created as the sink creates it: with the sink's page size.
+    let mut opts = sea_orm::ConnectOptions::new(url);
+    opts.map_sqlx_sqlite_opts(|o| o.page_size(migration::SQLITE_PAGE_SIZE));
+    let db = Database::connect(opts).await.expect("database");
     migration::Migrator::up(&db, None).await.expect("migrate");
     let b = db.get_database_backend();
     let present: i64 = db

@@ -205,6 +205,18 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     drop(db);
 }
 
+/// `ntpscope-migrate` creates a database with the sink's page size, as the sink does.
+#[test]
+fn the_migrate_cli_creates_databases_with_the_sinks_page_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ntp.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let migrated = Command::new(harness::bin("ntpscope-migrate")).args(["--database-url", &url, "up"]).output().expect("migrate");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let size = Command::new("sqlite3").arg(&path).arg("PRAGMA page_size").output().expect("sqlite3");
+    assert_eq!(String::from_utf8_lossy(&size.stdout).trim(), migration::SQLITE_PAGE_SIZE.to_string());
+}
+
 /// A wrong token is logged as rejected, with the path and the peer but never the token; neither
 /// the wrong one nor the configured one appears in the log or in `--print-config`.
 #[test]
