@@ -25,7 +25,7 @@ pub const LATEST: &str = "m20261204_000004_relax_upserted_columns";
 ///
 /// The sink's random-key upserts touch a table leaf and three index paths per client; with
 /// 8 KiB pages the trees are a level shallower and a commit writes half as many WAL frames for
-/// the same bytes, and the sink's store bench writes 12–17 % more records per second at
+/// the same bytes, and the sink's store bench writes 12–18 % more records per second at
 /// B = 50 000 (docs/performance.md, fourteenth session). SQLite fixes the page size when it
 /// writes the first page, and a WAL database cannot change it later (`VACUUM` neither), so every
 /// connection that may create the file sets it (sqlx issues `page_size` before `journal_mode`):
