@@ -8,6 +8,8 @@
 //!
 //! The database is generated once (inside SQLite, by a recursive CTE) under
 //! `target/bench-data/api-<rows>.db` and reused; the sink migrates it and keeps its state fresh.
+//! It is created with the sink's page size; a file left from before 2026-12-05 keeps 4 KiB pages
+//! (delete it to have it filled again).
 //! Scenarios, each after an unmeasured warm-up of half its length: a 100-row page at a random
 //! depth by cursor (keyset), page 1, lookup by a random client IP, health, and last the 100-row
 //! page by `page` (OFFSET) at fixed depths for comparison; `wrk -t1 -c16 --latency`
