@@ -405,7 +405,7 @@ fn capture_loop<T: Activated + ?Sized>(
 /// Replaying a file at its capture pace (times a factor): the instant the first packet was read
 /// anchors the file's first timestamp, and each packet waits until its own time has come (one
 /// look at the monotonic clock per packet, only when pacing). Packets stamped before the first
-/// one are read on without waiting.
+/// one are read on without waiting, and so is a packet due within [`PACE_SLACK`].
 struct Pace {
     speed: f64,
     /// The first packet's capture time and the monotonic instant it was read.
@@ -417,12 +417,13 @@ impl Pace {
         Self { speed, start: None }
     }
 
-    /// How long the packet captured at `time_ns` must still wait; `None` when it is due.
+    /// How long the packet captured at `time_ns` must still wait; `None` when it is due, or due
+    /// within [`PACE_SLACK`].
     fn left(&mut self, time_ns: i64) -> Option<Duration> {
         let (t0, at) = *self.start.get_or_insert_with(|| (time_ns, clock::monotonic()));
         let offset_s = time_ns.saturating_sub(t0).max(0) as f64 / 1e9;
         let due = Duration::try_from_secs_f64(offset_s / self.speed).unwrap_or(Duration::MAX);
-        due.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+        due.checked_sub(at.elapsed()).filter(|d| *d >= PACE_SLACK)
     }
 
     /// The capture time the replay has reached: every packet stamped before it has been read
@@ -431,6 +432,12 @@ impl Pace {
         self.start.map_or(i64::MIN, |(t0, at)| t0.saturating_add((at.elapsed().as_secs_f64() * self.speed * 1e9) as i64))
     }
 }
+
+/// How early a paced replay may read a packet. At 100 k sessions/s a packet is due every 5 µs,
+/// and a nap that short costs a system call and a wake-up each (and lasts the kernel's timer
+/// slack, 50 µs, anyway); reading what is due within a millisecond at once sleeps at most a
+/// thousand times a second, as a live capture's buffer hands over packets in bursts.
+const PACE_SLACK: Duration = Duration::from_millis(1);
 
 /// Hands the batch over; returns false when the output has gone away.
 fn send(ctx: &LoopContext, out: &mut Vec<Record>, live: bool, dropped: &mut u64) -> bool {
@@ -463,4 +470,25 @@ fn publish_status<T: Activated + ?Sized>(ctx: &LoopContext, analyzer: &Analyzer,
     st.pcap = pcap_stats;
     st.records_dropped = dropped;
     st.pairing_bytes = analyzer.pairer().heap_bytes() as u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first packet anchors the replay; a later one due within the slack is read at once,
+    /// one due later waits for its time (scaled by the factor).
+    #[test]
+    fn a_paced_replay_reads_what_is_due_within_the_slack_at_once() {
+        let mut pace = Pace::new(10.0);
+        let t0 = 1_000_000_000_000;
+        assert_eq!(pace.left(t0), None, "the first packet is due");
+        // 5 ms of capture time at 10×: due 0.5 ms after the first, within the slack.
+        assert_eq!(pace.left(t0 + 5_000_000), None);
+        // 1 s of capture time at 10×: due 100 ms after the first.
+        let left = pace.left(t0 + 1_000_000_000).expect("waits");
+        assert!(left > Duration::from_millis(90) && left <= Duration::from_millis(100), "{left:?}");
+        // Stamped before the first packet: read on without waiting.
+        assert_eq!(pace.left(t0 - 1_000_000_000), None);
+    }
 }
