@@ -29,9 +29,20 @@ pub const LATEST: &str = "m20261204_000004_relax_upserted_columns";
 /// B = 50 000 (docs/performance.md, fourteenth session). SQLite fixes the page size when it
 /// writes the first page, and a WAL database cannot change it later (`VACUUM` neither), so every
 /// connection that may create the file sets it (sqlx issues `page_size` before `journal_mode`):
-/// the sink's writer and `ntpscope-migrate`. On an existing database it changes nothing; README
-/// says how to convert one.
+/// the sink's writer and [`creating_options`] (`ntpscope-migrate`). On an existing database it
+/// changes nothing; README says how to convert one.
 pub const SQLITE_PAGE_SIZE: u32 = 8_192;
+
+/// Options for a connection to `url` that may create the database: on SQLite with
+/// [`SQLITE_PAGE_SIZE`]. (The sink's writer sets the page size among its own SQLite options,
+/// since sea-orm keeps only one function for them.)
+pub fn creating_options(url: &str) -> sea_orm_migration::sea_orm::ConnectOptions {
+    let mut opts = sea_orm_migration::sea_orm::ConnectOptions::new(url);
+    if url.starts_with("sqlite:") {
+        opts.map_sqlx_sqlite_opts(|o| o.page_size(SQLITE_PAGE_SIZE));
+    }
+    opts
+}
 
 /// All migrations, oldest first.
 #[derive(Debug)]

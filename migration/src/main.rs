@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use migration::{Migrator, MigratorTrait};
-use sea_orm_migration::sea_orm::{ConnectOptions, Database};
+use sea_orm_migration::sea_orm::Database;
 
 /// Apply, inspect or roll back ntpscope's database schema.
 #[derive(Debug, Parser)]
@@ -32,12 +32,8 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut opts = ConnectOptions::new(&cli.database_url);
-    if cli.database_url.starts_with("sqlite:") {
-        // A database this creates gets the sink's page size.
-        opts.map_sqlx_sqlite_opts(|o| o.page_size(migration::SQLITE_PAGE_SIZE));
-    }
-    let db = Database::connect(opts).await?;
+    // A database this creates gets the sink's page size.
+    let db = Database::connect(migration::creating_options(&cli.database_url)).await?;
     match cli.command {
         Command::Up => Migrator::up(&db, None).await?,
         Command::Down { steps } => Migrator::down(&db, Some(steps)).await?,

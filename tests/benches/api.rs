@@ -62,9 +62,7 @@ FROM (SELECT n, 1780000000000000000 + ((n * 7919) % ?3) * 1000000 AS t FROM s)";
 
 async fn fill(url: &str, rows: i64) {
     // Created as the sink creates it: with the sink's page size.
-    let mut opts = sea_orm::ConnectOptions::new(url);
-    opts.map_sqlx_sqlite_opts(|o| o.page_size(migration::SQLITE_PAGE_SIZE));
-    let db = Database::connect(opts).await.expect("database");
+    let db = Database::connect(migration::creating_options(url)).await.expect("database");
     migration::Migrator::up(&db, None).await.expect("migrate");
     let b = db.get_database_backend();
     let present: i64 = db
