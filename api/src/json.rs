@@ -101,13 +101,13 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// A float as serde_json writes it (so as poem-openapi did). Only finite values reach it: see
 /// [`finite`].
-fn float(out: &mut Vec<u8>, v: f64) {
+pub(crate) fn float(out: &mut Vec<u8>, v: f64) {
     if serde_json::to_writer(&mut *out, &v).is_err() {
         out.extend_from_slice(b"null");
     }
@@ -115,7 +115,7 @@ fn float(out: &mut Vec<u8>, v: f64) {
 
 /// poem-openapi leaves out a field whose float is NaN or infinite (JSON has no such number, and
 /// the schema no `null`); so do we.
-fn finite(v: Option<f64>) -> Option<f64> {
+pub(crate) fn finite(v: Option<f64>) -> Option<f64> {
     v.filter(|f| f.is_finite())
 }
 
@@ -155,7 +155,7 @@ fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Opti
     out.push(b'}');
 }
 
-fn boolean(out: &mut Vec<u8>, b: bool) {
+pub(crate) fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
