@@ -21,7 +21,7 @@ use std::{
 
 use entity::ntp_clients::{self, Model};
 use rusqlite::{Connection, OpenFlags, Row, types::Value as Sql};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Iterable, QueryTrait, Statement};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, Iterable, QueryTrait, Statement};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
@@ -509,6 +509,20 @@ pub async fn models(
     match reader {
         Some(r) => Ok(r.models(select.build(DatabaseBackend::Sqlite), cost).await?),
         None => Ok(select.all(db).await?),
+    }
+}
+
+/// Rows of `st`, a `SELECT` of every `ntp_clients` column built for `db`'s backend: through
+/// `reader` when there is one.
+pub async fn models_of(
+    db: &DatabaseConnection,
+    reader: Option<&Arc<SqliteReader>>,
+    st: Statement,
+    cost: Cost,
+) -> Result<Vec<Model>, ApiError> {
+    match reader {
+        Some(r) => Ok(r.models(st, cost).await?),
+        None => Ok(ntp_clients::Entity::find().from_raw_sql(st).all(db).await?),
     }
 }
 
