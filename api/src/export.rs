@@ -6,7 +6,7 @@
 //! starts with a UTF-8 BOM so spreadsheets detect the encoding, and neutralises cells that a
 //! spreadsheet would run as formulas (text starting with `=`, `+`, `-`, `@`, tab or CR gets a
 //! leading `'`): reference ids and kiss codes come from packets and are attacker-controlled.
-//! Rows are written straight from the stored row ([`csv_row`], [`json::client`]), not through
+//! Rows are written straight from the stored row (`csv_row` here, [`json::client`]), not through
 //! poem-openapi's value tree; the tests check each CSV record against the cells of the row's JSON.
 
 use bytes::Bytes;
