@@ -132,7 +132,12 @@ pub struct MetricStats {
 impl MetricStats {
     /// From stored count, sum, min, max.
     pub fn new(count: i64, sum: f64, min: Option<f64>, max: Option<f64>) -> Self {
-        Self { count, avg: (count > 0).then(|| sum / count as f64), min, max }
+        Self { count, avg: Self::average(count, sum), min, max }
+    }
+
+    /// The exact average of a stored count and sum (none of no values).
+    pub fn average(count: i64, sum: f64) -> Option<f64> {
+        (count > 0).then(|| sum / count as f64)
     }
 }
 

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use entity::ntp_clients::Model;
 
 use crate::{
-    dto::{ExportFormat, SortKey, SortOrder},
-    json,
+    dto::{ExportFormat, MetricStats, SortKey, SortOrder},
+    json::{self, boolean, finite, float, int},
     query::{self, Parsed},
     state::AppState,
 };
@@ -22,7 +22,7 @@ use crate::{
 /// Rows per database page.
 pub const CHUNK: u64 = 2_000;
 
-/// CSV columns: JSON keys of [`ClientRecord`], nested ones with a dot.
+/// CSV columns: JSON keys of [`crate::dto::ClientRecord`], nested ones with a dot.
 const COLUMNS: &[&str] = &[
     "id",
     "host",
@@ -122,17 +122,16 @@ macro_rules! cell {
 /// The avg, min and max cells of a metric (count, sum, min, max), as [`crate::dto::MetricStats`]
 /// gives them.
 fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Option<f64>)) {
-    cell!(out, json::finite((count > 0).then(|| sum / count as f64)), json::float);
-    cell!(out, json::finite(min), json::float);
-    cell!(out, json::finite(max), json::float);
+    cell!(out, finite(MetricStats::average(count, sum)), float);
+    cell!(out, finite(min), float);
+    cell!(out, finite(max), float);
 }
 
 /// Appends one row as a CSV record in the order of [`COLUMNS`]: the cells of
-/// [`ClientRecord`]'s JSON (nested objects flattened), written straight from the stored row. Numbers
+/// [`crate::dto::ClientRecord`]'s JSON (nested objects flattened), written straight from the stored row. Numbers
 /// print as in the JSON documents; fields the JSON leaves out (absent, or a float that is not
 /// finite) are empty cells.
 fn csv_row(out: &mut Vec<u8>, m: &Model) {
-    use json::{boolean, finite, float, int};
     int(out, m.id);
     cell!(out, Some(m.host.as_str()), text);
     cell!(out, Some(m.interface_name.as_str()), text);

@@ -13,7 +13,7 @@
 
 use std::marker::PhantomData;
 
-use crate::dto::{ClientDetail, ClientPage, SortKey, SortOrder};
+use crate::dto::{ClientDetail, ClientPage, MetricStats, SortKey, SortOrder};
 use entity::ntp_clients::Model;
 use poem::{IntoResponse, Response};
 use poem_openapi::{
@@ -101,6 +101,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends an integer.
 pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
@@ -149,12 +150,13 @@ macro_rules! put {
 fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Option<f64>)) {
     out.extend_from_slice(b"{\"count\":");
     int(out, count);
-    field!(out, "avg", finite((count > 0).then(|| sum / count as f64)), float);
+    field!(out, "avg", finite(MetricStats::average(count, sum)), float);
     field!(out, "min", finite(min), float);
     field!(out, "max", finite(max), float);
     out.push(b'}');
 }
 
+/// Appends `true` or `false`.
 pub(crate) fn boolean(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
@@ -336,7 +338,7 @@ pub(crate) mod tests {
                     precision: int(8, -24),
                     root_delay: float(9, f),
                     root_dispersion: if i % 5 == 0 { Some(f64::NAN) } else { float(10, -f) },
-                    reference_id: some(11).then(|| "GPS\u{0}".into()),
+                    reference_id: some(11).then(|| if i % 4 == 1 { "=cmd|'x',\"".into() } else { "GPS\u{0}".into() }),
                     leap_indicator: int(12, 3),
                     poll_interval: int(13, -6),
                     reference_timestamp: ts(14, r as i64),
@@ -350,7 +352,7 @@ pub(crate) mod tests {
                     session_timestamp: ts(22, 1_559_246_614_027_454_000),
                     first_seen: r as i64 >> 1,
                     last_seen: r as i64 >> 2,
-                    last_kiss_code: some(23).then(|| "RATE".into()),
+                    last_kiss_code: some(23).then(|| if i % 6 == 0 { "-R\r\nATE".into() } else { "RATE".into() }),
                     last_kiss_at: ts(33, 1_559_246_614_000_000_000 + (r % 1_000_000_000) as i64),
                     last_mode: int(24, 4),
                     t1_randomized: some(25),
@@ -381,7 +383,7 @@ pub(crate) mod tests {
                     turnaround_count: 17,
                     turnaround_sum: 0.1,
                     turnaround_min: float(32, 0.001),
-                    turnaround_max: None,
+                    turnaround_max: float(34, 0.5),
                     created_at: -5,
                     updated_at: 0,
                 }

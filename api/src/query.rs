@@ -8,7 +8,10 @@
 //! sinks' inserted-row counter between rare counts ([`crate::total`]), and filtered counts stop
 //! at [`COUNT_CAP`].
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use base64::Engine as _;
 use entity::ntp_clients::{self, Column as C, Entity as Clients};
@@ -403,28 +406,37 @@ fn by_ip_select(ip: &str, limit: u64) -> Select<Clients> {
     Clients::find().filter(C::ClientIp.eq(ip)).order_by_desc(C::LastSeen).order_by_asc(C::Id).limit(limit)
 }
 
-/// [`by_ip_select`] as a statement for `backend`, built once per backend and limit and then bound
-/// to each address. Building the `SELECT` of every column afresh took a seventh of a lookup's CPU
-/// (`perf` under `wrk`), more than SQLite spent finding and reading the row.
+/// A statement built once, and where the value bound per call sits among its values.
+#[derive(Debug)]
+struct Template {
+    statement: Statement,
+    at: usize,
+}
+
+/// [`by_ip_select`] for `backend` and `limit`, built on first use with a marker for the address
+/// (none when the marker cannot be found among the built values).
+fn by_ip_template(backend: DbBackend, limit: u64) -> Option<Arc<Template>> {
+    /// The marker: a text no other value of the statement (the limit, an integer) can equal.
+    const MARK: &str = "\u{0}address";
+    static BUILT: Mutex<Vec<(DbBackend, u64, Arc<Template>)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().ok()?;
+    if let Some((.., t)) = built.iter().find(|(b, l, _)| *b == backend && *l == limit) {
+        return Some(Arc::clone(t));
+    }
+    let statement = by_ip_select(MARK, limit).build(backend);
+    let at = statement.values.as_ref()?.0.iter().position(|v| *v == Value::from(MARK))?;
+    let t = Arc::new(Template { statement, at });
+    built.push((backend, limit, Arc::clone(&t)));
+    Some(t)
+}
+
+/// [`by_ip_select`] as a statement for `backend`: a copy of the one built for its limit, bound to
+/// `ip`. Building the `SELECT` of every column afresh took a seventh of a lookup's CPU (`perf`
+/// under `wrk`), more than SQLite spent finding and reading the row.
 fn by_ip_statement(backend: DbBackend, ip: &str, limit: u64) -> Statement {
-    /// Built statements, with the position of the address among their values.
-    static BUILT: std::sync::Mutex<Vec<(DbBackend, u64, Statement, usize)>> = std::sync::Mutex::new(Vec::new());
-    let Ok(mut built) = BUILT.lock() else { return by_ip_select(ip, limit).build(backend) };
-    let found = built.iter().find(|(b, l, ..)| *b == backend && *l == limit).map(|(_, _, st, at)| (st.clone(), *at));
-    let (mut st, at) = if let Some(f) = found {
-        f
-    } else {
-        // A mark no address can be (addresses reach here canonical) shows where it goes.
-        const MARK: &str = "\u{0}address";
-        let st = by_ip_select(MARK, limit).build(backend);
-        let Some(at) = st.values.as_ref().and_then(|v| v.0.iter().position(|v| *v == Value::from(MARK))) else {
-            return by_ip_select(ip, limit).build(backend);
-        };
-        built.push((backend, limit, st.clone(), at));
-        (st, at)
-    };
-    drop(built);
-    if let Some(v) = st.values.as_mut().and_then(|v| v.0.get_mut(at)) {
+    let Some(t) = by_ip_template(backend, limit) else { return by_ip_select(ip, limit).build(backend) };
+    let mut st = t.statement.clone();
+    if let Some(v) = st.values.as_mut().and_then(|v| v.0.get_mut(t.at)) {
         *v = Value::from(ip);
     }
     st
@@ -556,6 +568,7 @@ mod tests {
     fn a_lookup_statement_is_the_one_sea_orm_builds() {
         for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
             for limit in [reader::INLINE_ROWS, 10_000] {
+                assert!(by_ip_template(backend, limit).is_some(), "{backend:?} {limit}: no template");
                 for ip in ["198.18.0.1", "2001:db8::1", "198.18.0.1", "::ffff:198.18.0.2"] {
                     assert_eq!(by_ip_statement(backend, ip, limit), by_ip_select(ip, limit).build(backend), "{backend:?} {limit} {ip}");
                 }

@@ -506,14 +506,11 @@ pub async fn models(
     select: sea_orm::Select<ntp_clients::Entity>,
     cost: Cost,
 ) -> Result<Vec<Model>, ApiError> {
-    match reader {
-        Some(r) => Ok(r.models(select.build(DatabaseBackend::Sqlite), cost).await?),
-        None => Ok(select.all(db).await?),
-    }
+    models_of(db, reader, select.build(db.get_database_backend()), cost).await
 }
 
 /// Rows of `st`, a `SELECT` of every `ntp_clients` column built for `db`'s backend: through
-/// `reader` when there is one.
+/// `reader` when there is one (there is one only on an SQLite file: [`SqliteReader::for_database`]).
 pub async fn models_of(
     db: &DatabaseConnection,
     reader: Option<&Arc<SqliteReader>>,
