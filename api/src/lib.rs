@@ -290,6 +290,7 @@ impl AppStateBuilder {
                 request_timeout: Duration::from_secs(30),
                 total: Arc::default(),
                 interface_stats: Arc::default(),
+                aggregates: Arc::default(),
                 health: Arc::default(),
             },
         }

@@ -313,7 +313,9 @@ impl HistoryApi {
         };
         // The next request counts the table, whether the cleanup ends, fails or is abandoned.
         let _recount = state.total.forget_around();
-        let deleted = query::delete_older_than(&state.db, cutoff).await?;
+        let deleted = query::delete_older_than(&state.db, cutoff).await;
+        state.aggregates.forget().await;
+        let deleted = deleted?;
         tracing::info!(message = "Cleanup.", deleted, cutoff = %ntp_wire::time::format_rfc3339(cutoff));
         Ok(Json(CleanupResult { deleted, cutoff: ntp_wire::time::format_rfc3339(cutoff) }))
     }
@@ -322,7 +324,9 @@ impl HistoryApi {
     ///
     /// Per host and interface: clients, sessions, unanswered, kiss-o'-death, latency metrics,
     /// first and last activity, and the agent's live capture state and pcap drops. Cached for a
-    /// few seconds.
+    /// few seconds. The per-interface figures read the whole table, so they are recomputed in the
+    /// background once they are older than a few seconds or ten times what their last computation
+    /// took (minutes on millions of rows), and served as last computed meanwhile.
     #[oai(path = "/history/interfaces/statistics", method = "get", operation_id = "interface_statistics")]
     async fn interface_statistics(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<Json<InterfaceStatisticsList>, ApiError> {
         interface_statistics(&state).await.map(Json)
@@ -364,7 +368,8 @@ impl HistoryApi {
     }
 }
 
-/// The interface statistics, cached for [`CACHE_TTL`] (their aggregates read the whole table).
+/// The interface statistics, cached for [`CACHE_TTL`]; their aggregates, which read the whole
+/// table, come from [`crate::state::Aggregates`].
 async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsList, ApiError> {
     let mut cache = state.interface_stats.lock().await;
     if let Some((at, v)) = &*cache
@@ -372,13 +377,14 @@ async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsLis
     {
         return Ok(v.clone());
     }
-    let aggregates = query::interface_aggregates(&state.db).await?;
+    let db = state.db.clone();
+    let aggregates = state.aggregates.get(clock::monotonic(), async move { query::interface_aggregates(&db).await }).await?;
     let agents = match state.bus().await {
         Some(bus) => agents::agent_statuses(&bus).await,
         None => Vec::new(),
     };
     let interfaces = aggregates
-        .into_iter()
+        .iter()
         .map(|a| {
             let live = agents
                 .iter()
