@@ -18,6 +18,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod agents;
+pub mod aggregates;
 pub mod auth;
 pub mod body;
 pub mod body_fields;

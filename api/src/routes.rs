@@ -311,11 +311,11 @@ impl HistoryApi {
             (Some(_), Some(_)) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before, not both")),
             (None, None) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before")),
         };
-        // The next request counts the table, whether the cleanup ends, fails or is abandoned.
+        // The next request counts the table and computes the interface aggregates again,
+        // whether the cleanup ends, fails or is abandoned.
         let _recount = state.total.forget_around();
-        let deleted = query::delete_older_than(&state.db, cutoff).await;
-        state.aggregates.forget().await;
-        let deleted = deleted?;
+        let _recompute = state.aggregates.forget_around();
+        let deleted = query::delete_older_than(&state.db, cutoff).await?;
         tracing::info!(message = "Cleanup.", deleted, cutoff = %ntp_wire::time::format_rfc3339(cutoff));
         Ok(Json(CleanupResult { deleted, cutoff: ntp_wire::time::format_rfc3339(cutoff) }))
     }
@@ -326,7 +326,7 @@ impl HistoryApi {
     /// first and last activity, and the agent's live capture state and pcap drops. Cached for a
     /// few seconds. The per-interface figures read the whole table, so they are recomputed in the
     /// background once they are older than a few seconds or ten times what their last computation
-    /// took (minutes on millions of rows), and served as last computed meanwhile.
+    /// took (about two minutes at 5 M rows), and served as last computed meanwhile.
     #[oai(path = "/history/interfaces/statistics", method = "get", operation_id = "interface_statistics")]
     async fn interface_statistics(&self, state: Data<&AppState>, _auth: ReadAuth) -> Result<Json<InterfaceStatisticsList>, ApiError> {
         interface_statistics(&state).await.map(Json)
@@ -368,17 +368,20 @@ impl HistoryApi {
     }
 }
 
-/// The interface statistics, cached for [`CACHE_TTL`]; their aggregates, which read the whole
-/// table, come from [`crate::state::Aggregates`].
+/// The interface statistics, cached for [`CACHE_TTL`] (and until a cleanup); their aggregates,
+/// which read the whole table, come from [`crate::aggregates`].
 async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsList, ApiError> {
+    let now = clock::monotonic();
+    let epoch = state.aggregates.epoch();
     let mut cache = state.interface_stats.lock().await;
-    if let Some((at, v)) = &*cache
-        && at.elapsed() < CACHE_TTL
+    if let Some((at, built_from, v)) = &*cache
+        && *built_from == epoch
+        && now.saturating_duration_since(*at) < CACHE_TTL
     {
         return Ok(v.clone());
     }
     let db = state.db.clone();
-    let aggregates = state.aggregates.get(clock::monotonic(), async move { query::interface_aggregates(&db).await }).await?;
+    let aggregates = state.aggregates.get(now, async move { query::interface_aggregates(&db).await }).await?;
     let agents = match state.bus().await {
         Some(bus) => agents::agent_statuses(&bus).await,
         None => Vec::new(),
@@ -419,7 +422,7 @@ async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsLis
         })
         .collect();
     let v = InterfaceStatisticsList { interfaces, computed_at: ntp_wire::time::format_rfc3339(clock::wall_ns()) };
-    *cache = Some((clock::monotonic(), v.clone()));
+    *cache = Some((now, epoch, v.clone()));
     Ok(v)
 }
 

@@ -1041,6 +1041,7 @@ async fn hammer(f: Arc<Fixture>, writing: Arc<AtomicBool>, batches: Arc<AtomicU6
         // Without the caches, totals and interface statistics hit the database every round.
         f.state.total.forget();
         *f.state.interface_stats.lock().await = None;
+        f.state.aggregates.forget();
         let requests = [
             ("list", f.cli.get("/api/ntp/history/clients").query("page_size", &100)),
             (
