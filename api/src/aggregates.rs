@@ -34,7 +34,16 @@ use tokio::sync::{Mutex, Notify};
 use crate::{clock, query::InterfaceAggregate, state::CACHE_TTL};
 
 /// The aggregates as computed, shared by every response built from them.
-pub type Rows = Arc<Vec<InterfaceAggregate>>;
+#[derive(Debug)]
+pub struct Figures {
+    /// One entry per host and interface, in their order.
+    pub rows: Vec<InterfaceAggregate>,
+    /// When their computation started (Unix nanoseconds): what they describe.
+    pub computed_at_ns: i64,
+}
+
+/// [`Figures`], shared.
+pub type Rows = Arc<Figures>;
 
 /// One computation's result.
 #[derive(Debug)]
@@ -156,7 +165,8 @@ impl Computation {
     where
         F: Future<Output = Result<Vec<InterfaceAggregate>, sea_orm::DbErr>>,
     {
-        let result = compute.await.map(Arc::new);
+        let computed_at_ns = clock::wall_ns();
+        let result = compute.await.map(|rows| Arc::new(Figures { rows, computed_at_ns }));
         let took = clock::monotonic().saturating_duration_since(self.started);
         let a = &self.aggregates;
         let mut inner = a.inner.lock().await;
@@ -218,8 +228,9 @@ mod tests {
 
     /// `get`, which must answer without waiting for a gated computation.
     async fn host(a: &Arc<Aggregates>, now: Instant, compute: impl Future<Output = Result> + Send + 'static) -> String {
-        let rows = tokio::time::timeout(Duration::from_secs(5), a.get(now, compute)).await.expect("answered at once").expect("aggregates");
-        rows[0].host.clone()
+        let figures =
+            tokio::time::timeout(Duration::from_secs(5), a.get(now, compute)).await.expect("answered at once").expect("aggregates");
+        figures.rows[0].host.clone()
     }
 
     /// Lets spawned computations run until none is (the test runtime has one thread).
@@ -252,6 +263,7 @@ mod tests {
         // Stale: the old rows at once, one recomputation in the background, not two.
         let late = t0 + CACHE_TTL * 2;
         let (open, gate) = oneshot::channel();
+        let before_second = clock::wall_ns();
         assert_eq!(host(&a, late, computation(&runs, "second", Some(gate))).await, "first");
         assert_eq!(host(&a, late, computation(&runs, "unused", None)).await, "first");
         tokio::task::yield_now().await;
@@ -261,6 +273,10 @@ mod tests {
         assert_eq!(host(&a, late + Duration::from_secs(1), computation(&runs, "unused", None)).await, "second");
         settle(&a).await;
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+        // Figures say when they were computed, not when they were served.
+        let served = a.get(late + Duration::from_secs(2), computation(&runs, "unused", None)).await.expect("aggregates");
+        assert!(served.computed_at_ns >= before_second && served.computed_at_ns <= clock::wall_ns(), "{}", served.computed_at_ns);
 
         // The flag was cleared: the next stale request starts the next recomputation.
         let later = late + CACHE_TTL * 2;

@@ -486,7 +486,9 @@ pub struct InterfaceStatistics {
 pub struct InterfaceStatisticsList {
     /// One entry per host and interface.
     pub interfaces: Vec<InterfaceStatistics>,
-    /// When the figures were computed (they are cached for a few seconds).
+    /// When the per-interface figures were computed (they are served as computed for a few
+    /// seconds, and while they are recomputed; longer on large tables). The agents' live state
+    /// is at most a few seconds old.
     pub computed_at: String,
 }
 

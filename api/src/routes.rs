@@ -387,6 +387,7 @@ async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsLis
         None => Vec::new(),
     };
     let interfaces = aggregates
+        .rows
         .iter()
         .map(|a| {
             let live = agents
@@ -421,7 +422,7 @@ async fn interface_statistics(state: &AppState) -> Result<InterfaceStatisticsLis
             }
         })
         .collect();
-    let v = InterfaceStatisticsList { interfaces, computed_at: ntp_wire::time::format_rfc3339(clock::wall_ns()) };
+    let v = InterfaceStatisticsList { interfaces, computed_at: ntp_wire::time::format_rfc3339(aggregates.computed_at_ns) };
     *cache = Some((now, epoch, v.clone()));
     Ok(v)
 }
