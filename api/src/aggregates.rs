@@ -24,14 +24,19 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::sync::{Mutex, Notify};
 
-use crate::{clock, query::InterfaceAggregate, state::CACHE_TTL};
+use crate::{
+    clock,
+    epoch::{BumpOnDrop, Epoch},
+    query::InterfaceAggregate,
+    state::CACHE_TTL,
+};
 
 /// The aggregates as computed, shared by every response built from them.
 #[derive(Debug)]
@@ -68,7 +73,7 @@ struct Inner {
 pub struct Aggregates {
     inner: Mutex<Inner>,
     /// Bumped by [`Self::forget`]; aggregates or a computation from another epoch are discarded.
-    epoch: AtomicU64,
+    epoch: Epoch,
     /// A computation is running (cleared when its [`Computation`] is dropped, however it ends).
     computing: AtomicBool,
     /// Signalled when a computation ends.
@@ -90,7 +95,7 @@ impl Aggregates {
         F: Future<Output = Result<Vec<InterfaceAggregate>, sea_orm::DbErr>> + Send + 'static,
     {
         loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
+            let epoch = self.epoch.current();
             let mut inner = self.inner.lock().await;
             if inner.epoch != epoch {
                 *inner = Inner { epoch, last: None };
@@ -124,30 +129,18 @@ impl Aggregates {
     /// Drops the aggregates: the next request computes them again, and computations begun before
     /// now are discarded. Synchronous, so a guard can call it when dropped.
     pub fn forget(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.bump();
     }
 
-    /// [`Self::forget`] now and again when the guard is dropped: held across a cleanup, so that
-    /// aggregates computed while rows were being deleted never outlive it.
+    /// [`Self::forget`] now and again when the guard is dropped: held across a cleanup.
     #[must_use]
-    pub fn forget_around(self: &Arc<Self>) -> ForgetOnDrop {
-        self.forget();
-        ForgetOnDrop(Arc::clone(self))
+    pub fn forget_around(&self) -> BumpOnDrop<'_> {
+        self.epoch.bump_around()
     }
 
     /// The epoch the aggregates served now belong to (caches built from them compare it).
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-}
-
-/// See [`Aggregates::forget_around`].
-#[derive(Debug)]
-pub struct ForgetOnDrop(Arc<Aggregates>);
-
-impl Drop for ForgetOnDrop {
-    fn drop(&mut self) {
-        self.0.forget();
+        self.epoch.current()
     }
 }
 
@@ -170,7 +163,7 @@ impl Computation {
         let took = clock::monotonic().saturating_duration_since(self.started);
         let a = &self.aggregates;
         let mut inner = a.inner.lock().await;
-        if inner.epoch == self.epoch && a.epoch.load(Ordering::Acquire) == self.epoch {
+        if inner.epoch == self.epoch && a.epoch.current() == self.epoch {
             match &result {
                 Ok(rows) => inner.last = Some(Computed { at: self.started, took, rows: Arc::clone(rows) }),
                 // The last aggregates stay, for another period.

@@ -25,6 +25,7 @@ pub mod body_fields;
 pub mod clock;
 pub mod config;
 pub mod dto;
+pub mod epoch;
 pub mod error;
 pub mod export;
 pub mod health;

@@ -27,12 +27,14 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::sync::Mutex;
+
+use crate::epoch::{BumpOnDrop, Epoch};
 
 /// How long a total is served before the sinks' counter is read again.
 pub const TOTAL_TTL: Duration = Duration::from_secs(1);
@@ -87,7 +89,7 @@ pub enum Next {
 pub struct TotalCounter {
     inner: Mutex<Inner>,
     /// Bumped by [`Self::forget`]; a base or a read from another epoch is discarded.
-    epoch: AtomicU64,
+    epoch: Epoch,
     /// A background read is running (cleared when its [`Refresh`] is dropped, however it ends).
     refreshing: AtomicBool,
 }
@@ -99,7 +101,7 @@ impl TotalCounter {
     where
         FC: AsyncFnOnce() -> Result<Snapshot, E>,
     {
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let epoch = self.epoch.current();
         let mut inner = self.inner.lock().await;
         if inner.epoch != epoch {
             *inner = Inner { epoch, ..Inner::default() };
@@ -119,25 +121,13 @@ impl TotalCounter {
     /// Drops the count: the next request counts the table, and reads begun before now are
     /// discarded. Synchronous, so a guard can call it when dropped.
     pub fn forget(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.bump();
     }
 
-    /// [`Self::forget`] now and again when the guard is dropped: held across a cleanup, so that
-    /// a count taken while rows were being deleted never outlives it.
+    /// [`Self::forget`] now and again when the guard is dropped: held across a cleanup.
     #[must_use]
-    pub fn forget_around(self: &Arc<Self>) -> ForgetOnDrop {
-        self.forget();
-        ForgetOnDrop(Arc::clone(self))
-    }
-}
-
-/// See [`TotalCounter::forget_around`].
-#[derive(Debug)]
-pub struct ForgetOnDrop(Arc<TotalCounter>);
-
-impl Drop for ForgetOnDrop {
-    fn drop(&mut self) {
-        self.0.forget();
+    pub fn forget_around(&self) -> BumpOnDrop<'_> {
+        self.epoch.bump_around()
     }
 }
 
@@ -160,7 +150,7 @@ impl Refresh {
     /// [`TOTAL_TTL`]).
     pub async fn finish(self, found: Option<Found>) {
         let mut inner = self.counter.inner.lock().await;
-        if inner.epoch != self.epoch || self.counter.epoch.load(Ordering::Acquire) != self.epoch {
+        if inner.epoch != self.epoch || self.counter.epoch.current() != self.epoch {
             return;
         }
         let Some(base) = inner.base else { return };
