@@ -56,6 +56,7 @@ use crate::{
     clock,
     stats::SinkStats,
     store::{self, StateDelta},
+    wal::WalWatch,
 };
 
 /// A message as the loop receives it.
@@ -95,6 +96,8 @@ pub struct LoopConfig {
     pub ack_wait: Duration,
     /// Messages in hand at most.
     pub max_messages: usize,
+    /// The SQLite WAL's size limit ([`crate::wal`]); `None` on PostgreSQL.
+    pub wal: Option<crate::wal::WalLimit>,
 }
 
 /// Creates the durable pull consumer, restarting delivery just after its ack floor.
@@ -287,11 +290,23 @@ async fn write_batches(
     in_transit: InTransit,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let wal = cfg.wal.clone().map(|limit| WalWatch::new(limit, crate::db::SQLITE_BUSY_TIMEOUT));
+    let mut writer = Writer { js, db, cfg, stats, in_transit, wal };
     while let Some(batch) = rx.recv().await {
-        in_transit.remove(batch.number);
-        commit(&js, &db, &cfg, &stats, batch, &in_transit, &mut shutdown).await?;
+        writer.in_transit.remove(batch.number);
+        writer.commit(batch, &mut shutdown).await?;
     }
     Ok(())
+}
+
+/// What the writer task works with.
+struct Writer {
+    js: jetstream::Context,
+    db: DatabaseConnection,
+    cfg: LoopConfig,
+    stats: Arc<SinkStats>,
+    in_transit: InTransit,
+    wal: Option<WalWatch>,
 }
 
 /// Reply subjects of the messages of the batches the receiver has closed and the writer has not
@@ -364,83 +379,86 @@ async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError
     .await
 }
 
-/// Applies a batch in one transaction (retrying on failure), then acknowledges it.
-async fn commit(
-    js: &jetstream::Context,
-    db: &DatabaseConnection,
-    cfg: &LoopConfig,
-    stats: &SinkStats,
-    prepared: Prepared,
-    in_transit: &InTransit,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let started = clock::monotonic();
-    let batch = &prepared.batch;
-    let attempts = async {
-        let mut attempt = 0u32;
-        loop {
-            match apply(db, cfg, stats, &prepared, started).await {
-                Ok(o) => return Ok(o),
-                Err(e) => {
-                    attempt += 1;
-                    stats.add_error(&format!("{e:#}"));
+impl Writer {
+    /// Applies a batch in one transaction (retrying on failure), then acknowledges it.
+    async fn commit(&mut self, prepared: Prepared, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Self { js, db, cfg, stats, in_transit, wal } = self;
+        let (js, db, cfg, stats, in_transit) = (&*js, &*db, &*cfg, &**stats, &*in_transit);
+        let started = clock::monotonic();
+        let batch = &prepared.batch;
+        let attempts = async {
+            let mut attempt = 0u32;
+            loop {
+                let applied = apply(db, cfg, stats, &prepared, started).await;
+                if applied.is_err() {
                     crate::db::discard_sqlite_connection(db).await;
-                    let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
-                    tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
-                    if *shutdown.borrow() {
-                        anyhow::bail!("shutting down with an uncommitted batch; JetStream will redeliver it: {e}");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => {}
+                }
+                // Committed or not: a WAL that filled the disk is what failed the batch, perhaps.
+                if let Some(wal) = wal.as_mut() {
+                    wal.after_batch(db).await;
+                }
+                match applied {
+                    Ok(o) => return Ok(o),
+                    Err(e) => {
+                        attempt += 1;
+                        stats.add_error(&format!("{e:#}"));
+                        let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
+                        tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
+                        if *shutdown.borrow() {
+                            anyhow::bail!("shutting down with an uncommitted batch; JetStream will redeliver it: {e}");
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
                 }
             }
-        }
-    };
-    // While the batch is written (a busy wait for SQLite's lock included) or retried, its
-    // messages and those of the batches closed behind it get progress acks, counted from the
-    // batch's first message: a batch that waited behind another one may be close to its
-    // acknowledgement deadline already when its write begins.
-    let own: Vec<Subject> = batch.iter().filter_map(|d| d.msg.reply.clone()).collect();
-    let held = || own.iter().cloned().chain(in_transit.replies()).collect();
-    let outcome = tokio::select! {
-        outcome = attempts => outcome?,
-        never = keep_alive(js.client(), held, prepared.opened, cfg.ack_wait) => match never {},
-    };
-    // Committed: now, and only now, acknowledge. Dead-lettering waits for JetStream's
-    // acknowledgement of each copy, which may take long when NATS is slow: meanwhile the
-    // batches closed behind this one keep getting progress acks.
-    let acks = async {
-        for d in batch {
-            if let Err(reason) = &d.decoded {
-                let copied = dead_letter(js, d, &reason.to_string()).await;
-                let deliveries = d.msg.info().map_or(0, |i| i.delivered);
-                let kind = if copied {
-                    AckKind::Term
-                } else if deliveries < DEAD_LETTER_TRIES {
-                    AckKind::Nak(Some(DEAD_LETTER_RETRY))
+        };
+        // While the batch is written (a busy wait for SQLite's lock included) or retried, its
+        // messages and those of the batches closed behind it get progress acks, counted from the
+        // batch's first message: a batch that waited behind another one may be close to its
+        // acknowledgement deadline already when its write begins.
+        let own: Vec<Subject> = batch.iter().filter_map(|d| d.msg.reply.clone()).collect();
+        let held = || own.iter().cloned().chain(in_transit.replies()).collect();
+        let outcome = tokio::select! {
+            outcome = attempts => outcome?,
+            never = keep_alive(js.client(), held, prepared.opened, cfg.ack_wait) => match never {},
+        };
+        // Committed: now, and only now, acknowledge. Dead-lettering waits for JetStream's
+        // acknowledgement of each copy, which may take long when NATS is slow: meanwhile the
+        // batches closed behind this one keep getting progress acks.
+        let acks = async {
+            for d in batch {
+                if let Err(reason) = &d.decoded {
+                    let copied = dead_letter(js, d, &reason.to_string()).await;
+                    let deliveries = d.msg.info().map_or(0, |i| i.delivered);
+                    let kind = if copied {
+                        AckKind::Term
+                    } else if deliveries < DEAD_LETTER_TRIES {
+                        AckKind::Nak(Some(DEAD_LETTER_RETRY))
+                    } else {
+                        tracing::error!(
+                            message = "Gave up on a dead-letter copy JetStream keeps refusing; the message is terminated without one.",
+                            sequence = d.seq,
+                            subject = %d.msg.subject,
+                            deliveries
+                        );
+                        AckKind::Term
+                    };
+                    let _ = d.msg.ack_with(kind).await;
                 } else {
-                    tracing::error!(
-                        message = "Gave up on a dead-letter copy JetStream keeps refusing; the message is terminated without one.",
-                        sequence = d.seq,
-                        subject = %d.msg.subject,
-                        deliveries
-                    );
-                    AckKind::Term
-                };
-                let _ = d.msg.ack_with(kind).await;
-            } else {
-                let _ = d.msg.ack().await;
+                    let _ = d.msg.ack().await;
+                }
             }
+        };
+        tokio::select! {
+            () = acks => {}
+            never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
         }
-    };
-    tokio::select! {
-        () = acks => {}
-        never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
+        stats.committed(&outcome);
+        Ok(())
     }
-    stats.committed(&outcome);
-    Ok(())
 }
 
 /// How long a poison message whose dead-letter copy JetStream did not acknowledge waits before it

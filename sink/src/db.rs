@@ -24,6 +24,9 @@ pub async fn connect_and_migrate(url: &str) -> anyhow::Result<DatabaseConnection
 ///   page collapse into one write-back (see docs/performance.md).
 pub const SQLITE_WRITER_PRAGMAS: [(&str, &str); 3] = [("temp_store", "memory"), ("cache_size", "-131072"), ("wal_autocheckpoint", "65536")];
 
+/// How long the SQLite writer waits for a lock another process holds.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens `url` for the sink: one connection for SQLite (one writer), a few for PostgreSQL.
 pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
     if let Some(path) = sqlite_path(url)
@@ -39,7 +42,7 @@ pub async fn connect_writer(url: &str) -> anyhow::Result<DatabaseConnection> {
             let o = o
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .create_if_missing(true)
                 .page_size(migration::SQLITE_PAGE_SIZE);
             SQLITE_WRITER_PRAGMAS.iter().fold(o, |o, (k, v)| o.pragma(*k, *v))

@@ -20,6 +20,7 @@ pub mod consume;
 pub mod db;
 pub mod stats;
 pub mod store;
+pub mod wal;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -66,6 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         batch_interval: config.batch_interval,
         ack_wait: config.ack_wait,
         max_messages: usize::try_from(config.max_ack_pending / 2).unwrap_or(1).max(1),
+        wal: wal::WalLimit::of(&db, &config.database_url).await?,
     };
     let consume = tokio::spawn(consume::run(js, consumer, db.clone(), loop_cfg, stats.clone(), stop_rx));
     let mut consume = std::pin::pin!(consume);

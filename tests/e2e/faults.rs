@@ -266,8 +266,12 @@ async fn stored(db: &sea_orm::DatabaseConnection) -> Truth {
         .collect()
 }
 
+/// Sessions stored in all, by one aggregate (polled while the sink writes: a short read).
 async fn sessions_stored(db: &sea_orm::DatabaseConnection) -> i64 {
-    stored(db).await.values().map(|c| c.0).sum()
+    use sea_orm::{ConnectionTrait, Statement};
+    let sql = "SELECT COALESCE(SUM(session_count), 0) FROM ntp_clients WHERE host = 'drill'";
+    let row = db.query_one_raw(Statement::from_string(db.get_database_backend(), sql)).await.expect("sum").expect("row");
+    row.try_get_by_index(0).expect("sum")
 }
 
 /// A random-ish pause from the clock's low bits (no extra crate; the drill needs variety, not
@@ -289,11 +293,14 @@ async fn run_drill(d: Drill) {
     let total_sessions: i64 = truth.values().map(|c| c.0).sum();
     assert_eq!(total_sessions, records, "the synthetic capture has sessions only");
 
-    // Room for the sink's WAL (it checkpoints at 65 536 pages, 256 MiB) and the rows: a disk
-    // smaller than the WAL limit would fill up for good (the WAL cannot checkpoint into it).
-    // New clients keep arriving (the generator cycles through `d.clients`), so the database keeps
-    // growing and a full disk bites; with updates only, SQLite reuses its WAL and never notices.
-    let volume = Tmpfs::mount(320 + u64::from(d.clients) / 250 + u64::from(d.sessions) / 4_000);
+    // Room for the sink's WAL and the rows. The WAL grows to 65 536 pages (512 MiB at 8 KiB)
+    // before each checkpoint, and while readers starve the checkpoints the sink lets it reach
+    // twice that before it forces one (sink/src/wal.rs): a disk smaller than that would fill up
+    // for good (the WAL cannot checkpoint into it). New clients keep arriving (the generator
+    // cycles through `d.clients`), so the database keeps growing and a full disk bites; with
+    // updates only, SQLite reuses its WAL and never notices.
+    let wal_mib = (2 * 65_536 * u64::from(migration::SQLITE_PAGE_SIZE)) >> 20;
+    let volume = Tmpfs::mount(wal_mib + 320 + u64::from(d.clients) / 250 + u64::from(d.sessions) / 4_000);
     let db_path = volume.path().join("ntpscope.db");
     let url = format!("sqlite://{}?mode=rwc", db_path.display());
     let mut nats = NatsServer::start().expect("nats-server");
@@ -358,11 +365,21 @@ async fn run_drill(d: Drill) {
 
     // 2. A quarter of the sink kills while it works through what reached the stream; the first
     //    one lasts long enough for health to notice.
+    // A restarting sink deletes and re-creates the consumer: asked in between, JetStream knows
+    // none, which is not "nothing pending". Ask again until it is back.
     let pending = || {
         let js = js.clone();
         async move {
-            let Ok(stream) = js.get_stream(ntp_wire::subject::STREAM).await else { return 0 };
-            stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await.map_or(0, |c| c.num_pending + c.num_ack_pending as u64)
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(stream) = js.get_stream(ntp_wire::subject::STREAM).await
+                    && let Ok(c) = stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await
+                {
+                    return c.num_pending + c.num_ack_pending as u64;
+                }
+                assert!(Instant::now() < deadline, "the sink's consumer has been missing for a minute");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     };
     let mut kills = Kills::default();
@@ -431,7 +448,10 @@ async fn run_drill(d: Drill) {
     // Recovery: everything arrives, exactly once.
     agent_published_everything(&mut agent, &work.path().join("agent.log"), records).await;
     let all = wait_until(Duration::from_secs(300), || async { sessions_stored(&db).await >= total_sessions }).await;
-    assert!(all, "stored {} of {total_sessions} sessions", sessions_stored(&db).await);
+    if !all {
+        let why = format!("sink process: {:?}\n{}", sink.exited(), shortfall(&js, &db, &sink_log).await);
+        panic!("stored {} of {total_sessions} sessions\n{why}", sessions_stored(&db).await);
+    }
     tokio::time::sleep(Duration::from_secs(3)).await; // room for a (wrong) second count
     let got = stored(&db).await;
     let lost: i64 = truth.iter().map(|(ip, c)| (c.0 - got.get(ip).map_or(0, |g| g.0)).max(0)).sum();
@@ -445,13 +465,67 @@ async fn run_drill(d: Drill) {
         d.full,
         started.elapsed()
     );
+    let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
+    eprintln!(
+        "drill: the sink's WAL watch: {} truncations, {} tries held by readers",
+        log.matches("outgrown its checkpoints").count(),
+        log.matches("keeps growing").count()
+    );
     assert_eq!((lost, twice), (0, 0));
     assert_eq!(got, truth, "per-client sessions, answered and unanswered");
     assert_eq!(sink_state(&db).await, total_sessions, "sink_state.total_processed counts each record once");
     drop(sink);
     integrity_ok(&db_path);
-    let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
     assert!(log.contains("full"), "the sink log shows the disk-full errors");
+}
+
+/// What a failed recovery leaves to read: the stream, the consumer and the sink's own record of
+/// what it applied, the stream's messages it never applied (by sequence), and the sink's log.
+async fn shortfall(js: &async_nats::jetstream::Context, db: &sea_orm::DatabaseConnection, sink_log: &Path) -> String {
+    use std::fmt::Write as _;
+
+    use sea_orm::{ConnectionTrait, Statement};
+    let mut out = String::new();
+    let Ok(mut stream) = js.get_stream(ntp_wire::subject::STREAM).await else { return "stream unreadable".into() };
+    let state = match stream.info().await {
+        Ok(i) => i.state.clone(),
+        Err(e) => return format!("stream info: {e}"),
+    };
+    let _ = writeln!(out, "stream: {} messages, sequences {}..={}", state.messages, state.first_sequence, state.last_sequence);
+    let _ = match stream.consumer_info(ntp_wire::subject::DEFAULT_CONSUMER).await {
+        Ok(c) => writeln!(
+            out,
+            "consumer: pending {}, ack pending {}, ack floor {}, delivered {}, redelivered {}",
+            c.num_pending, c.num_ack_pending, c.ack_floor.stream_sequence, c.delivered.stream_sequence, c.num_redelivered
+        ),
+        Err(e) => writeln!(out, "consumer: {e}"),
+    };
+    let applied: std::collections::HashSet<String> = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), "SELECT message_id FROM applied_batches"))
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.try_get_by_index(0).ok()).collect())
+        .unwrap_or_default();
+    let _ = writeln!(out, "applied_batches: {} ids", applied.len());
+    let mut missing = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else { continue };
+        if ntp_wire::subject::parse_sessions(m.subject.as_str()).is_err() {
+            continue;
+        }
+        let id = ntp_wire::batch::decode(&m.payload).map_or_else(|e| format!("undecodable: {e}"), |b| b.message_id());
+        if !applied.contains(&id) {
+            missing.push(seq);
+        }
+    }
+    let ranges = missing.chunk_by(|a, b| *b == a + 1).map(|r| format!("{}..={}", r[0], r[r.len() - 1])).collect::<Vec<_>>();
+    let _ = writeln!(out, "stream messages never applied: {} ({})", missing.len(), ranges.join(", "));
+    let log = std::fs::read_to_string(sink_log).unwrap_or_default();
+    let notable: Vec<&str> = log.lines().filter(|l| l.contains("Resuming") || l.contains("WARN") || l.contains("ERROR")).collect();
+    let _ = writeln!(out, "sink log, resumptions, warnings and errors ({} lines, last 60):", notable.len());
+    for l in notable.iter().skip(notable.len().saturating_sub(60)) {
+        let _ = writeln!(out, "{l}");
+    }
+    out
 }
 
 /// Waits for the agent to end and checks it published every record and dropped none.
