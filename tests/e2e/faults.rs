@@ -399,9 +399,11 @@ async fn run_drill(d: Drill) {
         sink = Sink::start(&url, &nats.url, &sink_log, &sink_args);
     }
 
-    // 3. The cut ends: the rest of the replay floods in. While the sink works through it, the
-    //    other kills land at random moments, between them the database is locked by another
-    //    process, its disk fills up, and nats-server dies and comes back.
+    // 3. The cut ends: the rest of the replay floods in. Once all of it is in the stream (the
+    //    agent has exited), while the sink works through the backlog, the other kills land at
+    //    random moments, between them the database is locked by another process, its disk fills
+    //    up, and nats-server dies and comes back. (Begun while the agent still published, they
+    //    could find the sink keeping pace with a slow agent and nothing pending.)
     tokio::time::sleep(d.cut.saturating_sub(cut_began.elapsed())).await;
     proxy.set_cut(false);
     let cut_lasted = cut_began.elapsed();
@@ -418,6 +420,9 @@ async fn run_drill(d: Drill) {
         "drill: agent cut off for {cut_lasted:.1?}; publishing again {:.1?} after the cut ended",
         cut_began.elapsed().saturating_sub(cut_lasted)
     );
+    let published = wait_until(Duration::from_secs(120), || std::future::ready(matches!(agent.0.try_wait(), Ok(Some(_))))).await;
+    assert!(published, "the agent did not finish publishing within 120 s of the cut's end");
+    eprintln!("drill: the whole replay is in the stream; {} messages pending", pending().await);
     // The disk fills first, while the backlog is largest (a full disk only bites when the
     // database must grow), then kills, the lock, kills, nats-server, kills.
     full_fault(&volume, d.full, &api).await;
