@@ -22,7 +22,11 @@ pub mod stats;
 pub mod store;
 pub mod wal;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sea_orm::EntityTrait;
 
@@ -92,6 +96,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// How long a heartbeat write may wait before the database counts as failing: longer than the
 /// longest batch commit holding SQLite's write lock (a second or two at 50 000 records).
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(3);
+
+/// Keeps a database outage from writing a warning at every status tick (a full disk for an hour
+/// would be 1 800 lines at the default interval): the first failed heartbeat is logged, then one
+/// line a minute with the count so far, and the recovery once, with how long it lasted.
+#[derive(Debug, Default)]
+struct Outage {
+    began: Option<Instant>,
+    last_logged: Option<Instant>,
+    failures: u64,
+}
+
+impl Outage {
+    /// How often a continuing outage is logged.
+    const EVERY: Duration = Duration::from_mins(1);
+
+    /// A heartbeat failed (or hangs) at `now`: the failures so far when it should be logged.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.failures += 1;
+        self.began.get_or_insert(now);
+        let due = self.last_logged.is_none_or(|t| now.saturating_duration_since(t) >= Self::EVERY);
+        due.then(|| {
+            self.last_logged = Some(now);
+            self.failures
+        })
+    }
+
+    /// A heartbeat went through at `now`: how long the outage lasted and its failures, if one
+    /// just ended.
+    fn ended(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        let began = self.began.take()?;
+        self.last_logged = None;
+        Some((now.saturating_duration_since(began), std::mem::take(&mut self.failures)))
+    }
+}
 
 /// When the sink's database row gets a heartbeat: only when nothing has written it for `every`.
 ///
@@ -163,6 +201,7 @@ async fn report_status(
     // into the row (`None` for a probe, which writes nothing).
     let mut heartbeat: Option<(HeartbeatTask, std::time::Instant, Option<i64>)> = None;
     let mut schedule = HeartbeatSchedule::new(db_heartbeat);
+    let mut outage = Outage::default();
     // The row first, before the first status on the bus: a sink alive on the bus without a row
     // in the API's database looks like one that writes another database. A database that does
     // not answer in time is left to the loop's heartbeat, which reports it.
@@ -199,9 +238,14 @@ async fn report_status(
                             schedule.written(at);
                         }
                         stats.heartbeat_ok();
+                        if let Some((lasted, failures)) = outage.ended(clock::monotonic()) {
+                            tracing::info!(message = "The database takes writes again.", after = ?lasted, failed_heartbeats = failures);
+                        }
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(message = "Heartbeat not written to the database.", error = %e);
+                        if let Some(failures) = outage.failed(clock::monotonic()) {
+                            tracing::warn!(message = "Heartbeat not written to the database.", error = %e, failures);
+                        }
                         schedule.failed();
                         stats.heartbeat_failed(&format!("heartbeat: {e}"));
                     }
@@ -211,7 +255,9 @@ async fn report_status(
                     }
                 }
             } else if started.elapsed() > HEARTBEAT_LIMIT {
-                tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed());
+                if let Some(failures) = outage.failed(clock::monotonic()) {
+                    tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed(), failures);
+                }
                 stats.heartbeat_failed(&format!(
                     "heartbeat: the database has accepted no write for {:.0?} (locked by another process?)",
                     started.elapsed()
@@ -262,6 +308,21 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn an_outage_is_logged_when_it_begins_once_a_minute_and_when_it_ends() {
+        let t0 = clock::monotonic();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut o = Outage::default();
+        assert_eq!(o.ended(at(0)), None, "no outage, nothing to report");
+        // Failing every 2 s for 150 s: logged at 0, 60 and 120 s with the count so far.
+        let logged: Vec<(u64, u64)> = (0..75).filter_map(|k| o.failed(at(2 * k)).map(|n| (2 * k, n))).collect();
+        assert_eq!(logged, [(0, 1), (60, 31), (120, 61)]);
+        assert_eq!(o.ended(at(151)), Some((Duration::from_secs(151), 75)));
+        assert_eq!(o.ended(at(152)), None, "reported once");
+        // The next outage starts afresh and is logged at once.
+        assert_eq!(o.failed(at(200)), Some(1));
+    }
 
     #[test]
     fn an_idle_sink_writes_its_heartbeat_once_per_period_and_a_busy_one_never() {
