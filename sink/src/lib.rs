@@ -111,7 +111,8 @@ impl Outage {
     /// How often a continuing outage is logged.
     const EVERY: Duration = Duration::from_mins(1);
 
-    /// A heartbeat failed (or hangs) at `now`: the failures so far when it should be logged.
+    /// A check found the heartbeat failed, or still waiting past its limit, at `now`: the failed
+    /// checks so far when it should be logged.
     fn failed(&mut self, now: Instant) -> Option<u64> {
         self.failures += 1;
         self.began.get_or_insert(now);
@@ -238,25 +239,28 @@ async fn report_status(
                             schedule.written(at);
                         }
                         stats.heartbeat_ok();
-                        if let Some((lasted, failures)) = outage.ended(clock::monotonic()) {
-                            tracing::info!(message = "The database takes writes again.", after = ?lasted, failed_heartbeats = failures);
+                        if let Some((lasted, failed_checks)) = outage.ended(clock::monotonic()) {
+                            tracing::info!(message = "The database takes writes again.", after = ?lasted, failed_checks);
                         }
                     }
                     Ok(Err(e)) => {
-                        if let Some(failures) = outage.failed(clock::monotonic()) {
-                            tracing::warn!(message = "Heartbeat not written to the database.", error = %e, failures);
+                        if let Some(failed_checks) = outage.failed(clock::monotonic()) {
+                            tracing::warn!(message = "Heartbeat not written to the database.", error = %e, failed_checks);
                         }
                         schedule.failed();
                         stats.heartbeat_failed(&format!("heartbeat: {e}"));
                     }
                     Err(e) => {
+                        if let Some(failed_checks) = outage.failed(clock::monotonic()) {
+                            tracing::warn!(message = "The heartbeat task failed.", error = %e, failed_checks);
+                        }
                         schedule.failed();
                         stats.heartbeat_failed(&format!("heartbeat: {e}"));
                     }
                 }
             } else if started.elapsed() > HEARTBEAT_LIMIT {
-                if let Some(failures) = outage.failed(clock::monotonic()) {
-                    tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed(), failures);
+                if let Some(failed_checks) = outage.failed(clock::monotonic()) {
+                    tracing::warn!(message = "The database accepts no write (locked?).", waited = ?started.elapsed(), failed_checks);
                 }
                 stats.heartbeat_failed(&format!(
                     "heartbeat: the database has accepted no write for {:.0?} (locked by another process?)",

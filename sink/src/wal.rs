@@ -10,14 +10,20 @@
 //! every batch and heartbeat failed with `SQLITE_FULL`, and kept failing: with no commit, no
 //! checkpoint ever ran again.
 //!
-//! After each batch, committed or failed, the writer looks at the log's size on disk (one
-//! `stat`). Past [`WalLimit::bytes`] (twice the size at which the automatic checkpoint runs,
-//! which a log that starts over does not reach) it runs `PRAGMA wal_checkpoint(TRUNCATE)`.
-//! That waits for the readers of old snapshots to finish (a busy timeout of [`WAIT`] instead of
-//! the writer's usual one), copies every frame back and truncates the file; readers that begin
-//! meanwhile read the database file and do not hold it up. It is tried at most once per
-//! [`EVERY`], so a reader that outlasts the wait costs the sink at most `WAIT` of every `EVERY`,
-//! and the log says how large the WAL has grown and that readers hold it.
+//! After each batch the writer looks at the log's file (one `stat`), and at most once per
+//! [`EVERY`] when the file is past [`WalLimit::bytes`] (twice the log's size when the automatic
+//! checkpoint runs, which a log that starts over does not reach): a passive checkpoint (which
+//! never waits) says how many frames the log holds, and when they are past the limit too,
+//! `PRAGMA wal_checkpoint(TRUNCATE)` copies every frame back and truncates the file. That waits
+//! for the readers using the log to finish, with a busy timeout of [`WAIT`] instead of the
+//! writer's usual one; readers that begin once every frame is copied back read the database
+//! file and do not hold it up. A reader that outlasts the wait (or another process's write
+//! lock) gets a warning with the log's size, and another try `EVERY` later, so it costs the sink
+//! at most `WAIT` of every `EVERY` plus the copying, which a checkpoint would do anyway.
+//!
+//! The writer also looks after a failed batch: the log may be what filled the disk. Copying it
+//! back needs room only for pages past the database file's end, so this prevents a full disk
+//! far more surely than it cures one; the limit is what keeps the disk from filling.
 
 use std::{
     path::PathBuf,
@@ -28,10 +34,10 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, 
 
 use crate::{clock, db};
 
-/// How long a truncating checkpoint waits for the readers of old snapshots.
+/// How long a truncating checkpoint waits for the readers of the log.
 pub const WAIT: Duration = Duration::from_secs(2);
 
-/// Tries at most this often.
+/// Looks at most this often.
 pub const EVERY: Duration = Duration::from_secs(10);
 
 /// Where the WAL of a database is and the size past which its checkpoints count as starved.
@@ -39,6 +45,8 @@ pub const EVERY: Duration = Duration::from_secs(10);
 pub struct WalLimit {
     /// The `-wal` file.
     pub path: PathBuf,
+    /// The database's page size (a frame holds one page).
+    pub page: u64,
     /// Bytes past which a truncating checkpoint is tried.
     pub bytes: u64,
 }
@@ -57,7 +65,7 @@ impl WalLimit {
             0 => 1_000,
             n => n,
         };
-        Ok(Some(Self { path: PathBuf::from(format!("{file}-wal")), bytes: 2 * page * pages }))
+        Ok(Some(Self { path: PathBuf::from(format!("{file}-wal")), page, bytes: 2 * page * pages }))
     }
 }
 
@@ -73,74 +81,110 @@ pub struct WalWatch {
     limit: WalLimit,
     /// The writer's busy timeout, restored after a try.
     busy_timeout: Duration,
-    last_try: Option<Instant>,
+    last_look: Option<Instant>,
 }
 
-/// What a truncating checkpoint did.
+/// What a look at the WAL did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The log is within its limit, or the last try was too recent.
+    /// The file is within its limit, or the last look was too recent.
     NotDue,
+    /// The file is past its limit but the log in it is not (a log that started over in a file
+    /// that grew while it was starved): nothing to do.
+    LogWithin { log_bytes: u64 },
     /// Every frame was copied back and the file truncated.
     Truncated { from_bytes: u64 },
-    /// Readers of old snapshots outlasted [`WAIT`]; tried again after [`EVERY`].
-    HeldByReaders { bytes: u64 },
+    /// Readers of the log (or another process's write lock) outlasted [`WAIT`].
+    Held { log_bytes: u64, copied_bytes: u64 },
+    /// SQLite refused the checkpoint.
+    Failed,
 }
 
-/// Whether to try: the log is past its limit and the last try is `EVERY` ago (or none).
-fn due(wal_bytes: u64, limit: u64, since_last_try: Option<Duration>) -> bool {
-    wal_bytes > limit && since_last_try.is_none_or(|d| d >= EVERY)
+/// Whether to look: the file is past its limit and the last look is `EVERY` ago (or none).
+fn due(file_bytes: u64, limit: u64, since_last_look: Option<Duration>) -> bool {
+    file_bytes > limit && since_last_look.is_none_or(|d| d >= EVERY)
+}
+
+/// What `PRAGMA wal_checkpoint` returns.
+#[derive(Debug, Clone, Copy)]
+struct Checkpoint {
+    /// Whether it could not finish.
+    busy: bool,
+    /// Frames in the log.
+    log: i64,
+    /// Frames copied back.
+    checkpointed: i64,
 }
 
 impl WalWatch {
     /// A watch over `limit`; `busy_timeout` is the writer connection's own.
     pub fn new(limit: WalLimit, busy_timeout: Duration) -> Self {
-        Self { limit, busy_timeout, last_try: None }
+        Self { limit, busy_timeout, last_look: None }
     }
 
-    /// Checks the log's size and, when due, runs a truncating checkpoint on the writer's
-    /// connection. Failures are logged, never returned: the batches go on either way.
+    /// Looks at the log and, when it is past its limit, runs a truncating checkpoint on the
+    /// writer's connection. Failures are logged, never returned: the batches go on either way.
     pub async fn after_batch(&mut self, db: &DatabaseConnection) -> Outcome {
-        let bytes = std::fs::metadata(&self.limit.path).map_or(0, |m| m.len());
-        if !due(bytes, self.limit.bytes, self.last_try.map(|t| t.elapsed())) {
+        let file = std::fs::metadata(&self.limit.path).map_or(0, |m| m.len());
+        if !due(file, self.limit.bytes, self.last_look.map(|t| t.elapsed())) {
             return Outcome::NotDue;
         }
-        self.last_try = Some(clock::monotonic());
-        match truncate(db, WAIT, self.busy_timeout).await {
-            Ok(false) => {
-                tracing::info!(
-                    message = "The write-ahead log had outgrown its checkpoints; copied back and truncated.",
-                    wal_mib = bytes >> 20,
-                    limit_mib = self.limit.bytes >> 20
-                );
-                Outcome::Truncated { from_bytes: bytes }
-            }
-            Ok(true) => {
-                tracing::warn!(
-                    message = "The write-ahead log keeps growing: readers of old snapshots (long exports or queries) keep its \
-                               checkpoints from finishing. Tried again in a while.",
-                    wal_mib = bytes >> 20,
-                    limit_mib = self.limit.bytes >> 20,
-                    waited = ?WAIT
-                );
-                Outcome::HeldByReaders { bytes }
-            }
+        self.last_look = Some(clock::monotonic());
+        let frames = |n: i64| u64::try_from(n).unwrap_or(0) * self.limit.page;
+        let outcome = match checkpoint(db, None).await {
+            Ok(c) if frames(c.log) <= self.limit.bytes => Outcome::LogWithin { log_bytes: frames(c.log) },
+            Ok(_) => match checkpoint(db, Some((WAIT, self.busy_timeout))).await {
+                Ok(c) if !c.busy => Outcome::Truncated { from_bytes: file },
+                Ok(c) => Outcome::Held { log_bytes: frames(c.log), copied_bytes: frames(c.checkpointed) },
+                Err(e) => {
+                    tracing::warn!(message = "The truncating checkpoint failed.", wal_mib = file >> 20, error = %e);
+                    Outcome::Failed
+                }
+            },
             Err(e) => {
-                tracing::warn!(message = "The truncating checkpoint failed.", wal_mib = bytes >> 20, error = %e);
-                Outcome::HeldByReaders { bytes }
+                tracing::warn!(message = "The passive checkpoint failed.", wal_mib = file >> 20, error = %e);
+                Outcome::Failed
             }
+        };
+        let limit_mib = self.limit.bytes >> 20;
+        match outcome {
+            Outcome::Truncated { from_bytes } => tracing::info!(
+                message = "The write-ahead log had outgrown its checkpoints; copied back and truncated.",
+                wal_mib = from_bytes >> 20,
+                limit_mib
+            ),
+            Outcome::Held { log_bytes, copied_bytes } => tracing::warn!(
+                message = "The write-ahead log is past its limit and readers using it (long exports or queries), or another \
+                           process's write lock, keep the checkpoint from finishing; tried again in a while.",
+                log_mib = log_bytes >> 20,
+                copied_mib = copied_bytes >> 20,
+                limit_mib,
+                waited = ?WAIT
+            ),
+            _ => {}
         }
+        outcome
     }
 }
 
-/// `PRAGMA wal_checkpoint(TRUNCATE)` on the pool's connection, waiting `wait` for readers; the
-/// connection's busy timeout is `restore` again afterwards. `true` when readers held it.
-async fn truncate(db: &DatabaseConnection, wait: Duration, restore: Duration) -> Result<bool, sqlx::Error> {
+/// `PRAGMA wal_checkpoint` on the pool's connection: passive with `None`; truncating with
+/// `Some((wait, restore))`, waiting `wait` for readers, with the connection's busy timeout set
+/// back to `restore` afterwards (a connection that cannot be set back is closed, and the pool
+/// opens a new one with the configured timeout). Never cancelled: the writer awaits it.
+async fn checkpoint(db: &DatabaseConnection, truncate: Option<(Duration, Duration)>) -> Result<Checkpoint, sqlx::Error> {
     let mut conn = db.get_sqlite_connection_pool().acquire().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}", wait.as_millis()))).execute(&mut *conn).await?;
-    let result: Result<(i64, i64, i64), sqlx::Error> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}", restore.as_millis()))).execute(&mut *conn).await?;
-    Ok(result?.0 != 0)
+    let of = |(busy, log, checkpointed): (i64, i64, i64)| Checkpoint { busy: busy != 0, log, checkpointed };
+    let Some((wait, restore)) = truncate else {
+        return sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *conn).await.map(of);
+    };
+    let busy_timeout = |d: Duration| sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}", d.as_millis())));
+    busy_timeout(wait).execute(&mut *conn).await?;
+    let result = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await.map(of);
+    if let Err(e) = busy_timeout(restore).execute(&mut *conn).await {
+        tracing::warn!(message = "Could not set the writer's busy timeout back; opening a new connection.", error = %e);
+        conn.close_on_drop();
+    }
+    result
 }
 
 #[cfg(test)]
@@ -148,8 +192,9 @@ mod tests {
     use super::*;
     use crate::store;
 
-    /// Commits `n` transactions of 200 applied ids each (a few pages of WAL apiece).
-    async fn write(db: &DatabaseConnection, from: usize, n: usize) {
+    /// Commits `n` transactions of 200 applied ids each (a few pages of WAL apiece), numbered
+    /// from `from`.
+    async fn write(db: &DatabaseConnection, from: i64, n: i64) {
         for t in from..from + n {
             let ids: Vec<(String, u64)> = (0..200).map(|i| (format!("{t:08}-{i:04}-{}", "x".repeat(40)), (t * 200 + i) as u64)).collect();
             let txn = store::begin_write(db).await.expect("begin");
@@ -162,9 +207,10 @@ mod tests {
         std::fs::metadata(&limit.path).map_or(0, |m| m.len())
     }
 
-    /// On a real file: a reader holding an old snapshot keeps the WAL growing past its limit and
-    /// the truncating checkpoint reports it; once that reader is gone, the next try truncates
-    /// the file even though a newer reader is still open; nothing written is lost.
+    /// On a real file: a reader holding a snapshot older than the last commit keeps the WAL past
+    /// its limit and is reported; once it is gone the file is truncated; a reader open on the
+    /// newest snapshot still holds the truncation (every frame copied back, the file kept); a
+    /// log that has started over in a large file is left alone; nothing written is lost.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_starved_by_an_old_reader_is_truncated_once_the_reader_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -175,42 +221,63 @@ mod tests {
         assert_eq!(real.bytes, 2 * u64::from(migration::SQLITE_PAGE_SIZE) * 65_536, "twice the autocheckpoint's size");
         // The writer checkpoints at 64 Ki pages; a limit of 512 KiB makes the test small.
         let limit = WalLimit { bytes: 512 << 10, ..real };
+        let look = |limit: &WalLimit| {
+            let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
+            let db = db.clone();
+            async move { watch.after_batch(&db).await }
+        };
         write(&db, 0, 5).await;
+        db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)").await.expect("an empty log to start from");
+        assert_eq!(look(&limit).await, Outcome::NotDue, "the file is within its limit");
 
         // A reader with a snapshot that every later commit leaves behind.
         let old = rusqlite::Connection::open(&file).expect("reader");
         old.execute_batch("BEGIN").expect("begin");
         let seen: i64 = old.query_row("SELECT COUNT(*) FROM applied_batches", [], |r| r.get(0)).expect("read");
         assert_eq!(seen, 1_000);
-        let mut rounds = 0;
+        let mut written = 1_000;
         while wal_len(&limit) <= limit.bytes {
-            write(&db, 5 + rounds * 5, 5).await;
-            rounds += 1;
-            assert!(rounds < 1_000, "the WAL never outgrew {} bytes", limit.bytes);
+            write(&db, written / 200, 5).await;
+            written += 1_000;
+            assert!(written < 1_000_000, "the WAL never outgrew {} bytes", limit.bytes);
         }
         let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
         let held = watch.after_batch(&db).await;
-        assert!(matches!(held, Outcome::HeldByReaders { bytes } if bytes > limit.bytes), "{held:?}");
-        assert_eq!(watch.after_batch(&db).await, Outcome::NotDue, "tried again at once");
-        assert!(wal_len(&limit) > limit.bytes, "the reader's frames are still needed");
+        assert!(
+            matches!(held, Outcome::Held { log_bytes, copied_bytes } if log_bytes > limit.bytes && copied_bytes < log_bytes),
+            "the old reader's frames cannot be copied back: {held:?}"
+        );
+        assert_eq!(watch.after_batch(&db).await, Outcome::NotDue, "looked again at once");
+        assert!(wal_len(&limit) > limit.bytes);
 
-        // The old reader ends; a new one opens on the latest snapshot and stays open.
+        // The old reader ends: everything is copied back and the file truncated.
         old.execute_batch("COMMIT").expect("end the old read");
-        let new = rusqlite::Connection::open(&file).expect("reader");
-        new.execute_batch("BEGIN").expect("begin");
-        let written = 1_000 + rounds as i64 * 1_000;
-        let seen: i64 = new.query_row("SELECT COUNT(*) FROM applied_batches", [], |r| r.get(0)).expect("read");
-        assert_eq!(seen, written);
-        let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
-        let outcome = watch.after_batch(&db).await;
+        let outcome = look(&limit).await;
         assert!(matches!(outcome, Outcome::Truncated { from_bytes } if from_bytes > limit.bytes), "{outcome:?}");
         assert_eq!(wal_len(&limit), 0, "truncated");
+
+        // A reader on the newest snapshot: every frame is copied back, but it still uses the
+        // log, which cannot start over under it.
+        while wal_len(&limit) <= limit.bytes {
+            write(&db, written / 200, 5).await;
+            written += 1_000;
+        }
+        let new = rusqlite::Connection::open(&file).expect("reader");
+        new.execute_batch("BEGIN").expect("begin");
         let seen: i64 = new.query_row("SELECT COUNT(*) FROM applied_batches", [], |r| r.get(0)).expect("read");
-        assert_eq!(seen, written, "the open reader still sees its snapshot");
+        assert_eq!(seen, written);
+        let held = look(&limit).await;
+        assert!(matches!(held, Outcome::Held { log_bytes, copied_bytes } if copied_bytes == log_bytes), "{held:?}");
         new.execute_batch("COMMIT").expect("end");
 
+        // The next commit starts the log over in the same file: past the limit, nothing to do.
+        write(&db, 1_000_000, 1).await;
+        written += 200;
+        let within = look(&limit).await;
+        assert!(matches!(within, Outcome::LogWithin { log_bytes } if log_bytes < limit.bytes), "{within:?}");
+        assert!(wal_len(&limit) > limit.bytes, "the file keeps its size");
+
         // The writer carries on with its own busy timeout, and every row is in the file.
-        write(&db, 100_000, 1).await;
         let timeout: i64 = db
             .query_one_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA busy_timeout"))
             .await
@@ -222,7 +289,7 @@ mod tests {
         drop(db);
         let check = rusqlite::Connection::open(&file).expect("check");
         let count: i64 = check.query_row("SELECT COUNT(*) FROM applied_batches", [], |r| r.get(0)).expect("count");
-        assert_eq!(count, written + 200);
+        assert_eq!(count, written);
         let ok: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("check");
         assert_eq!(ok, "ok");
     }

@@ -1,6 +1,7 @@
 //! Faults under load: while a replay runs at full speed through agent → NATS → sink → SQLite,
-//! the sink is SIGKILLed at random moments, nats-server is killed and restarted, the database is
-//! locked by another process and its disk is filled, and the agent is cut off from NATS. After
+//! the agent is cut off from NATS; while the sink works through the backlog, it is SIGKILLed at
+//! random moments, nats-server is killed and restarted, and the database is locked by another
+//! process and its disk is filled. After
 //! recovery every client row must hold exactly what the agent's own JSON lines say (nothing lost,
 //! nothing counted twice), the database must pass `PRAGMA integrity_check`, and each fault must
 //! have shown in `/health` and `/statistics` of a running API while it lasted.
@@ -402,8 +403,9 @@ async fn run_drill(d: Drill) {
     // 3. The cut ends: the rest of the replay floods in. Once all of it is in the stream (the
     //    agent has exited), while the sink works through the backlog, the other kills land at
     //    random moments, between them the database is locked by another process, its disk fills
-    //    up, and nats-server dies and comes back. (Begun while the agent still published, they
-    //    could find the sink keeping pace with a slow agent and nothing pending.)
+    //    up, and nats-server dies and comes back. So the backlog they start from is the second
+    //    half less what the sink stored meanwhile, not what the agent, reconnecting with
+    //    back-off, has re-sent so far (one run found nothing pending at a later kill that way).
     tokio::time::sleep(d.cut.saturating_sub(cut_began.elapsed())).await;
     proxy.set_cut(false);
     let cut_lasted = cut_began.elapsed();
@@ -420,8 +422,8 @@ async fn run_drill(d: Drill) {
         "drill: agent cut off for {cut_lasted:.1?}; publishing again {:.1?} after the cut ended",
         cut_began.elapsed().saturating_sub(cut_lasted)
     );
-    let published = wait_until(Duration::from_secs(120), || std::future::ready(matches!(agent.0.try_wait(), Ok(Some(_))))).await;
-    assert!(published, "the agent did not finish publishing within 120 s of the cut's end");
+    let published = wait_until(Duration::from_secs(600), || std::future::ready(matches!(agent.0.try_wait(), Ok(Some(_))))).await;
+    assert!(published, "the agent did not finish publishing within 600 s of the cut's end");
     eprintln!("drill: the whole replay is in the stream; {} messages pending", pending().await);
     // The disk fills first, while the backlog is largest (a full disk only bites when the
     // database must grow), then kills, the lock, kills, nats-server, kills.
@@ -472,9 +474,10 @@ async fn run_drill(d: Drill) {
     );
     let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
     eprintln!(
-        "drill: the sink's WAL watch: {} truncations, {} tries held by readers",
+        "drill: the sink's WAL watch: {} truncations, {} held by readers or a lock, {} failed",
         log.matches("outgrown its checkpoints").count(),
-        log.matches("keeps growing").count()
+        log.matches("keep the checkpoint from finishing").count(),
+        log.matches("checkpoint failed").count()
     );
     assert_eq!((lost, twice), (0, 0));
     assert_eq!(got, truth, "per-client sessions, answered and unanswered");
