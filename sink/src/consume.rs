@@ -389,19 +389,16 @@ impl Writer {
         let attempts = async {
             let mut attempt = 0u32;
             loop {
-                let applied = apply(db, cfg, stats, &prepared, started).await;
-                if applied.is_err() {
-                    crate::db::discard_sqlite_connection(db).await;
-                }
-                // Committed or not: a WAL that filled the disk is what failed the batch, perhaps.
-                if let Some(wal) = wal.as_mut() {
-                    wal.after_batch(db).await;
-                }
-                match applied {
+                match apply(db, cfg, stats, &prepared, started).await {
                     Ok(o) => return Ok(o),
                     Err(e) => {
                         attempt += 1;
                         stats.add_error(&format!("{e:#}"));
+                        crate::db::discard_sqlite_connection(db).await;
+                        // The WAL may be what filled the disk ([`crate::wal`]).
+                        if let Some(wal) = wal.as_mut() {
+                            wal.after_batch(db).await;
+                        }
                         let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
                         tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
                         if *shutdown.borrow() {
@@ -457,6 +454,14 @@ impl Writer {
             never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
         }
         stats.committed(&outcome);
+        // Acknowledged and counted: now the WAL may take the connection for a checkpoint, while
+        // the batches behind keep getting progress acks.
+        if let Some(wal) = wal.as_mut() {
+            tokio::select! {
+                _ = wal.after_batch(db) => {}
+                never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
+            }
+        }
         Ok(())
     }
 }

@@ -13,7 +13,8 @@
 //! After each batch the writer looks at the log's file (one `stat`), and at most once per
 //! [`EVERY`] when the file is past [`WalLimit::bytes`] (twice the log's size when the automatic
 //! checkpoint runs, which a log that starts over does not reach): a passive checkpoint (which
-//! never waits) says how many frames the log holds, and when they are past the limit too,
+//! never waits) copies back what it can and says how many frames the log holds, and when they
+//! are past the limit too,
 //! `PRAGMA wal_checkpoint(TRUNCATE)` copies every frame back and truncates the file. That waits
 //! for the readers using the log to finish, with a busy timeout of [`WAIT`] instead of the
 //! writer's usual one; readers that begin once every frame is copied back read the database
@@ -23,7 +24,8 @@
 //!
 //! The writer also looks after a failed batch: the log may be what filled the disk. Copying it
 //! back needs room only for pages past the database file's end, so this prevents a full disk
-//! far more surely than it cures one; the limit is what keeps the disk from filling.
+//! far more surely than it cures one. The limit is a trigger, not a bound: readers that hold
+//! the log past the wait at every look still let it grow, with a warning every `EVERY`.
 
 use std::{
     path::PathBuf,
@@ -82,15 +84,20 @@ pub struct WalWatch {
     /// The writer's busy timeout, restored after a try.
     busy_timeout: Duration,
     last_look: Option<Instant>,
+    /// The file's size when its log was last found within the limit: a log that started over
+    /// in a file that had grown while starved is reused inside it, and only a file that grows
+    /// past that size again (the log outgrowing it) is worth another look.
+    quiet_up_to: u64,
 }
 
 /// What a look at the WAL did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The file is within its limit, or the last look was too recent.
+    /// The file is within its limit (or within the size at which its log was last found
+    /// within it), or the last look was too recent.
     NotDue,
     /// The file is past its limit but the log in it is not (a log that started over in a file
-    /// that grew while it was starved): nothing to do.
+    /// that grew while it was starved): nothing to do until the file grows again.
     LogWithin { log_bytes: u64 },
     /// Every frame was copied back and the file truncated.
     Truncated { from_bytes: u64 },
@@ -119,22 +126,30 @@ struct Checkpoint {
 impl WalWatch {
     /// A watch over `limit`; `busy_timeout` is the writer connection's own.
     pub fn new(limit: WalLimit, busy_timeout: Duration) -> Self {
-        Self { limit, busy_timeout, last_look: None }
+        Self { limit, busy_timeout, last_look: None, quiet_up_to: 0 }
     }
 
     /// Looks at the log and, when it is past its limit, runs a truncating checkpoint on the
     /// writer's connection. Failures are logged, never returned: the batches go on either way.
     pub async fn after_batch(&mut self, db: &DatabaseConnection) -> Outcome {
         let file = std::fs::metadata(&self.limit.path).map_or(0, |m| m.len());
-        if !due(file, self.limit.bytes, self.last_look.map(|t| t.elapsed())) {
+        if !due(file, self.limit.bytes.max(self.quiet_up_to), self.last_look.map(|t| t.elapsed())) {
             return Outcome::NotDue;
         }
         self.last_look = Some(clock::monotonic());
         let frames = |n: i64| u64::try_from(n).unwrap_or(0) * self.limit.page;
         let outcome = match checkpoint(db, None).await {
-            Ok(c) if frames(c.log) <= self.limit.bytes => Outcome::LogWithin { log_bytes: frames(c.log) },
+            // Another connection checkpointing holds the passive one off, and the log's size
+            // is unknown (-1): treat it as over the limit.
+            Ok(c) if !c.busy && c.log >= 0 && frames(c.log) <= self.limit.bytes => {
+                self.quiet_up_to = file;
+                Outcome::LogWithin { log_bytes: frames(c.log) }
+            }
             Ok(_) => match checkpoint(db, Some((WAIT, self.busy_timeout))).await {
-                Ok(c) if !c.busy => Outcome::Truncated { from_bytes: file },
+                Ok(c) if !c.busy => {
+                    self.quiet_up_to = 0;
+                    Outcome::Truncated { from_bytes: file }
+                }
                 Ok(c) => Outcome::Held { log_bytes: frames(c.log), copied_bytes: frames(c.checkpointed) },
                 Err(e) => {
                     tracing::warn!(message = "The truncating checkpoint failed.", wal_mib = file >> 20, error = %e);
@@ -236,10 +251,13 @@ mod tests {
         let seen: i64 = old.query_row("SELECT COUNT(*) FROM applied_batches", [], |r| r.get(0)).expect("read");
         assert_eq!(seen, 1_000);
         let mut written = 1_000;
-        while wal_len(&limit) <= limit.bytes {
+        // Past the limit by 16 frames: the file holds a header per frame that the log's count
+        // of frames (what the limit is checked against) does not.
+        let past = limit.bytes + 16 * (limit.page + 24);
+        while wal_len(&limit) <= past {
             write(&db, written / 200, 5).await;
             written += 1_000;
-            assert!(written < 1_000_000, "the WAL never outgrew {} bytes", limit.bytes);
+            assert!(written < 1_000_000, "the WAL never outgrew {past} bytes");
         }
         let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
         let held = watch.after_batch(&db).await;
@@ -258,9 +276,10 @@ mod tests {
 
         // A reader on the newest snapshot: every frame is copied back, but it still uses the
         // log, which cannot start over under it.
-        while wal_len(&limit) <= limit.bytes {
+        while wal_len(&limit) <= past {
             write(&db, written / 200, 5).await;
             written += 1_000;
+            assert!(written < 2_000_000, "the WAL never outgrew {past} bytes");
         }
         let new = rusqlite::Connection::open(&file).expect("reader");
         new.execute_batch("BEGIN").expect("begin");
@@ -273,9 +292,13 @@ mod tests {
         // The next commit starts the log over in the same file: past the limit, nothing to do.
         write(&db, 1_000_000, 1).await;
         written += 200;
-        let within = look(&limit).await;
+        let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
+        let within = watch.after_batch(&db).await;
         assert!(matches!(within, Outcome::LogWithin { log_bytes } if log_bytes < limit.bytes), "{within:?}");
         assert!(wal_len(&limit) > limit.bytes, "the file keeps its size");
+        // Not looked at again while the log is reused inside the file, however long that lasts.
+        watch.last_look = clock::monotonic().checked_sub(EVERY);
+        assert_eq!(watch.after_batch(&db).await, Outcome::NotDue);
 
         // The writer carries on with its own busy timeout, and every row is in the file.
         let timeout: i64 = db
