@@ -380,7 +380,8 @@ async fn open_messages(consumer: &PullConsumer) -> Result<pull::Stream, BusError
 }
 
 impl Writer {
-    /// Applies a batch in one transaction (retrying on failure), then acknowledges it.
+    /// Applies a batch in one transaction (retrying on failure), acknowledges it, then lets the
+    /// WAL watch look ([`crate::wal`]; also after each failed attempt).
     async fn commit(&mut self, prepared: Prepared, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
         let Self { js, db, cfg, stats, in_transit, wal } = self;
         let (js, db, cfg, stats, in_transit) = (&*js, &*db, &*cfg, &**stats, &*in_transit);
