@@ -532,6 +532,10 @@ pub struct SinkStatistics {
     pub failing: Option<String>,
     /// When the current run of write failures began.
     pub failing_since: Option<String>,
+    /// Size of the SQLite database's write-ahead log file, bytes, as the sink last found it
+    /// (from its status on the bus; absent on PostgreSQL). It stays under twice the checkpoint
+    /// size (1 GiB at 8 KiB pages) unless readers keep the checkpoints from finishing.
+    pub wal_bytes: Option<i64>,
 }
 
 /// One agent's publisher and capture counters.

@@ -209,6 +209,12 @@ fn sink(out: &mut Exposition, service: &ServiceStatistics) {
             "When the sink last committed a batch (Unix time).",
             seconds(s.last_commit_at.as_deref()).map(|v| (l(), v)),
         );
+        out.family(
+            "ntpscope_sink_wal_bytes",
+            "gauge",
+            "Size of the SQLite write-ahead log file as the sink last found it (SQLite only).",
+            s.wal_bytes.map(|v| (l(), v as f64)),
+        );
     }
     if let Some(st) = &service.stream {
         let l = || vec![("stream", st.stream.clone())];
@@ -388,6 +394,7 @@ mod tests {
                 failed_attempts: None,
                 failing: None,
                 failing_since: None,
+                wal_bytes: Some(4_194_304),
             }),
             stream: Some(StreamStatistics {
                 stream: "NTP".into(),
@@ -490,6 +497,7 @@ mod tests {
             r#"ntpscope_sink_queue_size{consumer="ntpscope-sink"} 7"#,
             r#"ntpscope_sink_lag_seconds{consumer="ntpscope-sink"} 0.25"#,
             r#"ntpscope_sink_last_commit_timestamp_seconds{consumer="ntpscope-sink"} 1767225602"#,
+            r#"ntpscope_sink_wal_bytes{consumer="ntpscope-sink"} 4194304"#,
             r#"ntpscope_consumer_ack_pending_messages{stream="NTP"} 2"#,
             r#"ntpscope_agent_up{agent="ntp1"} 1"#,
             r#"ntpscope_agent_info{agent="ntp1",version="0.1.0"} 1"#,

@@ -472,6 +472,7 @@ fn sink_statistics(r: entity::sink_state::Model, live: Option<&ntp_wire::status:
     SinkStatistics {
         failed_attempts: live.map(|s| i64::try_from(s.counters.get("failed_attempts").copied().unwrap_or(0)).unwrap_or(i64::MAX)),
         failing: live.and_then(|s| s.failing.clone()),
+        wal_bytes: live.and_then(|s| s.counters.get("wal_bytes")).map(|b| i64::try_from(*b).unwrap_or(i64::MAX)),
         failing_since: live.filter(|s| s.failing.is_some()).map(|s| ntp_wire::time::format_rfc3339(s.failing_since_ns)),
         alive: agents::is_fresh(r.updated_at) || live.is_some(),
         // The bus has the count of this tick; the row's is as old as its last write.

@@ -399,6 +399,7 @@ impl Writer {
                         // The WAL may be what filled the disk ([`crate::wal`]).
                         if let Some(wal) = wal.as_mut() {
                             wal.after_batch(db).await;
+                            stats.set_wal_bytes(wal.file_bytes());
                         }
                         let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)).min(10_000));
                         tracing::error!(message = "Batch failed; retrying.", error = %e, attempt, retry_in = ?wait, messages = batch.len());
@@ -462,6 +463,7 @@ impl Writer {
                 _ = wal.after_batch(db) => {}
                 never = keep_alive(js.client(), || in_transit.replies(), clock::monotonic(), cfg.ack_wait) => match never {},
             }
+            stats.set_wal_bytes(wal.file_bytes());
         }
         Ok(())
     }

@@ -24,6 +24,8 @@ struct Totals {
     /// The last database error, while writes fail, since when (Unix ns), and whether a batch
     /// (rather than only the heartbeat) failed.
     failing: Option<(String, i64, bool)>,
+    /// The SQLite WAL file's size at the writer's last look, bytes (`None` on PostgreSQL).
+    wal_bytes: Option<u64>,
 }
 
 /// Lag samples kept for quantiles.
@@ -152,6 +154,11 @@ impl SinkStats {
         });
     }
 
+    /// The SQLite WAL file's size, as the writer last found it.
+    pub fn set_wal_bytes(&self, bytes: u64) {
+        self.with(|t| t.wal_bytes = Some(bytes));
+    }
+
     /// A heartbeat write succeeded: clears a failure only the heartbeat saw (a failing batch
     /// stays shown until it commits: a full disk may take a small write and refuse a large one).
     pub fn heartbeat_ok(&self) {
@@ -183,6 +190,9 @@ impl SinkStats {
             let mut counters: BTreeMap<String, u64> =
                 NAMES.iter().map(|n| ((*n).to_string(), t.counters.get(n).copied().unwrap_or(0))).collect();
             counters.insert("queue_size".into(), t.queue_size);
+            if let Some(b) = t.wal_bytes {
+                counters.insert("wal_bytes".into(), b);
+            }
             if !t.lags_ms.is_empty() {
                 let mut v: Vec<u32> = t.lags_ms.iter().copied().collect();
                 v.sort_unstable();

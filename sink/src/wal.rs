@@ -84,6 +84,8 @@ pub struct WalWatch {
     /// The writer's busy timeout, restored after a try.
     busy_timeout: Duration,
     last_look: Option<Instant>,
+    /// The file's size at the last call.
+    file_bytes: u64,
     /// The file's size when its log was last found within the limit: a log that started over
     /// in a file that had grown while starved is reused inside it, and only a file that grows
     /// past that size again (the log outgrowing it) is worth another look.
@@ -126,13 +128,19 @@ struct Checkpoint {
 impl WalWatch {
     /// A watch over `limit`; `busy_timeout` is the writer connection's own.
     pub fn new(limit: WalLimit, busy_timeout: Duration) -> Self {
-        Self { limit, busy_timeout, last_look: None, quiet_up_to: 0 }
+        Self { limit, busy_timeout, last_look: None, file_bytes: 0, quiet_up_to: 0 }
+    }
+
+    /// The WAL file's size after the last look (0 before the first).
+    pub fn file_bytes(&self) -> u64 {
+        self.file_bytes
     }
 
     /// Looks at the log and, when it is past its limit, runs a truncating checkpoint on the
     /// writer's connection. Failures are logged, never returned: the batches go on either way.
     pub async fn after_batch(&mut self, db: &DatabaseConnection) -> Outcome {
         let file = std::fs::metadata(&self.limit.path).map_or(0, |m| m.len());
+        self.file_bytes = file;
         if !due(file, self.limit.bytes.max(self.quiet_up_to), self.last_look.map(|t| t.elapsed())) {
             return Outcome::NotDue;
         }
@@ -148,6 +156,7 @@ impl WalWatch {
             Ok(_) => match checkpoint(db, Some((WAIT, self.busy_timeout))).await {
                 Ok(c) if !c.busy => {
                     self.quiet_up_to = 0;
+                    self.file_bytes = 0;
                     Outcome::Truncated { from_bytes: file }
                 }
                 Ok(c) => Outcome::Held { log_bytes: frames(c.log), copied_bytes: frames(c.checkpointed) },
@@ -265,6 +274,7 @@ mod tests {
             matches!(held, Outcome::Held { log_bytes, copied_bytes } if log_bytes > limit.bytes && copied_bytes < log_bytes),
             "the old reader's frames cannot be copied back: {held:?}"
         );
+        assert_eq!(watch.file_bytes(), wal_len(&limit), "the size it reports");
         assert_eq!(watch.after_batch(&db).await, Outcome::NotDue, "looked again at once");
         assert!(wal_len(&limit) > limit.bytes);
 
@@ -273,6 +283,14 @@ mod tests {
         let outcome = look(&limit).await;
         assert!(matches!(outcome, Outcome::Truncated { from_bytes } if from_bytes > limit.bytes), "{outcome:?}");
         assert_eq!(wal_len(&limit), 0, "truncated");
+
+        let mut watch = WalWatch::new(limit.clone(), db::SQLITE_BUSY_TIMEOUT);
+        assert_eq!(watch.after_batch(&db).await, Outcome::NotDue);
+        assert_eq!(watch.file_bytes(), 0, "the size it reports after the truncation");
+        let stats = crate::stats::SinkStats::default();
+        assert!(!stats.status("c").counters.contains_key("wal_bytes"), "unknown until the writer looks");
+        stats.set_wal_bytes(watch.file_bytes());
+        assert_eq!(stats.status("c").counters.get("wal_bytes"), Some(&0));
 
         // A reader on the newest snapshot: every frame is copied back, but it still uses the
         // log, which cannot start over under it.

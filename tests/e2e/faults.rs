@@ -482,6 +482,11 @@ async fn run_drill(d: Drill) {
     assert_eq!((lost, twice), (0, 0));
     assert_eq!(got, truth, "per-client sessions, answered and unanswered");
     assert_eq!(sink_state(&db).await, total_sessions, "sink_state.total_processed counts each record once");
+    // The WAL's size travels from the sink's writer through its status on the bus to the API.
+    let (_, stats) = get(&api, "/api/ntp/history/service/statistics").await;
+    let wal = stats["sink"]["wal_bytes"].as_i64();
+    let on_disk = std::fs::metadata(volume.path().join("ntpscope.db-wal")).map_or(0, |m| m.len());
+    assert!(wal.is_some_and(|b| b > 0), "sink.wal_bytes {wal:?} (the file has {on_disk} bytes): {}", stats["sink"]);
     drop(sink);
     integrity_ok(&db_path);
     assert!(log.contains("full"), "the sink log shows the disk-full errors");
