@@ -84,7 +84,7 @@ pub struct WalWatch {
     /// The writer's busy timeout, restored after a try.
     busy_timeout: Duration,
     last_look: Option<Instant>,
-    /// The file's size at the last call.
+    /// The file's size as the last call found it (0 after a truncation it made).
     file_bytes: u64,
     /// The file's size when its log was last found within the limit: a log that started over
     /// in a file that had grown while starved is reused inside it, and only a file that grows
@@ -131,7 +131,8 @@ impl WalWatch {
         Self { limit, busy_timeout, last_look: None, file_bytes: 0, quiet_up_to: 0 }
     }
 
-    /// The WAL file's size after the last look (0 before the first).
+    /// The WAL file's size as the last call found it (0 before the first, and after a
+    /// truncation it made).
     pub fn file_bytes(&self) -> u64 {
         self.file_bytes
     }
