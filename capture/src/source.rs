@@ -1,6 +1,7 @@
-//! libpcap sources: opening interfaces and files with clear errors, and the blocking capture loop.
+//! libpcap sources: opening interfaces and files with clear errors, and the capture loop.
 //!
-//! Each source runs on its own OS thread (libpcap is blocking) and owns its [`Analyzer`], so
+//! Each source runs on its own OS thread (a file reads flat out; a live interface waits for
+//! packets in `poll`) and owns its [`Analyzer`], so
 //! parsing and pairing happen right next to the packet buffer without a per-packet hand-off.
 //! Records leave in batches through a bounded channel. A file source waits when the channel is
 //! full (nothing is lost, the file just reads slower); a live source never waits: it drops the
@@ -303,11 +304,22 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
 }
 
 /// Waits until `fd` has a packet to read, `timeout` at most; whether it may have one (an
-/// interrupted or failed wait says yes: the next read tells).
+/// interrupted wait says yes: the next read tells). A failed wait sleeps out the timeout, so an
+/// error that lasts cannot make the loop spin.
 fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::{
+        errno::Errno,
+        poll::{PollFd, PollFlags, PollTimeout, poll},
+    };
     let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-    !matches!(poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], ms), Ok(0))
+    match poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], ms) {
+        Ok(0) => false,
+        Ok(_) | Err(Errno::EINTR) => true,
+        Err(_) => {
+            std::thread::sleep(timeout);
+            false
+        }
+    }
 }
 
 fn capture_loop<T: Activated + ?Sized>(
@@ -365,11 +377,13 @@ fn capture_loop<T: Activated + ?Sized>(
                     bar.set_position(bytes_read.min(bar.length().unwrap_or(u64::MAX)));
                 }
             }
-            Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) if let Some(fd) = fd => {
+            Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) if live => {
                 // The ring is empty. Wait for the next packet, a tick at most; a link idle for
                 // the whole tick lets time move on so unanswered requests are reported. Packets
                 // stamped before `now - 0.5 s` have all been delivered in immediate mode.
-                if !wait_readable(fd, TICK) {
+                if let Some(fd) = fd
+                    && !wait_readable(fd, TICK)
+                {
                     analyzer.advance(clock::wall_ns() - 500_000_000, &mut out);
                 }
             }

@@ -28,8 +28,8 @@ use crate::{
 const STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Live capture is for network interfaces (and `any`): libpcap's other devices (nfqueue, nflog,
-/// usbmon, bluetooth, dbus) are not NTP traffic, and some of them have no descriptor a
-/// non-blocking capture could wait on, so they could never be stopped.
+/// usbmon, bluetooth, dbus) are not NTP traffic, and the capture loop's non-blocking reads and
+/// `poll` on the handle's descriptor are made for network interfaces.
 fn is_network_interface(name: &str) -> bool {
     name == "any"
         || (!name.is_empty()

@@ -13,7 +13,7 @@
 //! - `2` built response: `delta`, `pick`, `flow`, `first`, `stratum` (+ 8 raw origin bytes when
 //!   `pick >> 6 == 2`), `timing`, `trailer`;
 //! - `3` tick: `delta`; op bits 2–3 pick `advance(now)` (0), `flush` (1), or `advance(now - 0.5 s)`
-//!   (2, 3: the agent's idle ticker runs half a second behind the wall clock).
+//!   (2, 3: an idle live capture advances half a second behind the wall clock).
 //!
 //! [`crate::driver`] turns steps into frames and analyzer calls. Built requests and responses
 //! make pairing reachable: a response picks one of the last
