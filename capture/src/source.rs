@@ -269,16 +269,13 @@ pub fn run(handle: Handle, link: LinkType, ctx: &LoopContext) {
             // with real chrony traffic missed a response on an idle link).
             // So the handle reads without blocking, and when its ring is empty the loop waits on
             // its descriptor, a tick at most: nothing ever interrupts a read, and an idle link
-            // still expires requests and sees the stop flag every tick.
-            // A copy of the descriptor to wait on (the handle is borrowed by each read).
-            match cap
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| e.to_string())
-                .and_then(|fd| Ok((fd, cap.setnonblock().map_err(|e| e.to_string())?)))
-            {
-                Ok((fd, cap)) => capture_loop(cap, link, ctx, Some(&fd), None),
-                Err(e) => Err(format!("cannot read the capture without blocking: {e}")),
+            // still expires requests and sees the stop flag every tick. The loop waits on a copy
+            // of the descriptor (each read borrows the handle).
+            let fd = cap.as_fd().try_clone_to_owned();
+            match (fd, cap.setnonblock()) {
+                (Ok(fd), Ok(cap)) => capture_loop(cap, link, ctx, Some(&fd), None),
+                (Err(e), _) => Err(format!("cannot copy the capture's descriptor: {e}")),
+                (_, Err(e)) => Err(format!("cannot read the capture without blocking: {e}")),
             }
         }
         Handle::File(cap, len) => {
