@@ -10,12 +10,12 @@
 //! poem-openapi's value tree; the tests check each CSV record against the cells of the row's JSON.
 
 use bytes::Bytes;
-use entity::ntp_clients::Model;
 
 use crate::{
     dto::{ExportFormat, MetricStats, SortKey, SortOrder},
     json::{self, boolean, finite, float, int},
     query::{self, Parsed},
+    row::{ClientRow, WriteRow},
     state::AppState,
 };
 
@@ -131,13 +131,13 @@ fn stats(out: &mut Vec<u8>, (count, sum, min, max): (i64, f64, Option<f64>, Opti
 /// [`crate::dto::ClientRecord`]'s JSON (nested objects flattened), written straight from the stored row. Numbers
 /// print as in the JSON documents; fields the JSON leaves out (absent, or a float that is not
 /// finite) are empty cells.
-fn csv_row(out: &mut Vec<u8>, m: &Model) {
+fn csv_row(out: &mut Vec<u8>, m: &ClientRow<'_>) {
     int(out, m.id);
-    cell!(out, Some(m.host.as_str()), text);
-    cell!(out, Some(m.interface_name.as_str()), text);
-    cell!(out, Some(m.client_ip.as_str()), text);
+    cell!(out, Some(m.host), text);
+    cell!(out, Some(m.interface_name), text);
+    cell!(out, Some(m.client_ip), text);
     cell!(out, m.client_port, int);
-    cell!(out, m.server_ip.as_deref(), text);
+    cell!(out, m.server_ip, text);
     cell!(out, m.server_port, int);
     cell!(out, m.vlan_id, int);
     cell!(out, m.ntp_version, int);
@@ -145,7 +145,7 @@ fn csv_row(out: &mut Vec<u8>, m: &Model) {
     cell!(out, m.precision, int);
     cell!(out, finite(m.root_delay), float);
     cell!(out, finite(m.root_dispersion), float);
-    cell!(out, m.reference_id.as_deref(), text);
+    cell!(out, m.reference_id, text);
     cell!(out, m.leap_indicator, int);
     cell!(out, m.poll_interval, int);
     cell!(out, m.reference_timestamp, time);
@@ -163,7 +163,7 @@ fn csv_row(out: &mut Vec<u8>, m: &Model) {
     cell!(out, Some(m.answered_count), int);
     cell!(out, Some(m.unanswered_count), int);
     cell!(out, Some(m.kod_count), int);
-    cell!(out, m.last_kiss_code.as_deref(), text);
+    cell!(out, m.last_kiss_code, text);
     cell!(out, m.last_kiss_at, time);
     cell!(out, Some(m.retransmit_count), int);
     cell!(out, Some(m.interleaved_count), int);
@@ -201,6 +201,34 @@ pub fn extension(format: ExportFormat) -> &'static str {
     }
 }
 
+/// One chunk of an export, written as its rows are read.
+struct Chunk {
+    out: Vec<u8>,
+    format: ExportFormat,
+    /// Rows of the export before this one.
+    sent: u64,
+}
+
+impl WriteRow for Chunk {
+    fn row(&mut self, r: &ClientRow<'_>) {
+        let out = &mut self.out;
+        match self.format {
+            ExportFormat::Csv => csv_row(out, r),
+            ExportFormat::Ndjson => {
+                json::client(out, r);
+                out.push(b'\n');
+            }
+            ExportFormat::Json => {
+                if self.sent > 0 {
+                    out.push(b',');
+                }
+                json::client(out, r);
+            }
+        }
+        self.sent += 1;
+    }
+}
+
 /// Starts the export and returns the body stream.
 pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, format: ExportFormat, limit: u64) -> poem::Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -217,7 +245,8 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
         let mut sent = 0u64;
         while sent < limit {
             let size = CHUNK.min(limit - sent);
-            let (rows, next) = match query::page(&state, &parsed, sort, order, cursor.as_deref(), 0, size).await {
+            let chunk = Chunk { out: Vec::with_capacity(usize::try_from(size).unwrap_or(0) * json::ROW_BYTES), format, sent };
+            let (chunk, rows, next) = match query::page(&state, &parsed, sort, order, cursor.as_deref(), 0, size, chunk).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(message = "Export failed part-way; the body is truncated.", error = ?e);
@@ -225,23 +254,8 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
                     return;
                 }
             };
-            let mut buf = Vec::with_capacity(rows.len() * json::ROW_BYTES);
-            for m in rows {
-                match format {
-                    ExportFormat::Csv => csv_row(&mut buf, &m),
-                    ExportFormat::Ndjson => {
-                        json::client(&mut buf, &m);
-                        buf.push(b'\n');
-                    }
-                    ExportFormat::Json => {
-                        if sent > 0 {
-                            buf.push(b',');
-                        }
-                        json::client(&mut buf, &m);
-                    }
-                }
-                sent += 1;
-            }
+            sent += rows as u64;
+            let buf = chunk.out;
             if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                 return; // the client went away
             }
@@ -317,7 +331,7 @@ mod tests {
             let mut reference = String::new();
             reference_row(&ClientRecord::from(m.clone()).to_json().unwrap_or(Value::Null), &mut reference);
             let mut fast = Vec::new();
-            csv_row(&mut fast, &m);
+            csv_row(&mut fast, &(&m).into());
             assert_eq!(String::from_utf8(fast).expect("UTF-8"), reference, "row {}", m.id);
         }
     }

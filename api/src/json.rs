@@ -14,6 +14,7 @@
 use std::marker::PhantomData;
 
 use crate::dto::{ClientDetail, ClientPage, MetricStats, SortKey, SortOrder};
+use crate::row::{ClientRow, WriteRow};
 use entity::ntp_clients::Model;
 use poem::{IntoResponse, Response};
 use poem_openapi::{
@@ -162,14 +163,14 @@ pub(crate) fn boolean(out: &mut Vec<u8>, b: bool) {
 }
 
 /// Appends one row as a [`crate::dto::ClientRecord`].
-pub fn client(out: &mut Vec<u8>, m: &Model) {
+pub fn client(out: &mut Vec<u8>, m: &ClientRow<'_>) {
     out.extend_from_slice(b"{\"id\":");
     int(out, m.id);
-    put!(out, "host", m.host.as_str(), string);
-    put!(out, "interface_name", m.interface_name.as_str(), string);
-    put!(out, "client_ip", m.client_ip.as_str(), string);
+    put!(out, "host", m.host, string);
+    put!(out, "interface_name", m.interface_name, string);
+    put!(out, "client_ip", m.client_ip, string);
     field!(out, "client_port", m.client_port, int);
-    field!(out, "server_ip", m.server_ip.as_deref(), string);
+    field!(out, "server_ip", m.server_ip, string);
     field!(out, "server_port", m.server_port, int);
     field!(out, "vlan_id", m.vlan_id, int);
     field!(out, "ntp_version", m.ntp_version, int);
@@ -177,7 +178,7 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     field!(out, "precision", m.precision, int);
     field!(out, "root_delay", finite(m.root_delay), float);
     field!(out, "root_dispersion", finite(m.root_dispersion), float);
-    field!(out, "reference_id", m.reference_id.as_deref(), string);
+    field!(out, "reference_id", m.reference_id, string);
     field!(out, "leap_indicator", m.leap_indicator, int);
     field!(out, "poll_interval", m.poll_interval, int);
     field!(out, "reference_timestamp", m.reference_timestamp, time);
@@ -195,7 +196,7 @@ pub fn client(out: &mut Vec<u8>, m: &Model) {
     put!(out, "answered_count", m.answered_count, int);
     put!(out, "unanswered_count", m.unanswered_count, int);
     put!(out, "kod_count", m.kod_count, int);
-    field!(out, "last_kiss_code", m.last_kiss_code.as_deref(), string);
+    field!(out, "last_kiss_code", m.last_kiss_code, string);
     field!(out, "last_kiss_at", m.last_kiss_at, time);
     put!(out, "retransmit_count", m.retransmit_count, int);
     put!(out, "interleaved_count", m.interleaved_count, int);
@@ -224,16 +225,58 @@ fn rows(out: &mut Vec<u8>, rows: &[Model]) {
         if i > 0 {
             out.push(b',');
         }
-        client(out, m);
+        client(out, &m.into());
     }
     out.push(b']');
 }
 
-/// A [`crate::dto::ClientPage`].
+/// A [`crate::dto::ClientPage`] written as its rows are read: [`WriteRow::row`] for each
+/// row, then [`ClientPageWriter::finish`] with the rest of the page.
+#[derive(Debug)]
+pub struct ClientPageWriter {
+    out: Vec<u8>,
+    rows: usize,
+}
+
+impl ClientPageWriter {
+    /// A page with room for `rows` rows.
+    pub fn new(rows: usize) -> Self {
+        let mut out = Vec::with_capacity(512 + rows * ROW_BYTES);
+        out.extend_from_slice(b"{\"clients\":[");
+        Self { out, rows: 0 }
+    }
+
+    /// The document: the rows written so far and the rest of the page.
+    pub fn finish(self, rest: &ClientPageJson<'_>) -> JsonBody<ClientPage> {
+        let mut out = self.out;
+        out.push(b']');
+        let o = &mut out;
+        put!(o, "page", rest.page, int);
+        put!(o, "page_size", rest.page_size, int);
+        put!(o, "total", rest.total, int);
+        put!(o, "total_exact", rest.total_exact, boolean);
+        put!(o, "pages", rest.pages, int);
+        field!(o, "next_cursor", rest.next_cursor, string);
+        put!(o, "sort", rest.sort.as_str(), string);
+        put!(o, "order", rest.order.as_str(), string);
+        out.push(b'}');
+        JsonBody::from_bytes(out)
+    }
+}
+
+impl WriteRow for ClientPageWriter {
+    fn row(&mut self, r: &ClientRow<'_>) {
+        if self.rows > 0 {
+            self.out.push(b',');
+        }
+        client(&mut self.out, r);
+        self.rows += 1;
+    }
+}
+
+/// The fields of a [`crate::dto::ClientPage`] besides its rows ([`ClientPageWriter`]).
 #[derive(Debug)]
 pub struct ClientPageJson<'a> {
-    /// The rows.
-    pub rows: &'a [Model],
     /// Page number (0 with a cursor).
     pub page: u32,
     /// Page size.
@@ -250,26 +293,6 @@ pub struct ClientPageJson<'a> {
     pub sort: SortKey,
     /// Order.
     pub order: SortOrder,
-}
-
-impl ClientPageJson<'_> {
-    /// The document.
-    pub fn to_body(&self) -> JsonBody<ClientPage> {
-        let mut out = Vec::with_capacity(512 + self.rows.len() * ROW_BYTES);
-        out.extend_from_slice(b"{\"clients\":");
-        rows(&mut out, self.rows);
-        let o = &mut out;
-        put!(o, "page", self.page, int);
-        put!(o, "page_size", self.page_size, int);
-        put!(o, "total", self.total, int);
-        put!(o, "total_exact", self.total_exact, boolean);
-        put!(o, "pages", self.pages, int);
-        field!(o, "next_cursor", self.next_cursor, string);
-        put!(o, "sort", self.sort.as_str(), string);
-        put!(o, "order", self.order.as_str(), string);
-        out.push(b'}');
-        JsonBody::from_bytes(out)
-    }
 }
 
 /// A [`crate::dto::ClientDetail`]: every row of one address.
@@ -410,8 +433,11 @@ pub(crate) mod tests {
             .enumerate()
         {
             let next_cursor = (i % 2 == 0).then(|| format!("cursor-{i}"));
-            let fast = ClientPageJson {
-                rows: &rows,
+            let mut writer = ClientPageWriter::new(rows.len());
+            for m in &rows {
+                writer.row(&m.into());
+            }
+            let fast = writer.finish(&ClientPageJson {
                 page: 3,
                 page_size: 300,
                 total: 5_000_000,
@@ -420,8 +446,7 @@ pub(crate) mod tests {
                 next_cursor: next_cursor.as_deref(),
                 sort,
                 order,
-            }
-            .to_body();
+            });
             let reference_value = ClientPage {
                 clients: rows.iter().cloned().map(ClientRecord::from).collect(),
                 page: 3,

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod query;
 pub mod reader;
 pub mod routes;
+pub mod row;
 pub mod state;
 pub mod total;
 

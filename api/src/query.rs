@@ -26,6 +26,7 @@ use crate::{
     dto::{Filters, SortKey, SortOrder},
     error::ApiError,
     reader::{self, Cost},
+    row::{ClientRow, WriteRow},
     state::AppState,
     total::Snapshot,
 };
@@ -246,7 +247,7 @@ fn sort_expr(k: SortKey) -> SimpleExpr {
     }
 }
 
-fn sort_value(k: SortKey, m: &ntp_clients::Model) -> SortValue {
+fn sort_value(k: SortKey, m: &ClientRow<'_>) -> SortValue {
     let avg = |count: i64, sum: f64| if count > 0 { sum / count as f64 } else { -1.0 };
     match k {
         SortKey::LastSeen => SortValue::Int(m.last_seen),
@@ -254,7 +255,7 @@ fn sort_value(k: SortKey, m: &ntp_clients::Model) -> SortValue {
         SortKey::SessionCount => SortValue::Int(m.session_count),
         SortKey::UnansweredCount => SortValue::Int(m.unanswered_count),
         SortKey::KodCount => SortValue::Int(m.kod_count),
-        SortKey::ClientIp => SortValue::Bytes(m.client_ip_bin.as_deref().map(hex).unwrap_or_default()),
+        SortKey::ClientIp => SortValue::Bytes(m.client_ip_bin.map(hex).unwrap_or_default()),
         SortKey::AvgLatency => SortValue::FloatBits { f: avg(m.latency_count, m.latency_sum).to_bits() },
         SortKey::AvgProcessingTime => SortValue::FloatBits { f: avg(m.processing_count, m.processing_sum).to_bits() },
     }
@@ -291,7 +292,7 @@ fn sort_value_expr(v: &SortValue) -> Option<Value> {
 }
 
 /// The opaque cursor after `m`.
-pub fn encode_cursor(k: SortKey, o: SortOrder, m: &ntp_clients::Model) -> String {
+pub fn encode_cursor(k: SortKey, o: SortOrder, m: &ClientRow<'_>) -> String {
     let c = Cursor { k: k.as_str().into(), o: o.as_str().into(), v: sort_value(k, m), id: m.id };
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
 }
@@ -333,8 +334,10 @@ pub fn select(p: &Parsed, k: SortKey, o: SortOrder) -> Select<Clients> {
     Clients::find().filter(condition(p)).order_by(sort_expr(k), order.clone()).order_by(C::Id, order)
 }
 
-/// One page: rows plus the cursor for the next one (if more rows exist).
-pub async fn page(
+/// One page: its rows handed to `write` as they are read; gives back `write`, the number of
+/// rows and the cursor for the next page (if more rows exist).
+#[allow(clippy::too_many_arguments)] // the page's parameters, one each
+pub async fn page<W>(
     state: &AppState,
     p: &Parsed,
     k: SortKey,
@@ -342,7 +345,11 @@ pub async fn page(
     cursor: Option<&str>,
     offset: u64,
     size: u64,
-) -> Result<(Vec<ntp_clients::Model>, Option<String>), ApiError> {
+    write: W,
+) -> Result<(W, usize, Option<String>), ApiError>
+where
+    W: WriteRow,
+{
     let mut q = select(p, k, o);
     match cursor {
         Some(c) => q = q.filter(cursor_condition(k, o, c)?),
@@ -352,11 +359,11 @@ pub async fn page(
     // Without filters, the indexed sorts walk an index for exactly the rows returned.
     let indexed = matches!(k, SortKey::LastSeen | SortKey::ClientIp);
     let cost = if p.is_empty() && indexed && offset == 0 && size < reader::INLINE_ROWS { Cost::Bounded } else { Cost::Open };
-    let mut rows = reader::models(&state.db, state.reader.as_ref(), q.limit(size + 1), cost).await?;
-    let more = rows.len() as u64 > size;
-    rows.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    let next = if more { rows.last().map(|m| encode_cursor(k, o, m)) } else { None };
-    Ok((rows, next))
+    let st = q.limit(size + 1).build(state.db.get_database_backend());
+    let limit = usize::try_from(size).unwrap_or(usize::MAX);
+    let written = reader::write_rows(&state.db, state.reader.as_ref(), st, cost, limit, write).await?;
+    let next = written.more_after.as_ref().map(|m| encode_cursor(k, o, &m.into()));
+    Ok((written.write, written.rows, next))
 }
 
 /// Count of matching rows, stopping at [`COUNT_CAP`] + 1.
@@ -551,7 +558,7 @@ mod tests {
                 if want.is_nan() {
                     continue;
                 }
-                let (v, id) = decode_cursor(k, SortOrder::Asc, &encode_cursor(k, SortOrder::Asc, &m)).expect("own cursor");
+                let (v, id) = decode_cursor(k, SortOrder::Asc, &encode_cursor(k, SortOrder::Asc, &(&m).into())).expect("own cursor");
                 assert_eq!(id, m.id);
                 let Value::Double(Some(got)) = v else { panic!("{v:?}") };
                 assert_eq!(got.to_bits(), want.to_bits(), "{want:e}");

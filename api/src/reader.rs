@@ -20,11 +20,17 @@ use std::{
 };
 
 use entity::ntp_clients::{self, Model};
-use rusqlite::{Connection, OpenFlags, Row, types::Value as Sql};
+use rusqlite::{
+    Connection, OpenFlags, Row,
+    types::{FromSql, FromSqlResult, Value as Sql, ValueRef},
+};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, Iterable, QueryTrait, Statement};
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    row::{ClientRow, WriteRow},
+};
 
 /// How much of the file each connection maps: SQLite's compile-time ceiling (2 GiB). A page
 /// inside the map is read in place; one beyond it goes through `read()` into the connection's
@@ -328,6 +334,35 @@ impl SqliteReader {
         .await
     }
 
+    /// Up to `limit` rows of a sea-orm `SELECT` of `ntp_clients`, each handed to `write` as it
+    /// is stepped, borrowed from the statement ([`ClientRow`]): no row is copied into a [`Model`]
+    /// but the last one, and only when a row follows it (for the next page's cursor).
+    pub async fn write_rows<W>(self: &Arc<Self>, st: Statement, cost: Cost, limit: usize, mut write: W) -> Result<Written<W>, ReadError>
+    where
+        W: WriteRow,
+    {
+        self.with(cost, move |conn| {
+            let params = params(st.values)?;
+            let mut stmt = conn.prepare_cached(&st.sql)?;
+            check_columns(&stmt)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+            let mut n = 0;
+            let mut last = None;
+            while let Some(row) = rows.next()? {
+                if n == limit {
+                    return Ok(Written { write, rows: n, more_after: last });
+                }
+                write.row(&client_row(row)?);
+                n += 1;
+                if n == limit {
+                    last = Some(model(row)?);
+                }
+            }
+            Ok(Written { write, rows: n, more_after: None })
+        })
+        .await
+    }
+
     /// The first `n` columns of the first row of `st`, as integers (counts).
     pub async fn integers(self: &Arc<Self>, st: Statement, n: usize) -> Result<Vec<i64>, ReadError> {
         self.with(Cost::Open, move |conn| {
@@ -464,6 +499,97 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
     })
 }
 
+/// One value of `r` through `convert` (one of rusqlite's own conversions, so a column reads as
+/// [`model`] reads it), its failure named as `Row::get` names it.
+fn col<'a, T>(r: &'a Row<'_>, i: usize, convert: impl FnOnce(ValueRef<'a>) -> FromSqlResult<T>) -> Result<T, rusqlite::Error> {
+    let v = r.get_ref(i)?;
+    convert(v).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
+}
+
+/// One row, by position, borrowed: [`model`] without the copies.
+fn client_row<'a>(r: &'a Row<'_>) -> Result<ClientRow<'a>, rusqlite::Error> {
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        i - 1
+    };
+    Ok(ClientRow {
+        id: col(r, next(), i64::column_result)?,
+        host: col(r, next(), |v| v.as_str())?,
+        interface_name: col(r, next(), |v| v.as_str())?,
+        client_ip: col(r, next(), |v| v.as_str())?,
+        client_ip_bin: col(r, next(), |v| v.as_blob_or_null())?,
+        client_port: col(r, next(), Option::column_result)?,
+        server_ip: col(r, next(), |v| v.as_str_or_null())?,
+        server_port: col(r, next(), Option::column_result)?,
+        vlan_id: col(r, next(), Option::column_result)?,
+        ntp_version: col(r, next(), Option::column_result)?,
+        stratum: col(r, next(), Option::column_result)?,
+        precision: col(r, next(), Option::column_result)?,
+        root_delay: col(r, next(), Option::column_result)?,
+        root_dispersion: col(r, next(), Option::column_result)?,
+        reference_id: col(r, next(), |v| v.as_str_or_null())?,
+        leap_indicator: col(r, next(), Option::column_result)?,
+        poll_interval: col(r, next(), Option::column_result)?,
+        reference_timestamp: col(r, next(), Option::column_result)?,
+        originate_timestamp: col(r, next(), Option::column_result)?,
+        receive_timestamp: col(r, next(), Option::column_result)?,
+        transmit_timestamp: col(r, next(), Option::column_result)?,
+        client_to_server_latency: col(r, next(), Option::column_result)?,
+        server_processing_time: col(r, next(), Option::column_result)?,
+        total_process_time: col(r, next(), Option::column_result)?,
+        packet_length: col(r, next(), Option::column_result)?,
+        session_timestamp: col(r, next(), Option::column_result)?,
+        first_seen: col(r, next(), i64::column_result)?,
+        last_seen: col(r, next(), i64::column_result)?,
+        last_kiss_code: col(r, next(), |v| v.as_str_or_null())?,
+        last_kiss_at: col(r, next(), Option::column_result)?,
+        last_mode: col(r, next(), Option::column_result)?,
+        t1_randomized: col(r, next(), bool::column_result)?,
+        session_count: col(r, next(), i64::column_result)?,
+        answered_count: col(r, next(), i64::column_result)?,
+        unanswered_count: col(r, next(), i64::column_result)?,
+        kod_count: col(r, next(), i64::column_result)?,
+        retransmit_count: col(r, next(), i64::column_result)?,
+        interleaved_count: col(r, next(), i64::column_result)?,
+        t1_randomized_count: col(r, next(), i64::column_result)?,
+        nts_count: col(r, next(), i64::column_result)?,
+        extension_count: col(r, next(), i64::column_result)?,
+        mac_count: col(r, next(), i64::column_result)?,
+        observation_count: col(r, next(), i64::column_result)?,
+        symmetric_count: col(r, next(), i64::column_result)?,
+        broadcast_count: col(r, next(), i64::column_result)?,
+        control_count: col(r, next(), i64::column_result)?,
+        private_count: col(r, next(), i64::column_result)?,
+        monlist_count: col(r, next(), i64::column_result)?,
+        latency_count: col(r, next(), i64::column_result)?,
+        latency_sum: col(r, next(), f64::column_result)?,
+        latency_min: col(r, next(), Option::column_result)?,
+        latency_max: col(r, next(), Option::column_result)?,
+        processing_count: col(r, next(), i64::column_result)?,
+        processing_sum: col(r, next(), f64::column_result)?,
+        processing_min: col(r, next(), Option::column_result)?,
+        processing_max: col(r, next(), Option::column_result)?,
+        turnaround_count: col(r, next(), i64::column_result)?,
+        turnaround_sum: col(r, next(), f64::column_result)?,
+        turnaround_min: col(r, next(), Option::column_result)?,
+        turnaround_max: col(r, next(), Option::column_result)?,
+        created_at: col(r, next(), i64::column_result)?,
+        updated_at: col(r, next(), i64::column_result)?,
+    })
+}
+
+/// What [`SqliteReader::write_rows`] gives back.
+#[derive(Debug)]
+pub struct Written<W> {
+    /// The writer, with every row in it.
+    pub write: W,
+    /// Rows written.
+    pub rows: usize,
+    /// The last row written, when more rows follow it.
+    pub more_after: Option<Model>,
+}
+
 /// Sets its flag when dropped while armed: the request stopped waiting for its read.
 struct CancelOnDrop(Option<Arc<AtomicBool>>);
 
@@ -523,6 +649,32 @@ pub async fn models_of(
     }
 }
 
+/// Up to `limit` rows of `st` (a `SELECT` of every `ntp_clients` column, built for `db`'s
+/// backend), each handed to `write`: borrowed from the statement through `reader` when there is
+/// one, from sea-orm's models otherwise.
+pub async fn write_rows<W>(
+    db: &DatabaseConnection,
+    reader: Option<&Arc<SqliteReader>>,
+    st: Statement,
+    cost: Cost,
+    limit: usize,
+    mut write: W,
+) -> Result<Written<W>, ApiError>
+where
+    W: WriteRow,
+{
+    if let Some(r) = reader {
+        return Ok(r.write_rows(st, cost, limit, write).await?);
+    }
+    let mut models = ntp_clients::Entity::find().from_raw_sql(st).all(db).await?;
+    let more = models.len() > limit;
+    models.truncate(limit);
+    for m in &models {
+        write.row(&m.into());
+    }
+    Ok(Written { write, rows: models.len(), more_after: if more { models.pop() } else { None } })
+}
+
 /// The integer `st` returns (built for `db`'s backend): through `reader` when there is one.
 pub async fn integer(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>>, st: Statement) -> Result<i64, ApiError> {
     Ok(integers(db, reader, st, 1).await?[0])
@@ -546,10 +698,8 @@ mod tests {
 
     use super::*;
 
-    /// Every column read by position equals what sea-orm reads by name, on a migrated file,
-    /// with NULLs and values in every optional column.
-    #[tokio::test]
-    async fn rows_read_by_position_equal_sea_orm_rows() {
+    /// A migrated file of 40 rows, NULLs and values in every optional column.
+    async fn forty_rows() -> (tempfile::TempDir, DatabaseConnection) {
         use migration::MigratorTrait;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.db");
@@ -627,14 +777,48 @@ mod tests {
             .await
             .expect("insert");
         }
+        (dir, db)
+    }
+
+    /// The 30 rows of [`forty_rows`] the tests read, newest first.
+    fn select() -> sea_orm::Select<ntp_clients::Entity> {
+        ntp_clients::Entity::find()
+            .filter(ntp_clients::Column::SessionCount.gte(3))
+            .filter(ntp_clients::Column::ClientIpBin.gt(vec![0_u8]).or(ntp_clients::Column::ClientIpBin.is_null()))
+            .order_by_desc(ntp_clients::Column::LastSeen)
+            .limit(30)
+    }
+
+    /// Rows handed over borrowed are the rows sea-orm reads, through the reader and through
+    /// sea-orm, and the last one comes back whole only when more rows follow.
+    #[tokio::test]
+    async fn rows_handed_over_borrowed_equal_sea_orm_rows() {
+        let (_dir, db) = forty_rows().await;
         let reader = Arc::new(SqliteReader::for_database(&db).expect("a file database has a reader"));
-        let select = || {
-            ntp_clients::Entity::find()
-                .filter(ntp_clients::Column::SessionCount.gte(3))
-                .filter(ntp_clients::Column::ClientIpBin.gt(vec![0_u8]).or(ntp_clients::Column::ClientIpBin.is_null()))
-                .order_by_desc(ntp_clients::Column::LastSeen)
-                .limit(30)
-        };
+        let by_name = select().all(&db).await.expect("sea-orm");
+        assert_eq!(by_name.len(), 30);
+        let expected: Vec<String> = by_name.iter().map(|m| format!("{:?}", ClientRow::from(m))).collect();
+        for (limit, more_after) in [(10, Some(&by_name[9])), (29, Some(&by_name[28])), (30, None), (31, None)] {
+            for cost in [Cost::Bounded, Cost::Open] {
+                let st = select().build(DatabaseBackend::Sqlite);
+                let written = reader.write_rows(st, cost, limit, Seen::default()).await.expect("rusqlite");
+                assert_eq!(written.write.0, expected[..limit.min(30)], "limit {limit}");
+                assert_eq!(written.rows, limit.min(30));
+                assert_eq!(written.more_after.as_ref(), more_after, "limit {limit}");
+            }
+            let written =
+                write_rows(&db, None, select().build(DatabaseBackend::Sqlite), Cost::Open, limit, Seen::default()).await.expect("sea-orm");
+            assert_eq!(written.write.0, expected[..limit.min(30)], "limit {limit}");
+            assert_eq!(written.more_after.as_ref(), more_after, "limit {limit}");
+        }
+    }
+
+    /// Every column read by position equals what sea-orm reads by name, on a migrated file,
+    /// with NULLs and values in every optional column.
+    #[tokio::test]
+    async fn rows_read_by_position_equal_sea_orm_rows() {
+        let (_dir, db) = forty_rows().await;
+        let reader = Arc::new(SqliteReader::for_database(&db).expect("a file database has a reader"));
         let by_name = select().all(&db).await.expect("sea-orm");
         assert_eq!(by_name.len(), 30);
         for cost in [Cost::Bounded, Cost::Open] {
@@ -651,6 +835,16 @@ mod tests {
         let write = Statement::from_string(DatabaseBackend::Sqlite, "DELETE FROM ntp_clients");
         assert!(reader.integers(write, 1).await.is_err());
         assert_eq!(ntp_clients::Entity::find().all(&db).await.expect("rows").len(), 40);
+    }
+
+    /// Every row it is handed, printed whole.
+    #[derive(Default)]
+    struct Seen(Vec<String>);
+
+    impl WriteRow for Seen {
+        fn row(&mut self, r: &ClientRow<'_>) {
+            self.0.push(format!("{r:?}"));
+        }
     }
 
     /// A read whose caller gave up stops: dropping a runtime waits for its blocking tasks, so

@@ -21,7 +21,7 @@ use crate::{
     },
     error::ApiError,
     export,
-    json::{ClientDetailJson, ClientPageJson, JsonBody},
+    json::{ClientDetailJson, ClientPageJson, ClientPageWriter, JsonBody},
     query,
     state::{AppState, CACHE_TTL},
 };
@@ -137,15 +137,15 @@ async fn list(
 ) -> Result<JsonBody<ClientPage>, ApiError> {
     let parsed = query::parse(filters)?;
     let offset = if cursor.is_some() { 0 } else { u64::from(page.saturating_sub(1)) * u64::from(page_size) };
-    let (rows, next) = query::page(state, &parsed, sort, order, cursor, offset, u64::from(page_size)).await?;
+    let writer = ClientPageWriter::new(usize::try_from(page_size).unwrap_or(0));
+    let (writer, _, next) = query::page(state, &parsed, sort, order, cursor, offset, u64::from(page_size), writer).await?;
     let (total, exact) = if parsed.is_empty() {
         (state.total_clients().await?, true)
     } else {
         let n = query::capped_count(state, &parsed).await?;
         if n > query::COUNT_CAP { (query::COUNT_CAP, false) } else { (n, true) }
     };
-    Ok(ClientPageJson {
-        rows: &rows,
+    Ok(writer.finish(&ClientPageJson {
         page: if cursor.is_some() { 0 } else { page },
         page_size,
         total,
@@ -154,8 +154,7 @@ async fn list(
         next_cursor: next.as_deref(),
         sort,
         order,
-    }
-    .to_body())
+    }))
 }
 
 #[OpenApi(prefix_path = "/api/ntp", tag = "ApiTags::History")]
