@@ -254,7 +254,8 @@ pub fn stream(state: AppState, parsed: Parsed, sort: SortKey, order: SortOrder, 
                     return;
                 }
             };
-            sent += rows as u64;
+            debug_assert_eq!(chunk.sent, sent + rows as u64);
+            sent = chunk.sent;
             let buf = chunk.out;
             if tx.send(Ok(Bytes::from(buf))).await.is_err() {
                 return; // the client went away
@@ -279,6 +280,7 @@ mod tests {
 
     use super::*;
     use crate::dto::ClientRecord;
+    use entity::ntp_clients::Model;
 
     // The reference: a row's cells looked up in poem-openapi's JSON of `ClientRecord`, as the
     // export wrote CSV before it wrote rows directly.
@@ -333,6 +335,40 @@ mod tests {
             let mut fast = Vec::new();
             csv_row(&mut fast, &(&m).into());
             assert_eq!(String::from_utf8(fast).expect("UTF-8"), reference, "row {}", m.id);
+        }
+    }
+
+    /// An export's chunks joined are the document one chunk of every row would be, in each
+    /// format: the JSON array's commas run across chunks (a chunk knows the rows before it).
+    #[test]
+    fn chunks_join_into_one_document() {
+        let rows = crate::json::tests::rows(7);
+        let write = |format, parts: &[&[Model]]| {
+            let mut out = Vec::new();
+            let mut sent = 0;
+            for part in parts {
+                let mut chunk = Chunk { out: Vec::new(), format, sent };
+                for m in *part {
+                    chunk.row(&m.into());
+                }
+                assert_eq!(chunk.sent, sent + part.len() as u64);
+                sent = chunk.sent;
+                out.extend_from_slice(&chunk.out);
+            }
+            String::from_utf8(out).expect("UTF-8")
+        };
+        for format in [ExportFormat::Json, ExportFormat::Ndjson, ExportFormat::Csv] {
+            let whole = write(format, &[&rows]);
+            assert_eq!(write(format, &[&rows[..3], &rows[3..3], &rows[3..]]), whole);
+            assert_eq!(write(format, &[&rows[..1], &rows[1..]]), whole);
+            let records = match format {
+                ExportFormat::Json => {
+                    serde_json::from_str::<Value>(&format!("[{whole}]")).expect("one JSON array").as_array().map(Vec::len)
+                }
+                ExportFormat::Ndjson => Some(whole.lines().filter(|l| serde_json::from_str::<Value>(l).is_ok()).count()),
+                ExportFormat::Csv => None,
+            };
+            assert!(records.is_none_or(|n| n == 7), "{format:?}: {records:?} records");
         }
     }
 

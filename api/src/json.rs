@@ -464,6 +464,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_empty_page_is_what_poem_openapi_would_have_written() {
+        let rest = ClientPageJson {
+            page: 0,
+            page_size: 100,
+            total: 0,
+            total_exact: true,
+            pages: 0,
+            next_cursor: None,
+            sort: SortKey::LastSeen,
+            order: SortOrder::Desc,
+        };
+        let fast = ClientPageWriter::new(100).finish(&rest);
+        let reference_value = ClientPage {
+            clients: Vec::new(),
+            page: 0,
+            page_size: 100,
+            total: 0,
+            total_exact: true,
+            pages: 0,
+            next_cursor: None,
+            sort: SortKey::LastSeen,
+            order: SortOrder::Desc,
+        }
+        .to_json();
+        assert_eq!(parsed(fast.bytes()), reference(reference_value));
+    }
+
+    #[test]
     fn a_detail_is_what_poem_openapi_would_have_written() {
         let rows = rows(7);
         let fast = ClientDetailJson { client_ip: "198.18.0.1", rows: &rows }.to_body();

@@ -6,7 +6,8 @@
 //! wake-up per row before sea-orm decodes it again by column name (docs/performance.md). Here the
 //! query is still built by sea-orm (one query builder for both backends), then run with a cached
 //! prepared statement (in line when it is [`Cost::Bounded`], on the blocking pool otherwise),
-//! and decoded by position into the same [`Model`]. Connections are opened read-only (`SQLITE_OPEN_READ_ONLY`, `query_only`) on
+//! and decoded by position: into the same [`Model`] (lookups), or borrowed from the statement
+//! into a [`ClientRow`] handed straight to its writer (pages, exports). Connections are opened read-only (`SQLITE_OPEN_READ_ONLY`, `query_only`) on
 //! the file the sea-orm pool uses, so this path can never write; WAL lets it read while the sink
 //! writes.
 
@@ -24,7 +25,7 @@ use rusqlite::{
     Connection, OpenFlags, Row,
     types::{FromSql, FromSqlResult, Value as Sql, ValueRef},
 };
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, Iterable, QueryTrait, Statement};
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, EntityTrait, Iterable, Statement};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -335,8 +336,8 @@ impl SqliteReader {
     }
 
     /// Up to `limit` rows of a sea-orm `SELECT` of `ntp_clients`, each handed to `write` as it
-    /// is stepped, borrowed from the statement ([`ClientRow`]): no row is copied into a [`Model`]
-    /// but the last one, and only when a row follows it (for the next page's cursor).
+    /// is stepped, borrowed from the statement ([`ClientRow`]). No row is copied into a [`Model`]
+    /// but the `limit`-th, which is kept (for the next page's cursor) only when a row follows.
     pub async fn write_rows<W>(self: &Arc<Self>, st: Statement, cost: Cost, limit: usize, mut write: W) -> Result<Written<W>, ReadError>
     where
         W: WriteRow,
@@ -500,7 +501,8 @@ fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
 }
 
 /// One value of `r` through `convert` (one of rusqlite's own conversions, so a column reads as
-/// [`model`] reads it), its failure named as `Row::get` names it.
+/// [`model`] reads it); a failure is a conversion failure of column `i` (`Row::get` names some
+/// kinds apart, but either way the read fails and the request answers 500).
 fn col<'a, T>(r: &'a Row<'_>, i: usize, convert: impl FnOnce(ValueRef<'a>) -> FromSqlResult<T>) -> Result<T, rusqlite::Error> {
     let v = r.get_ref(i)?;
     convert(v).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
@@ -625,16 +627,6 @@ fn cancellable<R>(
     out
 }
 
-/// Rows of a sea-orm `SELECT` of `ntp_clients`: through `reader` when there is one.
-pub async fn models(
-    db: &DatabaseConnection,
-    reader: Option<&Arc<SqliteReader>>,
-    select: sea_orm::Select<ntp_clients::Entity>,
-    cost: Cost,
-) -> Result<Vec<Model>, ApiError> {
-    models_of(db, reader, select.build(db.get_database_backend()), cost).await
-}
-
 /// Rows of `st`, a `SELECT` of every `ntp_clients` column built for `db`'s backend: through
 /// `reader` when there is one (there is one only on an SQLite file: [`SqliteReader::for_database`]).
 pub async fn models_of(
@@ -693,7 +685,8 @@ pub async fn integers(db: &DatabaseConnection, reader: Option<&Arc<SqliteReader>
 #[cfg(test)]
 mod tests {
     use sea_orm::{
-        ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter, QueryOrder, QuerySelect, sea_query::ExprTrait,
+        ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+        sea_query::ExprTrait,
     };
 
     use super::*;
@@ -718,7 +711,7 @@ mod tests {
                 server_ip: Set(full.then(|| "198.19.0.1".into())),
                 server_port: Set(some_i(123)),
                 vlan_id: Set(some_i(7)),
-                ntp_version: Set(some_i(4)),
+                ntp_version: Set(some_i(3 + (i % 4 / 2) as i32)),
                 stratum: Set(some_i(2)),
                 precision: Set(some_i(-20)),
                 root_delay: Set(some_f(0.25)),
@@ -739,7 +732,7 @@ mod tests {
                 last_seen: Set(i * 2_000),
                 last_kiss_code: Set(full.then(|| "RATE".into())),
                 last_kiss_at: Set(full.then_some(i * 29)),
-                last_mode: Set(some_i(4)),
+                last_mode: Set(some_i(5 - (i % 3) as i32)),
                 t1_randomized: Set(full),
                 session_count: Set(i),
                 answered_count: Set(i + 1),
@@ -798,7 +791,9 @@ mod tests {
         let by_name = select().all(&db).await.expect("sea-orm");
         assert_eq!(by_name.len(), 30);
         let expected: Vec<String> = by_name.iter().map(|m| format!("{:?}", ClientRow::from(m))).collect();
-        for (limit, more_after) in [(10, Some(&by_name[9])), (29, Some(&by_name[28])), (30, None), (31, None)] {
+        for (limit, more_after) in
+            [(0, None), (1, Some(&by_name[0])), (10, Some(&by_name[9])), (29, Some(&by_name[28])), (30, None), (31, None)]
+        {
             for cost in [Cost::Bounded, Cost::Open] {
                 let st = select().build(DatabaseBackend::Sqlite);
                 let written = reader.write_rows(st, cost, limit, Seen::default()).await.expect("rusqlite");
@@ -809,6 +804,7 @@ mod tests {
             let written =
                 write_rows(&db, None, select().build(DatabaseBackend::Sqlite), Cost::Open, limit, Seen::default()).await.expect("sea-orm");
             assert_eq!(written.write.0, expected[..limit.min(30)], "limit {limit}");
+            assert_eq!(written.rows, limit.min(30));
             assert_eq!(written.more_after.as_ref(), more_after, "limit {limit}");
         }
     }

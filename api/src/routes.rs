@@ -137,7 +137,8 @@ async fn list(
 ) -> Result<JsonBody<ClientPage>, ApiError> {
     let parsed = query::parse(filters)?;
     let offset = if cursor.is_some() { 0 } else { u64::from(page.saturating_sub(1)) * u64::from(page_size) };
-    let writer = ClientPageWriter::new(usize::try_from(page_size).unwrap_or(0));
+    // Room for up to 100 rows at first: a bigger page grows its buffer when its rows arrive.
+    let writer = ClientPageWriter::new(usize::try_from(page_size.min(100)).unwrap_or(0));
     let (writer, _, next) = query::page(state, &parsed, sort, order, cursor, offset, u64::from(page_size), writer).await?;
     let (total, exact) = if parsed.is_empty() {
         (state.total_clients().await?, true)

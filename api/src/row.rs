@@ -3,8 +3,8 @@
 //! The page and export writers (`json`, `export`) take a [`ClientRow`], so the SQLite reader can
 //! hand them each row straight from the statement, its text still in SQLite's buffers
 //! ([`crate::reader::SqliteReader::write_rows`]), instead of copying every row into an owned
-//! [`Model`] first: those copies and their frees were a quarter of a page's CPU
-//! (docs/performance.md). Rows that arrive as models (PostgreSQL, lookups) are borrowed with
+//! [`Model`] first: of the quarter of a page's CPU spent reading its rows, the copies and
+//! their frees were about a fifth (docs/performance.md). Rows that arrive as models (PostgreSQL, lookups) are borrowed with
 //! `From<&Model>`.
 
 use entity::ntp_clients::Model;

@@ -29,7 +29,7 @@ use std::{
 use sea_orm::{ConnectionTrait, Database, Statement};
 use sea_orm_migration::MigratorTrait;
 
-use netlab::bench::{anon_rss_mib, peak_rss_mib, release_bin};
+use netlab::bench::{anon_rss_mib, cpu_seconds, peak_rss_mib, release_bin};
 
 fn term(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
@@ -120,6 +120,8 @@ fn curl(args: &[&str]) -> String {
 /// wrk's figures for one scenario.
 struct Wrk {
     rps: f64,
+    /// Requests completed.
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: u64,
@@ -160,6 +162,12 @@ fn wrk(base: &str, paths: &[String], seconds: u32, dir: &Path) -> Wrk {
     let non_2xx =
         text.lines().find(|l| l.contains("Non-2xx")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     Wrk {
+        requests: text
+            .lines()
+            .find(|l| l.contains("requests in"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
         rps: text
             .lines()
             .find(|l| l.starts_with("Requests/sec:"))
@@ -198,6 +206,55 @@ fn start_api(db_path: &Path, nats_url: &str, log: &Path) -> Api {
         std::thread::sleep(Duration::from_millis(200));
     }
     Api { child, base }
+}
+
+/// One export of 1 M rows in `format` by a fresh API: its report line.
+fn export(db_path: &Path, nats_url: &str, dir: &Path, format: &str) -> String {
+    let mut api = start_api(db_path, nats_url, &dir.join(format!("api-{format}.log")));
+    let body = format!(r#"{{"format":"{format}","limit":1000000}}"#);
+    // Anonymous memory (heap, stacks) sampled while the export runs: VmHWM also counts the
+    // pages of the database file the API maps, which are the kernel's page cache.
+    let pid = api.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0.0_f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(anon_rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let cpu = cpu_seconds(pid);
+    let started = Instant::now();
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        &format!("{}/api/ntp/history/export", api.base),
+    ]);
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu;
+    assert!(out.starts_with("200 "), "export {format}: {out}");
+    let rss = peak_rss_mib(api.child.id());
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let anon = sampler.join().unwrap_or(f64::NAN);
+    term(&mut api.child);
+    let line = format!(
+        "| export 1 M rows as {format} | {:.0} rows/s ({secs:.2} s) | HTTP {out} bytes | API peak RSS {rss:.0} MiB (file map included), peak anonymous {anon:.0} MiB | API CPU {cpu:.2} s |",
+        1_000_000.0 / secs
+    );
+    eprintln!("{line}");
+    line
 }
 
 fn main() {
@@ -241,8 +298,15 @@ fn main() {
     // state (the API's map of the file faulted in), not the first touch of 2 000 random pages.
     let mut run = |name: &str, paths: Vec<String>| {
         let _ = wrk(&api.base, &paths, seconds.div_ceil(2), dir.path());
+        let cpu = cpu_seconds(api.child.id());
         let w = wrk(&api.base, &paths, seconds, dir.path());
-        let line = format!("| {name} | {:.0} req/s | p50 {:.2} ms | p99 {:.2} ms | non-2xx {} |", w.rps, w.p50_ms, w.p99_ms, w.non_2xx);
+        // The API's CPU per request: the work a request costs, which holds still while the
+        // machine's speed (and so the rate) swings between runs.
+        let per_request_ms = (cpu_seconds(api.child.id()) - cpu) * 1000.0 / w.requests;
+        let line = format!(
+            "| {name} | {:.0} req/s | p50 {:.2} ms | p99 {:.2} ms | non-2xx {} | API CPU {per_request_ms:.3} ms/req |",
+            w.rps, w.p50_ms, w.p99_ms, w.non_2xx
+        );
         eprintln!("{line}");
         report.push_str(&line);
         report.push('\n');
@@ -263,49 +327,7 @@ fn main() {
     term(&mut api.child);
 
     for format in ["csv", "ndjson", "json"] {
-        let mut api = start_api(&db_path, &nats.url, &dir.path().join(format!("api-{format}.log")));
-        let body = format!(r#"{{"format":"{format}","limit":1000000}}"#);
-        // Anonymous memory (heap, stacks) sampled while the export runs: VmHWM also counts the
-        // pages of the database file the API maps, which are the kernel's page cache.
-        let pid = api.child.id();
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut peak = 0.0_f64;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    peak = peak.max(anon_rss_mib(pid));
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                peak
-            })
-        };
-        let started = Instant::now();
-        let out = curl(&[
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            &body,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download}",
-            &format!("{}/api/ntp/history/export", api.base),
-        ]);
-        let secs = started.elapsed().as_secs_f64();
-        assert!(out.starts_with("200 "), "export {format}: {out}");
-        let rss = peak_rss_mib(api.child.id());
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let anon = sampler.join().unwrap_or(f64::NAN);
-        term(&mut api.child);
-        let line = format!(
-            "| export 1 M rows as {format} | {:.0} rows/s ({secs:.2} s) | HTTP {out} bytes | API peak RSS {rss:.0} MiB (file map included), peak anonymous {anon:.0} MiB |",
-            1_000_000.0 / secs
-        );
-        eprintln!("{line}");
-        report.push_str(&line);
+        report.push_str(&export(&db_path, &nats.url, dir.path(), format));
         report.push('\n');
     }
     term(&mut sink);
