@@ -427,88 +427,21 @@ fn check_columns(stmt: &rusqlite::CachedStatement<'_>) -> Result<(), ReadError> 
     if names.iter().copied().eq(expected) { Ok(()) } else { Err(ReadError::Columns(names.iter().map(ToString::to_string).collect())) }
 }
 
-/// One row, by position, in the order of [`Model`]'s fields (checked by [`check_columns`]).
+/// One row, by position, owned: [`client_row`]'s values copied out of the statement.
 fn model(r: &Row<'_>) -> Result<Model, rusqlite::Error> {
-    let mut i = 0;
-    let mut next = || {
-        i += 1;
-        i - 1
-    };
-    Ok(Model {
-        id: r.get(next())?,
-        host: r.get(next())?,
-        interface_name: r.get(next())?,
-        client_ip: r.get(next())?,
-        client_ip_bin: r.get(next())?,
-        client_port: r.get(next())?,
-        server_ip: r.get(next())?,
-        server_port: r.get(next())?,
-        vlan_id: r.get(next())?,
-        ntp_version: r.get(next())?,
-        stratum: r.get(next())?,
-        precision: r.get(next())?,
-        root_delay: r.get(next())?,
-        root_dispersion: r.get(next())?,
-        reference_id: r.get(next())?,
-        leap_indicator: r.get(next())?,
-        poll_interval: r.get(next())?,
-        reference_timestamp: r.get(next())?,
-        originate_timestamp: r.get(next())?,
-        receive_timestamp: r.get(next())?,
-        transmit_timestamp: r.get(next())?,
-        client_to_server_latency: r.get(next())?,
-        server_processing_time: r.get(next())?,
-        total_process_time: r.get(next())?,
-        packet_length: r.get(next())?,
-        session_timestamp: r.get(next())?,
-        first_seen: r.get(next())?,
-        last_seen: r.get(next())?,
-        last_kiss_code: r.get(next())?,
-        last_kiss_at: r.get(next())?,
-        last_mode: r.get(next())?,
-        t1_randomized: r.get(next())?,
-        session_count: r.get(next())?,
-        answered_count: r.get(next())?,
-        unanswered_count: r.get(next())?,
-        kod_count: r.get(next())?,
-        retransmit_count: r.get(next())?,
-        interleaved_count: r.get(next())?,
-        t1_randomized_count: r.get(next())?,
-        nts_count: r.get(next())?,
-        extension_count: r.get(next())?,
-        mac_count: r.get(next())?,
-        observation_count: r.get(next())?,
-        symmetric_count: r.get(next())?,
-        broadcast_count: r.get(next())?,
-        control_count: r.get(next())?,
-        private_count: r.get(next())?,
-        monlist_count: r.get(next())?,
-        latency_count: r.get(next())?,
-        latency_sum: r.get(next())?,
-        latency_min: r.get(next())?,
-        latency_max: r.get(next())?,
-        processing_count: r.get(next())?,
-        processing_sum: r.get(next())?,
-        processing_min: r.get(next())?,
-        processing_max: r.get(next())?,
-        turnaround_count: r.get(next())?,
-        turnaround_sum: r.get(next())?,
-        turnaround_min: r.get(next())?,
-        turnaround_max: r.get(next())?,
-        created_at: r.get(next())?,
-        updated_at: r.get(next())?,
-    })
+    client_row(r).map(Model::from)
 }
 
-/// One value of `r` through `convert` (one of rusqlite's own conversions, so a column reads as
-/// [`model`] reads it); a failure is a conversion failure of column `i` (`Row::get` names some
+/// One value of `r` through `convert` (one of rusqlite's own conversions, those of `Row::get`);
+/// a failure is a conversion failure of column `i` (`Row::get` names some
 /// kinds apart, but either way the read fails and the request answers 500).
 fn col<'a, T>(r: &'a Row<'_>, i: usize, convert: impl FnOnce(ValueRef<'a>) -> FromSqlResult<T>) -> Result<T, rusqlite::Error> {
     let v = r.get_ref(i)?;
     convert(v).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
 }
 
-/// One row, by position, borrowed: [`model`] without the copies.
+/// One row, by position, its text borrowed, in the order of [`Model`]'s fields (checked by
+/// [`check_columns`]).
 fn client_row<'a>(r: &'a Row<'_>) -> Result<ClientRow<'a>, rusqlite::Error> {
     let mut i = 0;
     let mut next = || {

@@ -5,7 +5,8 @@
 //! ([`crate::reader::SqliteReader::write_rows`]), instead of copying every row into an owned
 //! [`Model`] first: of the quarter of a page's CPU spent reading its rows, the copies and
 //! their frees were about a fifth (docs/performance.md). Rows that arrive as models (PostgreSQL, lookups) are borrowed with
-//! `From<&Model>`.
+//! `From<&Model>`; a borrowed row becomes an owned one with `From<ClientRow>` (the reader's one
+//! position-by-position decoding serves both).
 
 use entity::ntp_clients::Model;
 
@@ -211,6 +212,76 @@ impl<'a> From<&'a Model> for ClientRow<'a> {
             turnaround_max: m.turnaround_max,
             created_at: m.created_at,
             updated_at: m.updated_at,
+        }
+    }
+}
+
+/// The owned row (a lookup's answer, a page's cursor row).
+impl From<ClientRow<'_>> for Model {
+    fn from(r: ClientRow<'_>) -> Self {
+        Self {
+            id: r.id,
+            host: r.host.to_owned(),
+            interface_name: r.interface_name.to_owned(),
+            client_ip: r.client_ip.to_owned(),
+            client_ip_bin: r.client_ip_bin.map(<[u8]>::to_vec),
+            client_port: r.client_port,
+            server_ip: r.server_ip.map(str::to_owned),
+            server_port: r.server_port,
+            vlan_id: r.vlan_id,
+            ntp_version: r.ntp_version,
+            stratum: r.stratum,
+            precision: r.precision,
+            root_delay: r.root_delay,
+            root_dispersion: r.root_dispersion,
+            reference_id: r.reference_id.map(str::to_owned),
+            leap_indicator: r.leap_indicator,
+            poll_interval: r.poll_interval,
+            reference_timestamp: r.reference_timestamp,
+            originate_timestamp: r.originate_timestamp,
+            receive_timestamp: r.receive_timestamp,
+            transmit_timestamp: r.transmit_timestamp,
+            client_to_server_latency: r.client_to_server_latency,
+            server_processing_time: r.server_processing_time,
+            total_process_time: r.total_process_time,
+            packet_length: r.packet_length,
+            session_timestamp: r.session_timestamp,
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+            last_kiss_code: r.last_kiss_code.map(str::to_owned),
+            last_kiss_at: r.last_kiss_at,
+            last_mode: r.last_mode,
+            t1_randomized: r.t1_randomized,
+            session_count: r.session_count,
+            answered_count: r.answered_count,
+            unanswered_count: r.unanswered_count,
+            kod_count: r.kod_count,
+            retransmit_count: r.retransmit_count,
+            interleaved_count: r.interleaved_count,
+            t1_randomized_count: r.t1_randomized_count,
+            nts_count: r.nts_count,
+            extension_count: r.extension_count,
+            mac_count: r.mac_count,
+            observation_count: r.observation_count,
+            symmetric_count: r.symmetric_count,
+            broadcast_count: r.broadcast_count,
+            control_count: r.control_count,
+            private_count: r.private_count,
+            monlist_count: r.monlist_count,
+            latency_count: r.latency_count,
+            latency_sum: r.latency_sum,
+            latency_min: r.latency_min,
+            latency_max: r.latency_max,
+            processing_count: r.processing_count,
+            processing_sum: r.processing_sum,
+            processing_min: r.processing_min,
+            processing_max: r.processing_max,
+            turnaround_count: r.turnaround_count,
+            turnaround_sum: r.turnaround_sum,
+            turnaround_min: r.turnaround_min,
+            turnaround_max: r.turnaround_max,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
         }
     }
 }
