@@ -107,4 +107,18 @@ mod tests {
         assert_eq!(sqlite_path("sqlite://data/x.db?mode=rwc"), Some("data/x.db"));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
     }
+
+    /// The options `.cargo/config.toml` gives the bundled SQLite are in the library the sink runs.
+    #[tokio::test]
+    async fn sqlite_has_the_workspace_compile_options() {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let db = connect_writer("sqlite::memory:").await.expect("in-memory SQLite");
+        let rows = db.query_all_raw(Statement::from_string(DbBackend::Sqlite, "PRAGMA compile_options")).await.expect("compile_options");
+        let options: Vec<String> = rows.iter().map(|r| r.try_get_by_index(0).expect("text")).collect();
+        assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+        assert!(options.iter().any(|o| o == "USE_ALLOCA"), "{options:?}");
+        assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+        // libsqlite3-sys's own options are still there.
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    }
 }
