@@ -457,7 +457,10 @@ async fn run_drill(d: Drill) {
         sink.kill9();
         sink = Sink::start(&url, &nats.url, &sink_log, &sink_args);
     }
-    eprintln!("drill: {} sink kills, each with messages pending ({:?})", kills.total, kills.pending);
+    eprintln!(
+        "drill: {} sink kills, each with messages pending ({:?}; {:?} at the kill right after the lock and the restart)",
+        kills.total, kills.pending, kills.after_lock_and_restart
+    );
 
     // Recovery: everything arrives, exactly once.
     agent_published_everything(&mut agent, &work.path().join("agent.log"), records).await;
