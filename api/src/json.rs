@@ -424,6 +424,21 @@ pub(crate) mod tests {
         parsed(&serde_json::to_vec(&v.expect("json")).expect("prints"))
     }
 
+    /// The DTO poem-openapi would have printed for a page of `clients` with `rest`'s fields.
+    fn reference_page(rest: &ClientPageJson<'_>, clients: Vec<ClientRecord>) -> ClientPage {
+        ClientPage {
+            clients,
+            page: rest.page,
+            page_size: rest.page_size,
+            total: rest.total,
+            total_exact: rest.total_exact,
+            pages: rest.pages,
+            next_cursor: rest.next_cursor.map(str::to_owned),
+            sort: rest.sort,
+            order: rest.order,
+        }
+    }
+
     #[test]
     fn a_page_is_what_poem_openapi_would_have_written() {
         let rows = rows(300);
@@ -437,7 +452,7 @@ pub(crate) mod tests {
             for m in &rows {
                 writer.row(&m.into());
             }
-            let fast = writer.finish(&ClientPageJson {
+            let rest = ClientPageJson {
                 page: 3,
                 page_size: 300,
                 total: 5_000_000,
@@ -446,20 +461,10 @@ pub(crate) mod tests {
                 next_cursor: next_cursor.as_deref(),
                 sort,
                 order,
-            });
-            let reference_value = ClientPage {
-                clients: rows.iter().cloned().map(ClientRecord::from).collect(),
-                page: 3,
-                page_size: 300,
-                total: 5_000_000,
-                total_exact: i % 2 == 1,
-                pages: 16_667,
-                next_cursor,
-                sort,
-                order,
-            }
-            .to_json();
-            assert_eq!(parsed(fast.bytes()), reference(reference_value));
+            };
+            let fast = writer.finish(&rest);
+            let clients = rows.iter().cloned().map(ClientRecord::from).collect();
+            assert_eq!(parsed(fast.bytes()), reference(reference_page(&rest, clients).to_json()));
         }
     }
 
@@ -476,19 +481,7 @@ pub(crate) mod tests {
             order: SortOrder::Desc,
         };
         let fast = ClientPageWriter::new(100).finish(&rest);
-        let reference_value = ClientPage {
-            clients: Vec::new(),
-            page: 0,
-            page_size: 100,
-            total: 0,
-            total_exact: true,
-            pages: 0,
-            next_cursor: None,
-            sort: SortKey::LastSeen,
-            order: SortOrder::Desc,
-        }
-        .to_json();
-        assert_eq!(parsed(fast.bytes()), reference(reference_value));
+        assert_eq!(parsed(fast.bytes()), reference(reference_page(&rest, Vec::new()).to_json()));
     }
 
     #[test]
