@@ -183,7 +183,7 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     if let Ok(extra) = std::env::var("BENCH_SQL") {
         conn.execute_batch(&extra).expect("BENCH_SQL");
     }
-    let form_of = |shape| store::Form { shape, shared_key: true };
+    let form_of = |shape| store::Form { shape, shared_key: true, shared_server: false };
     let sql_of = |shape: store::Shape| {
         let mut sql = store::upsert_sql_with(DbBackend::Sqlite, form_of(shape), 1, true);
         if std::env::var_os("BENCH_NO_GUARD").is_some() {
@@ -266,9 +266,11 @@ async fn main() {
     let pg = std::env::args().any(|a| a == "--pg");
     let order = events();
     println!(
-        "# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} / {} values bound per row (one session / any)",
-        store::row_width(store::Form { shape: store::Shape::Single, shared_key: true }),
-        store::row_width(store::Form { shape: store::Shape::Full, shared_key: true })
+        "# sink upsert benchmark: {EVENTS} records, {CLIENTS} clients, {} / {} values bound per row (one session / any; {} / {} when a statement's rows share their server's side)",
+        store::row_width(store::Form { shape: store::Shape::Single, shared_key: true, shared_server: false }),
+        store::row_width(store::Form { shape: store::Shape::Full, shared_key: true, shared_server: false }),
+        store::row_width(store::Form { shape: store::Shape::Single, shared_key: true, shared_server: true }),
+        store::row_width(store::Form { shape: store::Shape::Full, shared_key: true, shared_server: true })
     );
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .ok()

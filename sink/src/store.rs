@@ -74,15 +74,61 @@ pub enum Shape {
     Single,
 }
 
-/// How the rows of one statement are bound: their [`Shape`], and whether they share one host and
+/// How the rows of one statement are bound: their [`Shape`]; whether they share one host and
 /// interface, bound once for the statement (with one agent, every statement), or bind theirs
-/// per row (a chunk that spans agents or interfaces).
+/// per row (a chunk that spans agents or interfaces); and whether they share the server's side
+/// of their newest session ([`ServerSide`]), bound once too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Form {
     /// What the rows' deltas are.
     pub shape: Shape,
     /// The rows' host and interface are the statement's.
     pub shared_key: bool,
+    /// The rows' [`ServerSide`] is the statement's.
+    pub shared_server: bool,
+}
+
+impl Form {
+    /// Every form, for tests and benchmarks.
+    pub fn all() -> impl Iterator<Item = Form> {
+        [Shape::Full, Shape::Single].into_iter().flat_map(|shape| {
+            [(true, true), (true, false), (false, true), (false, false)].into_iter().map(move |(shared_key, shared_server)| Form {
+                shape,
+                shared_key,
+                shared_server,
+            })
+        })
+    }
+}
+
+/// What the newest session of a client says about the server that answered it (or, unanswered,
+/// what the request said in those fields): the columns of [`Src::Server`]. A server answers
+/// every client with the same address, port, stratum, precision, reference id and leap
+/// indicator until it changes its own state, so the rows of a batch fall into a few groups that
+/// agree on all of them, and a statement of one group binds them once: seven values fewer per
+/// row, two of them strings (`docs/performance.md`). Equal sides give equal column values
+/// (tested); `None` for a delta without a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ServerSide<'a> {
+    ip: &'a str,
+    port: i32,
+    vlan: Option<i32>,
+    stratum: i32,
+    precision: i32,
+    reference_id: &'a str,
+    leap: i32,
+}
+
+fn server_side(d: &ClientDelta) -> Option<ServerSide<'_>> {
+    d.latest.as_ref().map(|l| ServerSide {
+        ip: &l.server_ip,
+        port: l.server_port,
+        vlan: l.vlan_id,
+        stratum: l.stratum,
+        precision: l.precision,
+        reference_id: &l.reference_id,
+        leap: l.leap_indicator,
+    })
 }
 
 /// The value of one column for a row of [`Shape::Full`].
@@ -95,6 +141,10 @@ enum Src {
     /// The row's host or interface: bound once per statement, in the select list, when the
     /// statement's rows share it ([`Form::shared_key`]), per row otherwise.
     Key(Get),
+    /// The server's side of the row's newest session ([`ServerSide`]): bound once per statement,
+    /// in the select list, when the statement's rows share it ([`Form::shared_server`]), per row
+    /// otherwise.
+    Server(Get),
     /// Bound per row in [`Shape::Full`]; in [`Shape::Single`] also bound, unless an expression
     /// is given: SQL over the row's bound columns, each written `{name}`.
     Row(Get, Option<&'static str>),
@@ -108,6 +158,10 @@ struct Column {
 
 const fn bound(name: &'static str, get: Get) -> Column {
     Column { name, src: Src::Row(get, None) }
+}
+
+const fn server(name: &'static str, get: Get) -> Column {
+    Column { name, src: Src::Server(get) }
 }
 
 const fn derived(name: &'static str, get: Get, single: &'static str) -> Column {
@@ -155,16 +209,16 @@ static COLUMNS: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
             Value::Bytes(k.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec()))
         }),
         bound("client_port", |_, d| Value::Int(latest(d, |l| l.client_port))),
-        bound("server_ip", |_, d| Value::String(latest(d, |l| l.server_ip.clone()))),
-        bound("server_port", |_, d| Value::Int(latest(d, |l| l.server_port))),
-        bound("vlan_id", |_, d| Value::Int(latest(d, |l| l.vlan_id).flatten())),
+        server("server_ip", |_, d| Value::String(latest(d, |l| l.server_ip.clone()))),
+        server("server_port", |_, d| Value::Int(latest(d, |l| l.server_port))),
+        server("vlan_id", |_, d| Value::Int(latest(d, |l| l.vlan_id).flatten())),
         bound("ntp_version", |_, d| Value::Int(latest(d, |l| l.ntp_version))),
-        bound("stratum", |_, d| Value::Int(latest(d, |l| l.stratum))),
-        bound("precision", |_, d| Value::Int(latest(d, |l| l.precision))),
+        server("stratum", |_, d| Value::Int(latest(d, |l| l.stratum))),
+        server("precision", |_, d| Value::Int(latest(d, |l| l.precision))),
         bound("root_delay", |_, d| Value::Double(latest(d, |l| l.root_delay))),
         bound("root_dispersion", |_, d| Value::Double(latest(d, |l| l.root_dispersion))),
-        bound("reference_id", |_, d| Value::String(latest(d, |l| l.reference_id.clone()))),
-        bound("leap_indicator", |_, d| Value::Int(latest(d, |l| l.leap_indicator))),
+        server("reference_id", |_, d| Value::String(latest(d, |l| l.reference_id.clone()))),
+        server("leap_indicator", |_, d| Value::Int(latest(d, |l| l.leap_indicator))),
         bound("poll_interval", |_, d| Value::Int(latest(d, |l| l.poll_interval))),
         bound("reference_timestamp", |_, d| Value::BigInt(latest(d, |l| l.reference_timestamp).flatten())),
         bound("originate_timestamp", |_, d| Value::BigInt(latest(d, |l| l.originate_timestamp).flatten())),
@@ -215,6 +269,7 @@ fn is_bound(column: &Column, form: Form) -> bool {
     match column.src {
         Src::Now => false,
         Src::Key(_) => !form.shared_key,
+        Src::Server(_) => !form.shared_server,
         Src::Row(_, single) => form.shape == Shape::Full || single.is_none(),
     }
 }
@@ -224,6 +279,7 @@ fn is_shared(column: &Column, form: Form) -> bool {
     match column.src {
         Src::Now => true,
         Src::Key(_) => form.shared_key,
+        Src::Server(_) => form.shared_server,
         Src::Row(..) => false,
     }
 }
@@ -275,7 +331,7 @@ pub fn shape_of(d: &ClientDelta) -> Shape {
 /// The bound values of one row of `form`, in the statement's order.
 pub fn row_values(key: &ClientKey, d: &ClientDelta, form: Form, v: &mut Vec<Value>) {
     for c in COLUMNS.iter() {
-        if let Src::Row(get, _) | Src::Key(get) = c.src
+        if let Src::Row(get, _) | Src::Key(get) | Src::Server(get) = c.src
             && is_bound(c, form)
         {
             v.push(get(key, d));
@@ -284,15 +340,16 @@ pub fn row_values(key: &ClientKey, d: &ClientDelta, form: Form, v: &mut Vec<Valu
 }
 
 /// The values bound once per statement of `form`, before every row's, in the statement's
-/// order: the batch's time, and with [`Form::shared_key`] the host and interface of `first`
-/// (any row of the statement).
+/// order: the batch's time, with [`Form::shared_key`] the host and interface of `first` (any
+/// row of the statement), with [`Form::shared_server`] its [`ServerSide`].
 pub fn statement_values(form: Form, first: (&ClientKey, &ClientDelta), now: i64) -> Vec<Value> {
     COLUMNS
         .iter()
         .filter_map(|c| match c.src {
             Src::Now => Some(Value::BigInt(Some(now))),
             Src::Key(get) if form.shared_key => Some(get(first.0, first.1)),
-            Src::Key(_) | Src::Row(..) => None,
+            Src::Server(get) if form.shared_server => Some(get(first.0, first.1)),
+            Src::Key(_) | Src::Server(_) | Src::Row(..) => None,
         })
         .collect()
 }
@@ -466,14 +523,15 @@ fn greatest(a: &str, b: &str) -> String {
     format!("CASE WHEN {a} >= {b} THEN {a} ELSE {b} END")
 }
 
-/// Largest power of two of rows of `shape` that stays within the backend's bind limit in either
-/// [`Form`] (the key bound per row or once).
-fn max_chunk(backend: DbBackend, shape: Shape) -> usize {
+/// Largest power of two of rows of `shape`, their server's side shared or not, that stays
+/// within the backend's bind limit whether the key is bound per row or once.
+fn max_chunk(backend: DbBackend, shape: Shape, shared_server: bool) -> usize {
     let limit = match backend {
         DbBackend::Postgres => 65_535,
         _ => 32_766,
     };
-    let widest = |f: fn(Form) -> usize| f(Form { shape, shared_key: true }).max(f(Form { shape, shared_key: false }));
+    let widest =
+        |f: fn(Form) -> usize| f(Form { shape, shared_key: true, shared_server }).max(f(Form { shape, shared_key: false, shared_server }));
     let rows = ((limit - widest(statement_width)) / widest(row_width)).max(1);
     1 << (usize::BITS - 1 - rows.leading_zeros())
 }
@@ -506,26 +564,69 @@ struct Chunk<'a> {
     rows: Vec<(&'a ClientKey, &'a ClientDelta)>,
 }
 
-/// The statements for `deltas`: the [`Shape::Single`] rows, then the others, each in chunks of
-/// at most the backend's bind limit ([`chunk_sizes`]); a chunk whose rows all have one host and
-/// interface binds them once. With `single` false every row is bound in full (a test compares
-/// the two).
-fn plan(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>, single: bool) -> Vec<Chunk<'_>> {
+/// Server sides ([`ServerSide`]) a batch's rows of one shape are grouped by, at most (the
+/// largest groups); rows of any further side are bound per row.
+const SERVER_GROUPS: usize = 8;
+
+/// Distinct server sides counted per shape and batch, at most; rows of sides first seen after
+/// that many are bound per row (only a batch from very many servers or very varied unanswered
+/// requests gets there). The sides are looked up by a linear scan, most rows finding theirs at
+/// the first place (a hash map's SipHash cost 2 % of the store bench's time in `perf`).
+const SERVER_SIDES_COUNTED: usize = 64;
+
+/// Rows a group of one [`ServerSide`] needs for statements of its own; the rows of smaller
+/// groups are bound per row, with the rest, rather than adding a statement (each costs a round
+/// trip to the driver's thread) for a handful of rows.
+const SERVER_GROUP_MIN: usize = 64;
+
+/// The statements for `deltas`: the [`Shape::Single`] rows, then the others. Each shape's rows
+/// are grouped by their [`ServerSide`] (the [`SERVER_GROUPS`] largest groups of at least
+/// [`SERVER_GROUP_MIN`] rows, largest first, each binding its side once; then the other rows,
+/// binding it per row), and each group is cut into chunks of at most the backend's bind limit
+/// ([`chunk_sizes`]) in key order; a chunk whose rows all have one host and interface binds
+/// them once. With `compact` false every row binds every value but the key ([`Shape::Full`],
+/// nothing shared; a test compares the two).
+fn plan(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>, compact: bool) -> Vec<Chunk<'_>> {
     let mut by_shape: [(Shape, Vec<(&ClientKey, &ClientDelta)>); 2] = [(Shape::Single, Vec::new()), (Shape::Full, Vec::new())];
     for (k, d) in deltas {
-        let shape = if single { shape_of(d) } else { Shape::Full };
+        let shape = if compact { shape_of(d) } else { Shape::Full };
         by_shape[usize::from(shape == Shape::Full)].1.push((k, d));
     }
     let mut chunks = Vec::new();
     for (shape, rows) in by_shape {
-        let mut rows = rows.into_iter();
-        for size in chunk_sizes(rows.len(), max_chunk(backend, shape)) {
-            let rows: Vec<_> = rows.by_ref().take(size).collect();
-            let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
-            // Rows are in key order, so the first and the last share host and interface only
-            // when every row between them does.
-            let shared_key = first.host == last.host && first.interface == last.interface;
-            chunks.push(Chunk { form: Form { shape, shared_key }, rows });
+        // Rows and first row of each side, then the groups that bind theirs once.
+        let mut sides: Vec<(Option<ServerSide<'_>>, (usize, usize))> = Vec::new();
+        for (i, (_, d)) in rows.iter().enumerate() {
+            let side = server_side(d);
+            if let Some((_, (n, _))) = sides.iter_mut().find(|(s, _)| *s == side) {
+                *n += 1;
+            } else if sides.len() < SERVER_SIDES_COUNTED {
+                sides.push((side, (1, i)));
+            }
+        }
+        let mut shared: Vec<(Option<ServerSide<'_>>, (usize, usize))> =
+            sides.into_iter().filter(|(_, (n, _))| compact && *n >= SERVER_GROUP_MIN).collect();
+        shared.sort_by_key(|(_, (n, first))| (std::cmp::Reverse(*n), *first));
+        shared.truncate(SERVER_GROUPS);
+        // The shared groups' rows, then the others (last), each in key order.
+        let mut groups: Vec<Vec<(&ClientKey, &ClientDelta)>> = vec![Vec::new(); shared.len() + 1];
+        for row in rows {
+            let side = server_side(row.1);
+            let g = shared.iter().position(|(s, _)| *s == side).unwrap_or(shared.len());
+            groups[g].push(row);
+        }
+        let others = shared.len();
+        for (g, rows) in groups.into_iter().enumerate() {
+            let shared_server = g < others;
+            let mut rows = rows.into_iter();
+            for size in chunk_sizes(rows.len(), max_chunk(backend, shape, shared_server)) {
+                let rows: Vec<_> = rows.by_ref().take(size).collect();
+                let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+                // Rows are in key order, so the first and the last share host and interface
+                // only when every row between them does.
+                let shared_key = first.host == last.host && first.interface == last.interface;
+                chunks.push(Chunk { form: Form { shape, shared_key, shared_server }, rows });
+            }
         }
     }
     chunks
@@ -539,20 +640,25 @@ pub async fn upsert<C: ConnectionTrait>(conn: &C, deltas: &BTreeMap<ClientKey, C
     upsert_shaped(conn, deltas, now, true).await
 }
 
-/// [`upsert`], with every row bound in full ([`Shape::Full`]) unless `single`: the two must
-/// leave the same rows behind (tested).
+/// The form and row count of each statement [`upsert`] runs for `deltas` on `backend`, in order.
+pub fn statement_forms(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>) -> Vec<(Form, usize)> {
+    plan(backend, deltas, true).iter().map(|c| (c.form, c.rows.len())).collect()
+}
+
+/// [`upsert`], or with `compact` false every value but the key bound per row ([`Shape::Full`],
+/// no server side shared): the two must leave the same rows behind (tested).
 pub async fn upsert_shaped<C: ConnectionTrait>(
     conn: &C,
     deltas: &BTreeMap<ClientKey, ClientDelta>,
     now: i64,
-    single: bool,
+    compact: bool,
 ) -> Result<UpsertCounts, DbErr> {
     let backend = conn.get_database_backend();
     let returning = counts_by_returning(backend);
     let id_floor =
         if returning || deltas.is_empty() { 0 } else { query_i64(conn, "SELECT COALESCE(MAX(id), 0) FROM ntp_clients", None).await? };
     let mut counts = UpsertCounts::default();
-    let chunks = plan(backend, deltas, single);
+    let chunks = plan(backend, deltas, compact);
     let statement = |chunk: &Chunk<'_>| {
         let mut values = statement_values(chunk.form, chunk.rows[0], now);
         values.reserve(chunk.rows.len() * row_width(chunk.form));
@@ -855,29 +961,27 @@ pub async fn heartbeat<C: ConnectionTrait>(conn: &C, consumer: &str, stream: &st
 mod tests {
     use super::*;
 
-    const FORMS: [Form; 4] = [
-        Form { shape: Shape::Full, shared_key: true },
-        Form { shape: Shape::Full, shared_key: false },
-        Form { shape: Shape::Single, shared_key: true },
-        Form { shape: Shape::Single, shared_key: false },
-    ];
-
     #[test]
     fn chunks_are_full_then_powers_of_two_within_the_bind_limits() {
         assert_eq!(chunk_sizes(0, 512), Vec::<usize>::new());
         assert_eq!(chunk_sizes(1200, 512), vec![512, 512, 128, 32, 16]);
         assert_eq!(chunk_sizes(7, 512), vec![4, 2, 1]);
-        for form in FORMS {
+        for form in Form::all() {
             let (w, s) = (row_width(form), statement_width(form));
-            assert!(max_chunk(DbBackend::Sqlite, form.shape) * w + s <= 32_766);
-            assert!(max_chunk(DbBackend::Postgres, form.shape) * w + s <= 65_535);
+            assert!(max_chunk(DbBackend::Sqlite, form.shape, form.shared_server) * w + s <= 32_766);
+            assert!(max_chunk(DbBackend::Postgres, form.shape, form.shared_server) * w + s <= 65_535);
         }
-        assert_eq!((max_chunk(DbBackend::Sqlite, Shape::Full), max_chunk(DbBackend::Postgres, Shape::Single)), (512, 1024));
+        let sizes =
+            |shape| [DbBackend::Sqlite, DbBackend::Postgres].map(|b| [false, true].map(|shared_server| max_chunk(b, shape, shared_server)));
+        // SQLite: (32 766 - 4) / 59 = 555 and (32 766 - 11) / 52 = 629 rows in full; one session
+        // (32 766 - 4) / 36 = 910, and (32 766 - 11) / 29 = 1 129 with the server's side shared.
+        assert_eq!(sizes(Shape::Full), [[512, 512], [1024, 1024]]);
+        assert_eq!(sizes(Shape::Single), [[512, 1024], [1024, 2048]]);
     }
 
     #[test]
     fn statements_bind_every_row_value_and_the_statement_values_once() {
-        for form in FORMS {
+        for form in Form::all() {
             let sqlite = upsert_sql(DbBackend::Sqlite, form, 3);
             assert_eq!(sqlite.matches('?').count(), 3 * row_width(form) + statement_width(form));
             assert!(sqlite.starts_with("INSERT OR FAIL INTO ntp_clients"));
@@ -892,8 +996,10 @@ mod tests {
             assert!(!pg.contains(&format!("${}", last + 1)));
             assert!(pg.starts_with("INSERT INTO ntp_clients"));
         }
-        let widths: Vec<(usize, usize)> = FORMS.iter().map(|f| (row_width(*f), statement_width(*f))).collect();
-        assert_eq!(widths, [(57, 4), (59, 2), (34, 4), (36, 2)]);
+        let widths: Vec<(usize, usize)> = Form::all().map(|f| (row_width(f), statement_width(f))).collect();
+        // Full, then Single; each with the key shared and the server's side shared, the key
+        // shared, the server's side shared, neither. The server's side is seven columns.
+        assert_eq!(widths, [(50, 11), (57, 4), (52, 9), (59, 2), (27, 11), (34, 4), (29, 9), (36, 2)]);
     }
 
     /// Chunks follow the bind limit across hosts and interfaces (so a batch from many agents
@@ -911,22 +1017,23 @@ mod tests {
             }
         }
         let chunks = plan(DbBackend::Sqlite, &deltas, true);
-        let got: Vec<(Shape, usize, bool)> = chunks.iter().map(|c| (c.form.shape, c.rows.len(), c.form.shared_key)).collect();
+        let got: Vec<(Shape, usize, bool, bool)> =
+            chunks.iter().map(|c| (c.form.shape, c.rows.len(), c.form.shared_key, c.form.shared_server)).collect();
         assert_eq!(
             got,
             [
-                // 1 287 single-session clients: a/eth0, a/eth1 and the first of b/eth0 ...
-                (Shape::Single, 512, false),
-                (Shape::Single, 512, false),
+                // 1 287 single-session clients, all answered by one server: a/eth0, a/eth1 and
+                // the first 430 of b/eth0 ...
+                (Shape::Single, 1024, false, true),
                 // ... then b/eth0 alone.
-                (Shape::Single, 256, true),
-                (Shape::Single, 4, true),
-                (Shape::Single, 2, true),
-                (Shape::Single, 1, true),
-                // 13 others, 3 + 3 + 7.
-                (Shape::Full, 8, false),
-                (Shape::Full, 4, true),
-                (Shape::Full, 1, true),
+                (Shape::Single, 256, true, true),
+                (Shape::Single, 4, true, true),
+                (Shape::Single, 2, true, true),
+                (Shape::Single, 1, true, true),
+                // 13 others without a session, 3 + 3 + 7: too few to share anything more.
+                (Shape::Full, 8, false, false),
+                (Shape::Full, 4, true, false),
+                (Shape::Full, 1, true, false),
             ]
         );
         let all: Vec<&ClientKey> = chunks.iter().flat_map(|c| c.rows.iter().map(|(k, _)| *k)).collect();
@@ -935,6 +1042,74 @@ mod tests {
             let (k, _) = c.rows[0];
             assert_eq!(c.form.shared_key, c.rows.iter().all(|(r, _)| r.host == k.host && r.interface == k.interface));
         }
+    }
+
+    /// The values of the server-side columns ([`Src::Server`]) of one row.
+    fn server_values(k: &ClientKey, d: &ClientDelta) -> Vec<Value> {
+        COLUMNS
+            .iter()
+            .filter_map(|c| match c.src {
+                Src::Server(get) => Some(get(k, d)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Rows group by their server's side: the largest groups of at least [`SERVER_GROUP_MIN`]
+    /// rows (at most [`SERVER_GROUPS`]) bind it once per statement, largest first; every other
+    /// row binds it per row, after them. A group's rows have the same server-side values.
+    #[test]
+    fn rows_that_share_their_servers_side_bind_it_once() {
+        // Sides: 300 rows of A, 100 of B (stratum 3), 64 of C (another reference id), 63 of D
+        // (another server address), and 12 of a side each, spread over 539 keys.
+        let mut sides = Vec::new();
+        for (side, n) in [(0, 300), (1, 100), (2, 64), (3, 63)] {
+            sides.extend(std::iter::repeat_n(side, n));
+        }
+        sides.extend(4..16);
+        let n = sides.len();
+        assert_eq!(n, 539);
+        let mut deltas = BTreeMap::new();
+        for i in 0..n {
+            let mut d = one_session(Some(0.5));
+            let l = d.latest.as_mut().expect("a session");
+            match sides[i * 7_919 % n] {
+                0 => {}
+                1 => l.stratum = 3,
+                2 => l.reference_id = "GPS".into(),
+                3 => l.server_ip = "198.18.0.2".into(),
+                other => l.reference_id = format!("R{other}"),
+            }
+            deltas.insert(ClientKey { host: "a".into(), interface: "eth0".into(), client_ip: format!("2001:db8::{i:04x}") }, d);
+        }
+        let chunks = plan(DbBackend::Sqlite, &deltas, true);
+        let got: Vec<(usize, bool)> = chunks.iter().map(|c| (c.rows.len(), c.form.shared_server)).collect();
+        let mut want: Vec<(usize, bool)> = Vec::new();
+        for (rows, shared) in [(300, true), (100, true), (64, true), (63 + 12, false)] {
+            want.extend(chunk_sizes(rows, 1024).into_iter().map(|r| (r, shared)));
+        }
+        assert_eq!(got, want);
+        for c in &chunks {
+            assert!(c.rows.is_sorted_by_key(|(k, _)| *k), "key order within a statement");
+            let first = server_values(c.rows[0].0, c.rows[0].1);
+            let same = c.rows.iter().all(|(k, d)| server_values(k, d) == first);
+            assert!(same || !c.form.shared_server, "a shared statement's rows have its values");
+        }
+        assert_eq!(chunks.iter().map(|c| c.rows.len()).sum::<usize>(), n);
+        // Not compact: nothing shared.
+        assert!(plan(DbBackend::Sqlite, &deltas, false).iter().all(|c| !c.form.shared_server && c.form.shape == Shape::Full));
+
+        // Ten sides of 70 rows each: the first eight seen share theirs, the others bind it.
+        let mut deltas = BTreeMap::new();
+        for i in 0..700 {
+            let mut d = one_session(Some(0.5));
+            d.latest.as_mut().expect("a session").reference_id = format!("R{}", i / 70);
+            deltas.insert(ClientKey { host: "a".into(), interface: "eth0".into(), client_ip: format!("2001:db8::{i:04x}") }, d);
+        }
+        let got: Vec<(usize, bool)> = plan(DbBackend::Sqlite, &deltas, true).iter().map(|c| (c.rows.len(), c.form.shared_server)).collect();
+        let mut want = [(64, true), (4, true), (2, true)].repeat(8);
+        want.extend([(128, false), (8, false), (4, false)]);
+        assert_eq!(got, want);
     }
 
     /// The insert list and the `DO UPDATE` list name the same columns, bar the key, the binary
@@ -951,7 +1126,7 @@ mod tests {
         inserted.sort_unstable();
         updated.sort_unstable();
         assert_eq!(inserted, updated);
-        let sql = upsert_sql(DbBackend::Sqlite, Form { shape: Shape::Full, shared_key: true }, 1);
+        let sql = upsert_sql(DbBackend::Sqlite, Form { shape: Shape::Full, shared_key: true, shared_server: false }, 1);
         for c in &updated {
             assert!(sql.contains(&format!(" {c} = ")), "{c} is updated");
         }

@@ -352,15 +352,56 @@ async fn single_session_rows_leave_what_full_rows_leave(db: &DatabaseConnection)
     assert_eq!((r.session_count, r.answered_count, r.latency_count), (3, 3, 3));
 }
 
+/// Statements whose rows share their server's side bind it once, and leave exactly the rows
+/// that binding everything per row leaves, new and updated (the third batch is older than the
+/// second): clients answered in two server states, unanswered ones, clients seen twice, on two
+/// interfaces of one host.
+async fn shared_server_sides_leave_what_rows_bound_alone_leave(db: &DatabaseConnection) {
+    for (i, t) in [T0, T0 + 100_000_000, T0 - 100_000_000].into_iter().enumerate() {
+        let now = T0 + 10 + i as i64;
+        for (host, compact) in [("alone", false), ("shared", true)] {
+            let batches: Vec<Batch> = ["eth0", "eth1"]
+                .into_iter()
+                .map(|interface| {
+                    let mut records = Vec::new();
+                    for j in 0..300u32 {
+                        let ip = format!("198.18.{}.{}", 2 + j / 250, j % 250);
+                        let tj = t + i64::from(j) * 1_000;
+                        let stratum = if j % 3 == 0 { 3 } else { 2 };
+                        records.push(session(&ip, tj, j % 10 != 9, stratum, Some(0.001 * f64::from(j % 7))));
+                        if j % 7 == 0 {
+                            records.push(session(&ip, tj + 500, true, 2, Some(0.002)));
+                        }
+                    }
+                    Batch::new(host, interface, records)
+                })
+                .collect();
+            let d = aggregate::aggregate(&batches);
+            if compact {
+                let forms = store::statement_forms(db.get_database_backend(), &d);
+                let has = |shape, shared| forms.iter().any(|(f, _)| f.shape == shape && f.shared_server == shared);
+                assert!(has(store::Shape::Single, true) && has(store::Shape::Full, true), "{forms:?}");
+                assert!(has(store::Shape::Single, false), "the unanswered clients are too few to share: {forms:?}");
+            }
+            let c = store::upsert_shaped(db, &d, now, compact).await.expect("upsert");
+            assert_eq!((c.inserted, c.updated), if i == 0 { (600, 0) } else { (0, 600) });
+        }
+        let (alone, shared) = (rows_of(db, "alone").await, rows_of(db, "shared").await);
+        assert_eq!(alone.len(), 600);
+        assert_eq!(alone, shared, "batch {i}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_store() {
-    for body in 0..5 {
+    for body in 0..6 {
         let t = TestDb::sqlite().await;
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
             2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
             3 => single_session_rows_leave_what_full_rows_leave(&t.db).await,
+            4 => shared_server_sides_leave_what_rows_bound_alone_leave(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
     }
@@ -368,13 +409,14 @@ async fn sqlite_store() {
 
 #[tokio::test]
 async fn postgres_store() {
-    for body in 0..5 {
+    for body in 0..6 {
         let t = TestDb::postgres().await;
         match body {
             0 => upserts_add_counts_and_keep_the_newest_values(&t.db).await,
             1 => large_batches_chunk_and_count(&t.db).await,
             2 => the_latest_kiss_code_follows_the_newest_kiss(&t.db).await,
             3 => single_session_rows_leave_what_full_rows_leave(&t.db).await,
+            4 => shared_server_sides_leave_what_rows_bound_alone_leave(&t.db).await,
             _ => applied_ids_and_state(&t.db).await,
         }
         t.drop_schema().await;
@@ -415,17 +457,15 @@ fn abort_sources(path: &std::path::Path, sql: &str) -> (usize, Found, Found) {
 #[tokio::test]
 async fn the_sqlite_upsert_cannot_abort_half_way_so_it_needs_no_statement_journal() {
     let t = TestDb::sqlite().await;
-    for (shape, shared_key) in
-        [(store::Shape::Full, true), (store::Shape::Full, false), (store::Shape::Single, true), (store::Shape::Single, false)]
-    {
-        let form = store::Form { shape, shared_key };
+    for form in store::Form::all() {
         let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, form, 4);
         let (ops, calls, aborts) = abort_sources(&t.dir.as_ref().expect("sqlite dir").path().join("ntp.db"), &sql);
         assert!(ops > 100, "EXPLAIN lists the program ({ops} ops)");
         assert!(calls.is_empty(), "function calls in the {form:?} upsert: {calls:?}");
         assert!(aborts.is_empty(), "checks that abort the {form:?} upsert: {aborts:?}");
     }
-    let sql = store::upsert_sql(sea_orm::DbBackend::Sqlite, store::Form { shape: store::Shape::Full, shared_key: true }, 4);
+    let sql =
+        store::upsert_sql(sea_orm::DbBackend::Sqlite, store::Form { shape: store::Shape::Full, shared_key: true, shared_server: false }, 4);
 
     // The same check sees the aborting NOT NULL checks of the DO UPDATE branch on the schema
     // before m20261204_000004, `INSERT OR FAIL` or not: why the migration is needed.
