@@ -8,10 +8,12 @@
 //! CPU per row in its query builder; see `docs/performance.md`). A chunk holds the rows of one
 //! host and interface, bound once for the statement, and of one [`Shape`]: a client the batch saw
 //! in a single session, the common case, binds only what that session does not already
-//! determine. sea-orm copies and converts every bound value while it holds the transaction's
-//! connection, so SQLite waits for that work statement by statement; fewer values are the part of
-//! it the sink can cut. Chunks hold a power-of-two number of rows, so only a score of statement
-//! texts ever reach sqlx's prepared-statement cache.
+//! determine; and rows whose newest session has the same server's side ([`ServerSide`]: what a
+//! server answers every client with) bind that once too. sea-orm copies and converts every
+//! bound value while it holds the transaction's connection, so SQLite waits for that work
+//! statement by statement; fewer values are the part of it the sink can cut. Chunks hold a
+//! power-of-two number of rows, so only a few dozen statement texts ever reach sqlx's
+//! prepared-statement cache (100 statements).
 //!
 //! Inserted rows are told from updated ones by `RETURNING created_at` on PostgreSQL and by the
 //! range of new ids on SQLite ([`counts_by_returning`]).

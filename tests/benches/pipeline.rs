@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlab::bench::{peak_rss_mib, release_bin};
+use netlab::bench::{cpu_seconds, peak_rss_mib, release_bin};
 
 /// One integer from the database, through the `sqlite3` shell.
 fn query_i64(db: &Path, sql: &str) -> Result<i64, String> {
@@ -82,6 +82,8 @@ fn main() {
         .spawn()
         .expect("sink");
     std::thread::sleep(Duration::from_secs(2));
+    let nats_pid = nats.pid().expect("nats-server runs");
+    let (sink_cpu0, nats_cpu0) = (cpu_seconds(sink.id()), cpu_seconds(nats_pid));
     let start = Instant::now();
     let mut agent = Command::new(release_bin("ntpscope-capture"));
     agent.args(["-r", pcap.to_str().expect("path"), "--output", "nats", "--nats-url", &nats.url, "--flush-pending", "--summary", "none"]);
@@ -91,11 +93,14 @@ fn main() {
     let agent = agent.stdout(Stdio::null()).spawn().expect("agent");
     let agent_pid = agent.id();
     let mut agent_rss = 0.0f64;
+    let mut agent_cpu = f64::NAN;
     let mut agent = agent;
     let mut agent_done = None;
     loop {
         if agent_done.is_none() {
             agent_rss = agent_rss.max(peak_rss_mib(agent_pid));
+            // Read before the wait that reaps it: the last reading is at most 50 ms old.
+            agent_cpu = cpu_seconds(agent_pid);
             if let Ok(Some(s)) = agent.try_wait() {
                 assert!(s.success(), "agent failed");
                 agent_done = Some(start.elapsed());
@@ -110,6 +115,8 @@ fn main() {
     let elapsed = start.elapsed();
     assert_eq!(sessions_stored(&db), total, "the table holds every session once");
     let sink_rss = peak_rss_mib(sink.id());
+    let sink_cpu = cpu_seconds(sink.id()) - sink_cpu0;
+    let nats_cpu = cpu_seconds(nats_pid) - nats_cpu0;
     term(&mut sink);
     let log = std::fs::read_to_string(&sink_log).unwrap_or_default();
     let lag = log.lines().find(|l| l.contains("Sink stopped")).unwrap_or("(no lag line)").to_string();
@@ -127,6 +134,15 @@ fn main() {
         agent_done.map_or(f64::NAN, |d| d.as_secs_f64())
     );
     println!("peak RSS: agent {agent_rss:.0} MiB (sampled), sink {sink_rss:.0} MiB");
+    let per_session = |cpu: f64| cpu * 1e6 / total as f64;
+    println!(
+        "CPU: agent {agent_cpu:.2} s (sampled), nats-server {nats_cpu:.2} s, sink {sink_cpu:.2} s = {:.2} / {:.2} / {:.2} µs per session; {:.2} of the 2 cores' {:.2} s",
+        per_session(agent_cpu),
+        per_session(nats_cpu),
+        per_session(sink_cpu),
+        agent_cpu + nats_cpu + sink_cpu,
+        2.0 * elapsed.as_secs_f64()
+    );
     println!("sink: {}", lag.split("Sink stopped.").nth(1).unwrap_or(&lag).trim());
     drop(nats);
 }

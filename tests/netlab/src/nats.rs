@@ -181,6 +181,12 @@ impl NatsServer {
         self.spawn(Some(port))
     }
 
+    /// The running server's process id (`None` after [`NatsServer::kill`]). In a namespace it is
+    /// that of the `ip netns exec` that runs it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The scratch directory (for credentials, certificates).
     pub fn dir(&self) -> &Path {
         self.dir.path()
