@@ -108,8 +108,9 @@ impl Form {
 /// every client with the same address, port, stratum, precision, reference id and leap
 /// indicator until it changes its own state, so the rows of a batch fall into a few groups that
 /// agree on all of them, and a statement of one group binds them once: seven values fewer per
-/// row, two of them strings (`docs/performance.md`). Equal sides give equal column values
-/// (tested); `None` for a delta without a session.
+/// row, two of them strings (`docs/performance.md`). The columns' values are computed from the
+/// side alone ([`ServerGet`]), so equal sides give equal values; `None` for a delta without a
+/// session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ServerSide<'a> {
     ip: &'a str,
@@ -136,6 +137,9 @@ fn server_side(d: &ClientDelta) -> Option<ServerSide<'_>> {
 /// The value of one column for a row of [`Shape::Full`].
 type Get = fn(&ClientKey, &ClientDelta) -> Value;
 
+/// The value of one column of the server's side ([`ServerSide`]).
+type ServerGet = for<'a> fn(Option<ServerSide<'a>>) -> Value;
+
 /// Where an inserted column's value comes from.
 enum Src {
     /// The batch's time: bound once per statement, in the select list.
@@ -146,7 +150,7 @@ enum Src {
     /// The server's side of the row's newest session ([`ServerSide`]): bound once per statement,
     /// in the select list, when the statement's rows share it ([`Form::shared_server`]), per row
     /// otherwise.
-    Server(Get),
+    Server(ServerGet),
     /// Bound per row in [`Shape::Full`]; in [`Shape::Single`] also bound, unless an expression
     /// is given: SQL over the row's bound columns, each written `{name}`.
     Row(Get, Option<&'static str>),
@@ -162,7 +166,7 @@ const fn bound(name: &'static str, get: Get) -> Column {
     Column { name, src: Src::Row(get, None) }
 }
 
-const fn server(name: &'static str, get: Get) -> Column {
+const fn server(name: &'static str, get: ServerGet) -> Column {
     Column { name, src: Src::Server(get) }
 }
 
@@ -211,16 +215,16 @@ static COLUMNS: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
             Value::Bytes(k.client_ip.parse::<std::net::IpAddr>().ok().map(|ip| crate::aggregate::ip_bytes(ip).to_vec()))
         }),
         bound("client_port", |_, d| Value::Int(latest(d, |l| l.client_port))),
-        server("server_ip", |_, d| Value::String(latest(d, |l| l.server_ip.clone()))),
-        server("server_port", |_, d| Value::Int(latest(d, |l| l.server_port))),
-        server("vlan_id", |_, d| Value::Int(latest(d, |l| l.vlan_id).flatten())),
+        server("server_ip", |s| Value::String(s.map(|s| s.ip.to_string()))),
+        server("server_port", |s| Value::Int(s.map(|s| s.port))),
+        server("vlan_id", |s| Value::Int(s.and_then(|s| s.vlan))),
         bound("ntp_version", |_, d| Value::Int(latest(d, |l| l.ntp_version))),
-        server("stratum", |_, d| Value::Int(latest(d, |l| l.stratum))),
-        server("precision", |_, d| Value::Int(latest(d, |l| l.precision))),
+        server("stratum", |s| Value::Int(s.map(|s| s.stratum))),
+        server("precision", |s| Value::Int(s.map(|s| s.precision))),
         bound("root_delay", |_, d| Value::Double(latest(d, |l| l.root_delay))),
         bound("root_dispersion", |_, d| Value::Double(latest(d, |l| l.root_dispersion))),
-        server("reference_id", |_, d| Value::String(latest(d, |l| l.reference_id.clone()))),
-        server("leap_indicator", |_, d| Value::Int(latest(d, |l| l.leap_indicator))),
+        server("reference_id", |s| Value::String(s.map(|s| s.reference_id.to_string()))),
+        server("leap_indicator", |s| Value::Int(s.map(|s| s.leap))),
         bound("poll_interval", |_, d| Value::Int(latest(d, |l| l.poll_interval))),
         bound("reference_timestamp", |_, d| Value::BigInt(latest(d, |l| l.reference_timestamp).flatten())),
         bound("originate_timestamp", |_, d| Value::BigInt(latest(d, |l| l.originate_timestamp).flatten())),
@@ -332,11 +336,11 @@ pub fn shape_of(d: &ClientDelta) -> Shape {
 
 /// The bound values of one row of `form`, in the statement's order.
 pub fn row_values(key: &ClientKey, d: &ClientDelta, form: Form, v: &mut Vec<Value>) {
-    for c in COLUMNS.iter() {
-        if let Src::Row(get, _) | Src::Key(get) | Src::Server(get) = c.src
-            && is_bound(c, form)
-        {
-            v.push(get(key, d));
+    for c in COLUMNS.iter().filter(|c| is_bound(c, form)) {
+        match c.src {
+            Src::Row(get, _) | Src::Key(get) => v.push(get(key, d)),
+            Src::Server(get) => v.push(get(server_side(d))),
+            Src::Now => {}
         }
     }
 }
@@ -350,7 +354,7 @@ pub fn statement_values(form: Form, first: (&ClientKey, &ClientDelta), now: i64)
         .filter_map(|c| match c.src {
             Src::Now => Some(Value::BigInt(Some(now))),
             Src::Key(get) if form.shared_key => Some(get(first.0, first.1)),
-            Src::Server(get) if form.shared_server => Some(get(first.0, first.1)),
+            Src::Server(get) if form.shared_server => Some(get(server_side(first.1))),
             Src::Key(_) | Src::Server(_) | Src::Row(..) => None,
         })
         .collect()
@@ -1046,20 +1050,9 @@ mod tests {
         }
     }
 
-    /// The values of the server-side columns ([`Src::Server`]) of one row.
-    fn server_values(k: &ClientKey, d: &ClientDelta) -> Vec<Value> {
-        COLUMNS
-            .iter()
-            .filter_map(|c| match c.src {
-                Src::Server(get) => Some(get(k, d)),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Rows group by their server's side: the largest groups of at least [`SERVER_GROUP_MIN`]
     /// rows (at most [`SERVER_GROUPS`]) bind it once per statement, largest first; every other
-    /// row binds it per row, after them. A group's rows have the same server-side values.
+    /// row binds it per row, after them. A group's rows have the same side.
     #[test]
     fn rows_that_share_their_servers_side_bind_it_once() {
         // Sides: 300 rows of A, 100 of B (stratum 3), 64 of C (another reference id), 63 of D
@@ -1093,9 +1086,9 @@ mod tests {
         assert_eq!(got, want);
         for c in &chunks {
             assert!(c.rows.is_sorted_by_key(|(k, _)| *k), "key order within a statement");
-            let first = server_values(c.rows[0].0, c.rows[0].1);
-            let same = c.rows.iter().all(|(k, d)| server_values(k, d) == first);
-            assert!(same || !c.form.shared_server, "a shared statement's rows have its values");
+            let first = server_side(c.rows[0].1);
+            let same = c.rows.iter().all(|(_, d)| server_side(d) == first);
+            assert!(same || !c.form.shared_server, "a shared statement's rows have its side");
         }
         assert_eq!(chunks.iter().map(|c| c.rows.len()).sum::<usize>(), n);
         // Not compact: nothing shared.
