@@ -106,11 +106,11 @@ impl Form {
 /// What the newest session of a client says about the server that answered it (or, unanswered,
 /// what the request said in those fields): the columns of [`Src::Server`]. A server answers
 /// every client with the same address, port, stratum, precision, reference id and leap
-/// indicator until it changes its own state, so the rows of a batch fall into a few groups that
-/// agree on all of them, and a statement of one group binds them once: seven values fewer per
-/// row, two of them strings (`docs/performance.md`). The columns' values are computed from the
-/// side alone ([`ServerGet`]), so equal sides give equal values; `None` for a delta without a
-/// session.
+/// indicator until it changes its own state (and the VLAN is the capture's), so the rows of a
+/// batch fall into a few groups that agree on all of them, and a statement of one group binds
+/// them once: seven values fewer per row, two of them strings (`docs/performance.md`). The
+/// columns' values are computed from the side alone ([`ServerGet`]), so equal sides give equal
+/// values; `None` for a delta without a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ServerSide<'a> {
     ip: &'a str,
@@ -122,6 +122,7 @@ struct ServerSide<'a> {
     leap: i32,
 }
 
+/// The server's side of `d`'s newest session, borrowed from it.
 fn server_side(d: &ClientDelta) -> Option<ServerSide<'_>> {
     d.latest.as_ref().map(|l| ServerSide {
         ip: &l.server_ip,
