@@ -291,6 +291,20 @@ fn every_kind(host: &str, interface: &str, t: i64) -> Batch {
     if let Record::Session(s) = session("198.18.1.4", t + 3, true, 2, Some(0.002)) {
         records.push(Record::Session(ntp_wire::Session { t1_randomized: true, retransmits: 2, interleaved: true, ..s }));
     }
+    // One client each with an NTS field (also an extension field), another extension field, a
+    // MAC: every bit of a single session's packed flags set apart from the others.
+    let ext = |field_type| vec![ntp_wire::Extension { field_type, length: 16 }];
+    for (ip, dt, extensions, mac) in [
+        ("198.18.1.10", 12, ext(0x0104), None),
+        ("198.18.1.11", 13, ext(0x2005), None),
+        ("198.18.1.12", 14, Vec::new(), Some(ntp_wire::Mac { key_id: 1, digest_len: 20 })),
+    ] {
+        if let Record::Session(mut s) = session(ip, t + dt, true, 2, Some(0.001)) {
+            s.request.extensions = extensions;
+            s.request.mac = mac;
+            records.push(Record::Session(s));
+        }
+    }
     if let Record::Session(s) = &mut records[9] {
         s.response_time_ns = Some(t + 10 - 1_000);
     }
@@ -335,19 +349,19 @@ async fn single_session_rows_leave_what_full_rows_leave(db: &DatabaseConnection)
             let d = aggregate::aggregate(&batches);
             if single {
                 let shapes: Vec<store::Shape> = d.values().map(store::shape_of).collect();
-                assert_eq!(shapes.iter().filter(|s| **s == store::Shape::Single).count(), 18, "{shapes:?}");
+                assert_eq!(shapes.iter().filter(|s| **s == store::Shape::Single).count(), 27, "{shapes:?}");
             }
             let c = store::upsert_shaped(db, &d, now, single).await.expect("upsert");
-            assert_eq!((c.inserted, c.updated), if i == 0 { (30, 0) } else { (0, 30) });
+            assert_eq!((c.inserted, c.updated), if i == 0 { (39, 0) } else { (0, 39) });
         }
         for host in ["a", "b"] {
             let (full, single) = (rows_of(db, &format!("full-{host}")).await, rows_of(db, &format!("single-{host}")).await);
-            assert_eq!(full.len(), if host == "a" { 20 } else { 10 });
+            assert_eq!(full.len(), if host == "a" { 26 } else { 13 });
             assert_eq!(full, single, "batch {i}, host {host}");
         }
     }
     let rows = rows_of(db, "single-a").await;
-    let r = &rows[10];
+    let r = &rows[13];
     assert_eq!((r.interface_name.as_str(), r.client_ip.as_str()), ("eth1", "198.18.1.1"));
     assert_eq!((r.session_count, r.answered_count, r.latency_count), (3, 3, 3));
 }
