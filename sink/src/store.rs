@@ -586,6 +586,24 @@ const SERVER_SIDES_COUNTED: usize = 64;
 /// trip to the driver's thread) for a handful of rows.
 const SERVER_GROUP_MIN: usize = 64;
 
+/// The sides of `rows` that bind theirs once ([`plan`]): the [`SERVER_GROUPS`] largest groups of
+/// at least [`SERVER_GROUP_MIN`] rows, largest first, ties in the order first seen.
+fn shared_sides<'a>(rows: &[(&ClientKey, &'a ClientDelta)]) -> Vec<Option<ServerSide<'a>>> {
+    let mut sides: Vec<(Option<ServerSide<'a>>, usize)> = Vec::new();
+    for (_, d) in rows {
+        let side = server_side(d);
+        if let Some((_, n)) = sides.iter_mut().find(|(s, _)| *s == side) {
+            *n += 1;
+        } else if sides.len() < SERVER_SIDES_COUNTED {
+            sides.push((side, 1));
+        }
+    }
+    sides.retain(|(_, n)| *n >= SERVER_GROUP_MIN);
+    // Stable: equal groups stay in the order first seen.
+    sides.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    sides.into_iter().take(SERVER_GROUPS).map(|(s, _)| s).collect()
+}
+
 /// The statements for `deltas`: the [`Shape::Single`] rows, then the others. Each shape's rows
 /// are grouped by their [`ServerSide`] (the [`SERVER_GROUPS`] largest groups of at least
 /// [`SERVER_GROUP_MIN`] rows, largest first, each binding its side once; then the other rows,
@@ -601,25 +619,12 @@ fn plan(backend: DbBackend, deltas: &BTreeMap<ClientKey, ClientDelta>, compact: 
     }
     let mut chunks = Vec::new();
     for (shape, rows) in by_shape {
-        // Rows and first row of each side, then the groups that bind theirs once.
-        let mut sides: Vec<(Option<ServerSide<'_>>, (usize, usize))> = Vec::new();
-        for (i, (_, d)) in rows.iter().enumerate() {
-            let side = server_side(d);
-            if let Some((_, (n, _))) = sides.iter_mut().find(|(s, _)| *s == side) {
-                *n += 1;
-            } else if sides.len() < SERVER_SIDES_COUNTED {
-                sides.push((side, (1, i)));
-            }
-        }
-        let mut shared: Vec<(Option<ServerSide<'_>>, (usize, usize))> =
-            sides.into_iter().filter(|(_, (n, _))| compact && *n >= SERVER_GROUP_MIN).collect();
-        shared.sort_by_key(|(_, (n, first))| (std::cmp::Reverse(*n), *first));
-        shared.truncate(SERVER_GROUPS);
+        let shared = if compact { shared_sides(&rows) } else { Vec::new() };
         // The shared groups' rows, then the others (last), each in key order.
         let mut groups: Vec<Vec<(&ClientKey, &ClientDelta)>> = vec![Vec::new(); shared.len() + 1];
         for row in rows {
             let side = server_side(row.1);
-            let g = shared.iter().position(|(s, _)| *s == side).unwrap_or(shared.len());
+            let g = shared.iter().position(|s| *s == side).unwrap_or(shared.len());
             groups[g].push(row);
         }
         let others = shared.len();

@@ -135,13 +135,14 @@ fn main() {
     );
     println!("peak RSS: agent {agent_rss:.0} MiB (sampled), sink {sink_rss:.0} MiB");
     let per_session = |cpu: f64| cpu * 1e6 / total as f64;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     println!(
-        "CPU: agent {agent_cpu:.2} s (sampled), nats-server {nats_cpu:.2} s, sink {sink_cpu:.2} s = {:.2} / {:.2} / {:.2} µs per session; {:.2} of the 2 cores' {:.2} s",
+        "CPU: agent {agent_cpu:.2} s (sampled), nats-server {nats_cpu:.2} s, sink {sink_cpu:.2} s = {:.2} / {:.2} / {:.2} µs per session; {:.2} of the {cores} cores' {:.2} s",
         per_session(agent_cpu),
         per_session(nats_cpu),
         per_session(sink_cpu),
         agent_cpu + nats_cpu + sink_cpu,
-        2.0 * elapsed.as_secs_f64()
+        cores as f64 * elapsed.as_secs_f64()
     );
     println!("sink: {}", lag.split("Sink stopped.").nth(1).unwrap_or(&lag).trim());
     drop(nats);
