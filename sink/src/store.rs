@@ -460,11 +460,13 @@ pub fn upsert_sql_with(backend: DbBackend, form: Form, rows: usize, returning: b
         .collect();
     let names: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
     let mut set: Vec<String> = Vec::new();
-    let newer = format!(
-        "excluded.session_timestamp IS NOT NULL AND ({t}.session_timestamp IS NULL OR excluded.session_timestamp >= {t}.session_timestamp)"
-    );
+    // The batch's newest session replaces the stored values when it exists and is at least as
+    // new as theirs, or when none is stored. Written as its negation, where a stored NULL makes
+    // the comparison NULL and so picks the new values: SQLite then reads the stored time once per
+    // column instead of twice and runs two fewer instructions (22 columns a row; `EXPLAIN`).
+    let older = format!("excluded.session_timestamp IS NULL OR {t}.session_timestamp > excluded.session_timestamp");
     for c in LATEST_COLUMNS {
-        set.push(format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE {t}.{c} END"));
+        set.push(format!("{c} = CASE WHEN {older} THEN {t}.{c} ELSE excluded.{c} END"));
     }
     set.push(format!("first_seen = {}", least(&format!("{t}.first_seen"), "excluded.first_seen")));
     set.push(format!("last_seen = {}", greatest(&format!("{t}.last_seen"), "excluded.last_seen")));

@@ -81,6 +81,28 @@ fn session(ip: &str, t: i64, answered: bool, stratum: u8, latency: Option<f64>) 
     })
 }
 
+/// A mode 6 query from `ip` at `t`: an observation, not a session.
+fn observation(ip: &str, t: i64) -> Record {
+    Record::Observation(ntp_wire::Observation {
+        id: t as u64,
+        time_ns: t,
+        client_ip: ip.parse().expect("ip"),
+        client_port: 40000,
+        server_ip: "198.18.0.1".parse().expect("ip"),
+        server_port: 123,
+        from_client: true,
+        vlan_id: None,
+        inner_vlan_id: None,
+        length: 12,
+        leap: 0,
+        version: 2,
+        mode: 6,
+        header: None,
+        control: None,
+        private: None,
+    })
+}
+
 fn deltas(records: Vec<Record>) -> BTreeMap<ClientKey, ClientDelta> {
     aggregate::aggregate([&Batch::new("host-a", "eth0", records)])
 }
@@ -114,6 +136,18 @@ async fn upserts_add_counts_and_keep_the_newest_values(db: &DatabaseConnection) 
     // An unanswered-only client has no latency and NULL minima.
     let u = row(db, "198.18.0.3").await;
     assert_eq!((u.unanswered_count, u.latency_count, u.latency_min), (1, 0, None));
+    // A batch with no session of a client (observations only) keeps its latest values; a
+    // client first seen in observations (no session time stored) takes a session's, old or not.
+    let b = [Batch::new("host-a", "eth0", vec![observation("198.18.0.2", T0 + 50_000), observation("198.18.0.4", T0 + 50_000)])];
+    let c = store::upsert(db, &aggregate::aggregate(&b), T0 + 31).await.expect("observations");
+    assert_eq!((c.inserted, c.updated), (1, 1));
+    let r = row(db, "198.18.0.2").await;
+    assert_eq!((r.stratum, r.session_timestamp, r.observation_count), (Some(3), Some(T0 + 9_000), 1));
+    let o = row(db, "198.18.0.4").await;
+    assert_eq!((o.stratum, o.session_timestamp, o.observation_count), (None, None, 1));
+    store::upsert(db, &deltas(vec![session("198.18.0.4", T0 + 1_000, true, 4, None)]), T0 + 32).await.expect("a session at last");
+    let o = row(db, "198.18.0.4").await;
+    assert_eq!((o.stratum, o.session_timestamp, o.session_count, o.observation_count), (Some(4), Some(T0 + 1_000), 1, 1));
     // Rows copied in from the Flask seed have no binary address; the fill supplies it, seen
     // again or not, a limited number of rows a call.
     db.execute_unprepared(&format!(
