@@ -55,29 +55,67 @@ pub fn format_rfc3339(ns: i64) -> String {
     String::from_utf8_lossy(&rfc3339_bytes(ns)).into_owned()
 }
 
-/// [`format_rfc3339`] without an allocation, for the API's hot path. Every `i64` of nanoseconds
-/// lies in the years 1677–2262, so the text is always these 30 bytes.
+/// [`format_rfc3339`] without an allocation, for the API's hot path (a page of 100 rows prints
+/// 800–900 of them). Every `i64` of nanoseconds lies in the years 1677–2262, so the text is
+/// always these 30 bytes. The date comes from [`gregorian_from_days`] and the digits two at a
+/// time from a table, all in `u32` arithmetic (4 % of a page's CPU before, `perf`;
+/// docs/performance.md).
 pub fn rfc3339_bytes(ns: i64) -> [u8; 30] {
     let secs = ns.div_euclid(NANOS_PER_SEC);
-    let sub = ns.rem_euclid(NANOS_PER_SEC);
-    let (y, m, d) = civil_from_days(secs.div_euclid(SECS_PER_DAY));
-    let sod = secs.rem_euclid(SECS_PER_DAY);
+    let sub = ns.rem_euclid(NANOS_PER_SEC) as u32;
+    let (y, m, d) = gregorian_from_days(secs.div_euclid(SECS_PER_DAY) as i32);
+    let sod = secs.rem_euclid(SECS_PER_DAY) as u32;
     let mut out = *b"0000-00-00T00:00:00.000000000Z";
-    let mut put = |at: usize, width: usize, mut v: i64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, y);
-    put(5, 2, m);
-    put(8, 2, d);
-    put(11, 2, sod / 3600);
-    put(14, 2, (sod / 60) % 60);
-    put(17, 2, sod % 60);
-    put(20, 9, sub);
+    let mut put2 = |at: usize, v: u32| out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[v as usize % 100]);
+    put2(0, y / 100);
+    put2(2, y % 100);
+    put2(5, m);
+    put2(8, d);
+    put2(11, sod / 3600);
+    put2(14, sod / 60 % 60);
+    put2(17, sod % 60);
+    let rest = sub % 100_000_000;
+    let (hi, lo) = (rest / 10_000, rest % 10_000);
+    put2(21, hi / 100);
+    put2(23, hi % 100);
+    put2(25, lo / 100);
+    put2(27, lo % 100);
+    out[20] = b'0' + (sub / 100_000_000) as u8;
     out
 }
+
+/// Year, month and day of a day count since 1970-01-01, for every day an `i64` of nanoseconds
+/// reaches (±106 752): Neri and Schneider's calendar algorithm ("Euclidean affine functions and
+/// their application to calendar algorithms", 2022), which needs no 64-bit division. The test
+/// checks it against Hinnant's `civil_from_days` over the whole range.
+fn gregorian_from_days(days: i32) -> (u32, u32, u32) {
+    // Shifted by 82 cycles of 400 years, so every day in range counts from a positive number.
+    const CYCLES: u32 = 82;
+    const SHIFT: u32 = 719_468 + 146_097 * CYCLES;
+    let n = days.wrapping_add_unsigned(SHIFT) as u32;
+    let n1 = 4 * n + 3;
+    let century = n1 / 146_097;
+    let n2 = (n1 % 146_097) | 3;
+    let p2 = 2_939_745 * u64::from(n2);
+    let year_of_century = (p2 >> 32) as u32;
+    let day_of_year = (p2 as u32) / 2_939_745 / 4;
+    let n3 = 2_141 * day_of_year + 197_913;
+    let (month, day) = (n3 >> 16, (n3 & 0xffff) / 2_141 + 1);
+    let jan_feb = day_of_year >= 306;
+    let year = 100 * century + year_of_century + u32::from(jan_feb) - 400 * CYCLES;
+    (year, if jan_feb { month - 12 } else { month }, day)
+}
+
+/// The two ASCII digits of every number below 100.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
 
 /// Parses an RFC 3339 date-time (`2024-01-02T03:04:05Z`, optional fraction up to nanoseconds,
 /// `Z` or a `±hh:mm` offset) into Unix nanoseconds. Returns `None` for anything else.
@@ -147,6 +185,7 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
+#[cfg(test)]
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
@@ -183,6 +222,15 @@ mod tests {
         assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999999Z");
         // Leap day.
         assert_eq!(format_rfc3339(951_782_400 * NANOS_PER_SEC), "2000-02-29T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn both_calendar_algorithms_agree_on_every_day_in_range() {
+        let days = |ns: i64| ns.div_euclid(NANOS_PER_SEC).div_euclid(SECS_PER_DAY);
+        for day in days(i64::MIN)..=days(i64::MAX) {
+            let (y, m, d) = gregorian_from_days(day as i32);
+            assert_eq!((i64::from(y), i64::from(m), i64::from(d)), civil_from_days(day), "day {day}");
+        }
     }
 
     #[test]
