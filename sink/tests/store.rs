@@ -342,24 +342,7 @@ fn every_kind(host: &str, interface: &str, t: i64) -> Batch {
     if let Record::Session(s) = &mut records[9] {
         s.response_time_ns = Some(t + 10 - 1_000);
     }
-    records.push(Record::Observation(ntp_wire::Observation {
-        id: 1,
-        time_ns: t + 11,
-        client_ip: "198.18.1.7".parse().expect("ip"),
-        client_port: 40000,
-        server_ip: "198.18.0.1".parse().expect("ip"),
-        server_port: 123,
-        from_client: true,
-        vlan_id: None,
-        inner_vlan_id: None,
-        length: 12,
-        leap: 0,
-        version: 2,
-        mode: 6,
-        header: None,
-        control: None,
-        private: None,
-    }));
+    records.push(observation("198.18.1.7", t + 11));
     Batch::new(host, interface, records)
 }
 
