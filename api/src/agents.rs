@@ -83,10 +83,10 @@ pub async fn request(bus: &Bus, agent: &str, req: &ControlRequest, timeout: Dura
             let resp: ControlResponse =
                 control::decode(&msg.payload).map_err(|e| ApiError::bad_gateway(format!("agent {agent} sent an unreadable reply: {e}")))?;
             match resp {
-                ControlResponse::Error { kind, message, .. } => Err(match kind {
+                ControlResponse::Error { kind, message, field, .. } => Err(match kind {
                     ControlErrorKind::NotFound => ApiError::not_found(message),
                     ControlErrorKind::Conflict => ApiError::conflict(message),
-                    ControlErrorKind::Invalid => ApiError::bad_request("body", message),
+                    ControlErrorKind::Invalid => ApiError::bad_request(field.as_deref().unwrap_or("body"), message),
                     ControlErrorKind::Failed => ApiError::bad_gateway(message),
                 }),
                 ok @ ControlResponse::Ok { .. } => Ok(ok),

@@ -626,7 +626,8 @@ pub struct ComponentHealth {
 #[derive(Debug, Clone, Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Health {
-    /// `healthy`, `degraded` (agents offline) or `unhealthy`.
+    /// `healthy`, `degraded` (some agents offline while others run, or none running and none
+    /// gone silent) or `unhealthy`.
     pub status: String,
     /// Per component.
     pub components: Vec<ComponentHealth>,

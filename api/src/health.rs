@@ -1,8 +1,9 @@
 //! The health report: database, NATS, stream, consumer, sink liveness, agents.
 //!
-//! Unhealthy (503) when the database, NATS, the stream or the consumer is missing or the sink has
-//! stopped updating its state; degraded (200) when some agents are offline, which is also what a
-//! finished file replay looks like.
+//! Unhealthy (503) when the database, NATS, the stream or the consumer is missing, the sink has
+//! stopped updating its state, or no agent runs and some went silent (nothing captures);
+//! degraded (200) when some agents are offline while others run, or when every agent exited
+//! cleanly, which is what a finished file replay looks like.
 
 use sea_orm::{ConnectionTrait, EntityTrait, Statement};
 
@@ -72,6 +73,38 @@ fn sink_component(
     }
 }
 
+/// What the agents' statuses make of the service's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentsVerdict {
+    /// Every agent that reported is running.
+    Healthy,
+    /// Some agents went silent while others run, or none runs and none went silent (each
+    /// exited cleanly, as a finished file replay or a daemon stopped on purpose does, or none
+    /// ever reported): the pipeline works (200).
+    Degraded,
+    /// No agent runs and at least one went silent without exiting: nothing captures, and not
+    /// because an operator stopped it (503).
+    Down,
+}
+
+/// The agents' component of the health report, from their statuses in the bucket.
+fn agents_component(statuses: &[ntp_wire::status::AgentStatus]) -> (ComponentHealth, AgentsVerdict) {
+    // An agent that exited cleanly is not an outage; one that went silent is.
+    let offline: Vec<&str> = statuses.iter().filter(|s| !agents::is_fresh(s.updated_ns) && !s.exited).map(|s| s.agent.as_str()).collect();
+    let online = statuses.iter().filter(|s| agents::is_running(s)).count();
+    let verdict = match (online, offline.is_empty()) {
+        (0, false) => AgentsVerdict::Down,
+        (_, true) if online > 0 => AgentsVerdict::Healthy,
+        _ => AgentsVerdict::Degraded,
+    };
+    let detail = match (online, offline.is_empty()) {
+        (0, true) => "no agent is running".to_string(),
+        (_, true) => format!("{online} online"),
+        (_, false) => format!("{online} online, offline: {}", offline.join(", ")),
+    };
+    (component("agents", verdict == AgentsVerdict::Healthy, detail), verdict)
+}
+
 /// Runs every check.
 pub async fn check(state: &AppState) -> Health {
     let mut c = Vec::new();
@@ -94,7 +127,7 @@ pub async fn check(state: &AppState) -> Health {
         _ => None,
     };
     c.push(sink_component(&state.consumer, row.as_ref().map(Option::as_ref).map_err(String::as_str), live.as_ref()));
-    let mut degraded = false;
+    let (mut degraded, mut agents_down) = (false, false);
     match bus {
         None => c.push(component("nats", false, "not connected")),
         Some(_) if !connected => {
@@ -122,28 +155,14 @@ pub async fn check(state: &AppState) -> Health {
                 }
                 Err(e) => c.push(component("stream", false, e.to_string())),
             }
-            let statuses = agents::agent_statuses(&bus).await;
-            // An agent that exited cleanly (a finished replay, a daemon stopped on purpose) is
-            // not an outage; one that went silent is.
-            let offline: Vec<&str> =
-                statuses.iter().filter(|s| !agents::is_fresh(s.updated_ns) && !s.exited).map(|s| s.agent.as_str()).collect();
-            let online = statuses.iter().filter(|s| agents::is_running(s)).count();
-            degraded = !offline.is_empty() || online == 0;
-            c.push(component(
-                "agents",
-                !degraded,
-                if online == 0 && offline.is_empty() {
-                    "no agent is running".to_string()
-                } else if offline.is_empty() {
-                    format!("{online} online")
-                } else {
-                    format!("{online} online, offline: {}", offline.join(", "))
-                },
-            ));
+            let (agents, verdict) = agents_component(&agents::agent_statuses(&bus).await);
+            c.push(agents);
+            degraded = verdict == AgentsVerdict::Degraded;
+            agents_down = verdict == AgentsVerdict::Down;
         }
     }
     let reasons: Vec<String> = c.iter().filter(|x| !x.ok).map(|x| format!("{}: {}", x.name, x.detail)).collect();
-    let hard_failure = c.iter().any(|x| !x.ok && x.name != "agents");
+    let hard_failure = agents_down || c.iter().any(|x| !x.ok && x.name != "agents");
     let status = if hard_failure {
         "unhealthy"
     } else if degraded {
@@ -180,6 +199,28 @@ mod tests {
             last_batch_seconds: None,
             updated_at,
         }
+    }
+
+    #[test]
+    fn silent_agents_degrade_the_service_until_none_runs() {
+        let now = clock::wall_ns();
+        let old = now - 3_600_000_000_000;
+        let agent = |name: &str, updated_ns: i64, exited: bool| ntp_wire::status::AgentStatus {
+            agent: name.into(),
+            updated_ns,
+            exited,
+            ..Default::default()
+        };
+        let verdict = |s: &[ntp_wire::status::AgentStatus]| agents_component(s).1;
+        assert_eq!(verdict(&[agent("a", now, false), agent("b", now, false)]), AgentsVerdict::Healthy);
+        assert_eq!(verdict(&[agent("a", now, false), agent("b", old, false)]), AgentsVerdict::Degraded);
+        // Stopped on purpose (or a finished replay), or never there: nothing is broken.
+        assert_eq!(verdict(&[agent("a", now, true), agent("b", old, true)]), AgentsVerdict::Degraded);
+        assert_eq!(verdict(&[]), AgentsVerdict::Degraded);
+        // The last running agent went silent: nothing captures.
+        let (c, v) = agents_component(&[agent("a", old, false), agent("b", old, true)]);
+        assert_eq!(v, AgentsVerdict::Down);
+        assert!(!c.ok && c.detail == "0 online, offline: a", "{}", c.detail);
     }
 
     #[test]

@@ -276,18 +276,21 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-fn sort_value_expr(v: &SortValue) -> Option<Value> {
-    Some(match v {
-        SortValue::Int(i) => Value::BigInt(Some(*i)),
-        SortValue::Float(f) => Value::Double(Some(*f)),
-        SortValue::FloatBits { f } => {
-            let v = f64::from_bits(*f);
-            if v.is_nan() {
-                return None; // orders nowhere: a bad cursor
-            }
-            Value::Double(Some(v))
-        }
-        SortValue::Bytes(h) => Value::Bytes(Some(unhex(h)?)),
+/// The value a cursor's sort value binds as, or `None` when it is not of the sort key's kind
+/// (a cursor made by hand): integers for the counts and times, bytes for the address, a float
+/// (or an integer, read as one) for the averages. PostgreSQL refuses to compare a column with a
+/// value of another kind, so this is checked here, as a bad cursor, and not left to the database.
+fn sort_value_expr(k: SortKey, v: &SortValue) -> Option<Value> {
+    let float = matches!(k, SortKey::AvgLatency | SortKey::AvgProcessingTime);
+    Some(match (v, k) {
+        (SortValue::Bytes(h), SortKey::ClientIp) => Value::Bytes(Some(unhex(h)?)),
+        (_, SortKey::ClientIp) | (SortValue::Bytes(_), _) => return None,
+        (SortValue::Int(i), _) if !float => Value::BigInt(Some(*i)),
+        (SortValue::Int(i), _) => Value::Double(Some(*i as f64)),
+        (SortValue::Float(f), _) if float && !f.is_nan() => Value::Double(Some(*f)),
+        (SortValue::FloatBits { f }, _) if float && !f64::from_bits(*f).is_nan() => Value::Double(Some(f64::from_bits(*f))),
+        // A float for an integer key, or NaN, which orders nowhere.
+        (SortValue::Float(_) | SortValue::FloatBits { .. }, _) => return None,
     })
 }
 
@@ -322,7 +325,7 @@ fn decode_cursor(k: SortKey, o: SortOrder, cursor: &str) -> Result<(Value, i64),
     if c.k != k.as_str() || c.o != o.as_str() {
         return Err(bad("it belongs to another sort or order; start again without a cursor"));
     }
-    Ok((sort_value_expr(&c.v).ok_or_else(|| bad("bad sort value"))?, c.id))
+    Ok((sort_value_expr(k, &c.v).ok_or_else(|| bad("its sort value is not one of this sort"))?, c.id))
 }
 
 /// `SELECT … WHERE filters ORDER BY sort, id`.

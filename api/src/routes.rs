@@ -107,7 +107,8 @@ impl poem::IntoResponse for ExportResponse {
     }
 }
 
-/// Health: 200 when healthy (or degraded: some agents offline), 503 with the reasons otherwise.
+/// Health: 200 when healthy (or degraded: some agents offline while others run, or every agent
+/// stopped cleanly), 503 with the reasons otherwise.
 #[derive(Debug, ApiResponse)]
 pub enum HealthResponse {
     /// Healthy or degraded.
@@ -312,11 +313,21 @@ impl HistoryApi {
             (None, None) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before")),
         };
         // The next request counts the table and computes the interface aggregates again,
-        // whether the cleanup ends, fails or is abandoned.
-        let _recount = state.total.forget_around();
-        let _recompute = state.aggregates.forget_around();
-        let deleted = query::delete_older_than(&state.db, cutoff).await?;
-        tracing::info!(message = "Cleanup.", deleted, cutoff = %ntp_wire::time::format_rfc3339(cutoff));
+        // whether the cleanup ends or fails.
+        // A task of its own: a client that gives up does not stop the cleanup half-way (its
+        // count is logged), and no request timeout applies to this route (`app`).
+        let (db, total, aggregates) = (state.db.clone(), state.total.clone(), state.aggregates.clone());
+        let deleted = tokio::spawn(async move {
+            let (_recount, _recompute) = (total.forget_around(), aggregates.forget_around());
+            let deleted = query::delete_older_than(&db, cutoff).await;
+            match &deleted {
+                Ok(n) => tracing::info!(message = "Cleanup.", deleted = n, cutoff = %ntp_wire::time::format_rfc3339(cutoff)),
+                Err(e) => tracing::warn!(message = "Cleanup failed.", error = %e, cutoff = %ntp_wire::time::format_rfc3339(cutoff)),
+            }
+            deleted
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
         Ok(Json(CleanupResult { deleted, cutoff: ntp_wire::time::format_rfc3339(cutoff) }))
     }
 
@@ -359,8 +370,9 @@ impl HistoryApi {
     /// Health
     ///
     /// Database, NATS, stream, consumer, sink liveness and agents. 200 when healthy (or
-    /// degraded: some agents offline), 503 with the reasons otherwise. The checks run at most
-    /// once a second; faster polls get the last report.
+    /// degraded: some agents offline while others run, or every agent stopped cleanly), 503
+    /// with the reasons otherwise, also when no agent runs and some went silent. The checks run
+    /// at most once a second; faster polls get the last report.
     #[oai(path = "/history/health", method = "get", operation_id = "health")]
     async fn health(&self, state: Data<&AppState>) -> HealthResponse {
         let h = state.health().await;

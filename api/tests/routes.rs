@@ -244,6 +244,36 @@ async fn filters_and_errors(f: &Fixture) {
     let c = b["next_cursor"].as_str().expect("cursor").to_string();
     let (s, b) = get(f, "/api/ntp/history/clients", &[("cursor", &c), ("sort", "first_seen")]).await;
     assert_error(s, &b, 400, Some("cursor"));
+    // A cursor made by hand whose sort value is not of its sort's kind is refused before it
+    // reaches the database (PostgreSQL will not compare a bigint with bytes); one whose value
+    // is of the kind is a cursor like any other.
+    let made = |k: &str, v: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(r#"{{"k":"{k}","o":"desc","v":{v},"id":1}}"#))
+    };
+    for (sort, v, want) in [
+        ("last_seen", r#""00ff""#, 400),
+        ("last_seen", "1.5", 400),
+        ("last_seen", r#"{"f":4611686018427387904}"#, 400),
+        ("session_count", "2.5", 400),
+        ("client_ip", "5", 400),
+        ("client_ip", "0.5", 400),
+        ("client_ip", r#""zz""#, 400),
+        ("avg_latency", r#""00ff""#, 400),
+        ("avg_latency", r#"{"f":18444492273895866368}"#, 400), // a NaN's bits
+        ("last_seen", "1767225600000000000", 200),
+        ("client_ip", r#""c6120001""#, 200),
+        ("avg_latency", "1", 200),
+        ("avg_latency", "0.002", 200),
+        ("avg_processing_time", r#"{"f":4611686018427387904}"#, 200),
+    ] {
+        let (s, b) = get(f, "/api/ntp/history/clients", &[("cursor", &made(sort, v)), ("sort", sort)]).await;
+        if want == 200 {
+            assert_eq!(s, 200, "{sort} {v}: {b}");
+        } else {
+            assert_error(s, &b, want, Some("cursor"));
+        }
+    }
     let (s, b) = get(f, "/api/ntp/no/such/route", &[]).await;
     assert_error(s, &b, 404, None);
 }
@@ -352,6 +382,62 @@ async fn export_streams(f: &Fixture) {
     assert_error(s, &b, 400, Some("format"));
     let (s, b) = json(f.cli.post("/api/ntp/history/export").body_json(&serde_json::json!({"limit": "all"})).send().await).await;
     assert_error(s, &b, 400, Some("limit"));
+}
+
+/// An export longer than one of the export's keyset chunks ([`ntpscope_api::export::CHUNK`]
+/// rows): 4 500 clients whose last-seen times take three values, so that chunks end inside runs
+/// of equal sort values. Every format, two sorts and a limit that ends one row into a chunk give
+/// each row exactly once.
+async fn exports_span_chunks(pg: bool) {
+    let f = empty_fixture(pg, Protect::default()).await;
+    let n = 4_500u32;
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            session(&format!("198.18.{}.{}", i / 250, i % 250 + 1), T0 + i64::from(i % 3) * 1_000_000_000, i % 7 != 0, *b"GPS\0", false)
+        })
+        .collect();
+    let deltas = ntpscope_sink::aggregate::aggregate([&Batch::new("ntp1", "eth0", records)]);
+    ntpscope_sink::store::upsert(&f.writer, &deltas, T0).await.expect("rows");
+    assert!(u64::from(n) > 2 * ntpscope_api::export::CHUNK, "the export spans several chunks");
+    let ids_of = |format: &str, text: &str| -> Vec<i64> {
+        match format {
+            "csv" => text.lines().skip(1).map(|l| l.split(',').next().and_then(|id| id.parse().ok()).expect("an id first")).collect(),
+            "ndjson" => text.lines().map(|l| serde_json::from_str::<Value>(l).expect("a line")["id"].as_i64().expect("id")).collect(),
+            _ => serde_json::from_str::<Value>(text)
+                .expect("an array")
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|r| r["id"].as_i64().expect("id"))
+                .collect(),
+        }
+    };
+    let limit = ntpscope_api::export::CHUNK + 1;
+    for format in ["csv", "ndjson", "json"] {
+        for (sort, order) in [("last_seen", "desc"), ("client_ip", "asc")] {
+            for want in [u64::from(n), limit] {
+                let body = serde_json::json!({"format": format, "sort": sort, "order": order, "limit": want});
+                let resp = f.cli.post("/api/ntp/history/export").body_json(&body).send().await;
+                assert_eq!(resp.0.status().as_u16(), 200);
+                let ids = ids_of(format, &resp.0.into_body().into_string().await.expect("body"));
+                let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+                assert_eq!((ids.len() as u64, distinct.len() as u64), (want, want), "{format} {sort} {order} limit {want}");
+            }
+        }
+    }
+    // No request timeout cuts a cleanup short: with none left at all, a search times out and
+    // a cleanup of every row still answers with its count.
+    let state = ntpscope_api::state::AppState { request_timeout: Duration::ZERO, ..f.state.clone() };
+    let hurried = TestClient::new(poem::EndpointExt::boxed(poem::EndpointExt::map_to_response(app(state))));
+    let search = serde_json::json!({"filters": {"min_sessions": 1}, "sort": "session_count"});
+    let (s, b) = json(hurried.post("/api/ntp/history/search").body_json(&search).send().await).await;
+    assert_error(s, &b, 504, None);
+    let cleanup = serde_json::json!({"before": "2100-01-01T00:00:00Z"});
+    let (s, b) =
+        json(hurried.post("/api/ntp/history/cleanup").header("Authorization", format!("Bearer {TOKEN}")).body_json(&cleanup).send().await)
+            .await;
+    assert_eq!((s, b["deleted"].as_u64()), (200, Some(u64::from(n))), "{b}");
+    done(f).await;
 }
 
 async fn cleanup_needs_a_token(f: &Fixture) {
@@ -979,6 +1065,7 @@ async fn run_all(pg: bool) {
     cleanup_needs_a_token(&f).await;
     done(f).await;
     computed_filters_and_sorts(pg).await;
+    exports_span_chunks(pg).await;
     cleanup_older_than_days(pg).await;
     protected_reads(pg).await;
     protected_export(pg).await;

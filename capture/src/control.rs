@@ -50,7 +50,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let response = match control::decode::<ControlRequest>(&msg.payload) {
                 Ok(req) => handle(&agent, &supervisor, &defaults, req).await,
-                Err(e) => error(&agent, ControlErrorKind::Invalid, format!("bad control request: {e}")),
+                Err(e) => error(&agent, StartError::new(ControlErrorKind::Invalid, format!("bad control request: {e}"))),
             };
             match control::encode(&response) {
                 Ok(bytes) => {
@@ -65,8 +65,8 @@ pub async fn serve(
     let _ = sub.unsubscribe().await;
 }
 
-fn error(agent: &str, kind: ControlErrorKind, message: String) -> ControlResponse {
-    ControlResponse::Error { agent: agent.to_string(), kind, message }
+fn error(agent: &str, e: StartError) -> ControlResponse {
+    ControlResponse::Error { agent: agent.to_string(), kind: e.kind, message: e.message, field: e.field.map(str::to_string) }
 }
 
 async fn handle(agent: &str, sup: &Arc<Supervisor>, defaults: &ControlDefaults, req: ControlRequest) -> ControlResponse {
@@ -75,16 +75,16 @@ async fn handle(agent: &str, sup: &Arc<Supervisor>, defaults: &ControlDefaults, 
         ControlRequest::List => Ok(()),
         ControlRequest::Start { interface, port, timeout, bpf } => {
             if interface.is_empty() || interface.len() > 64 || interface.chars().any(|c| c.is_control() || c == '/') {
-                return error(agent, ControlErrorKind::Invalid, format!("invalid interface name {interface:?}"));
+                return error(agent, StartError::invalid("name", format!("invalid interface name {interface:?}")));
             }
             if port == 0 {
-                return error(agent, ControlErrorKind::Invalid, "port must be between 1 and 65535".into());
+                return error(agent, StartError::invalid("port", "port must be between 1 and 65535".into()));
             }
             if !timeout.is_finite() || timeout <= 0.0 || timeout > 3600.0 {
-                return error(agent, ControlErrorKind::Invalid, format!("timeout must be between 0 and 3600 seconds, got {timeout}"));
+                return error(agent, StartError::invalid("timeout", format!("timeout must be between 0 and 3600 seconds, got {timeout}")));
             }
             if bpf.as_ref().is_some_and(|b| b.len() > 1024) {
-                return error(agent, ControlErrorKind::Invalid, "bpf filter longer than 1024 characters".into());
+                return error(agent, StartError::invalid("bpf", "bpf filter longer than 1024 characters".into()));
             }
             let mut analyzer = defaults.analyzer;
             analyzer.server_port = port;
@@ -94,13 +94,13 @@ async fn handle(agent: &str, sup: &Arc<Supervisor>, defaults: &ControlDefaults, 
             let sup = sup.clone();
             tokio::task::spawn_blocking(move || sup.start(&SourceSpec::Live { interface }, analyzer, &live))
                 .await
-                .unwrap_or_else(|e| Err(StartError { kind: ControlErrorKind::Failed, message: e.to_string() }))
+                .unwrap_or_else(|e| Err(StartError::new(ControlErrorKind::Failed, e.to_string())))
         }
         ControlRequest::Stop { interface } => {
             let sup = sup.clone();
             tokio::task::spawn_blocking(move || sup.stop(&interface))
                 .await
-                .unwrap_or_else(|e| Err(StartError { kind: ControlErrorKind::Failed, message: e.to_string() }))
+                .unwrap_or_else(|e| Err(StartError::new(ControlErrorKind::Failed, e.to_string())))
         }
     };
     match outcome {
@@ -109,6 +109,6 @@ async fn handle(agent: &str, sup: &Arc<Supervisor>, defaults: &ControlDefaults, 
             let interfaces = tokio::task::spawn_blocking(move || sup.interfaces()).await.unwrap_or_default();
             ControlResponse::Ok { agent: agent.to_string(), interfaces }
         }
-        Err(e) => error(agent, e.kind, e.message),
+        Err(e) => error(agent, e),
     }
 }

@@ -83,19 +83,35 @@ pub struct StartError {
     pub kind: ControlErrorKind,
     /// Reason.
     pub message: String,
+    /// The request's field at fault, for an invalid request (the API names it in its 400).
+    pub field: Option<&'static str>,
+}
+
+impl StartError {
+    /// A failure not tied to one field of the request.
+    pub fn new(kind: ControlErrorKind, message: String) -> Self {
+        Self { kind, message, field: None }
+    }
+
+    /// An invalid request, `field` being at fault.
+    pub fn invalid(field: &'static str, message: String) -> Self {
+        Self { kind: ControlErrorKind::Invalid, message, field: Some(field) }
+    }
 }
 
 impl From<OpenError> for StartError {
     fn from(e: OpenError) -> Self {
-        let kind = match e {
-            OpenError::NoSuchInterface { .. } => ControlErrorKind::NotFound,
-            // A bad filter, or an interface whose link type ntpscope cannot decode.
-            OpenError::Filter { .. } | OpenError::UnsupportedLink { .. } => ControlErrorKind::Invalid,
+        let (kind, field) = match e {
+            OpenError::NoSuchInterface { .. } => (ControlErrorKind::NotFound, None),
+            // A filter libpcap does not compile.
+            OpenError::Filter { .. } => (ControlErrorKind::Invalid, Some("bpf")),
+            // An interface whose link type ntpscope cannot decode.
+            OpenError::UnsupportedLink { .. } => (ControlErrorKind::Invalid, Some("name")),
             // The device exists but cannot be captured now (down, busy).
-            OpenError::Other { .. } => ControlErrorKind::Conflict,
-            OpenError::Permission { .. } | OpenError::Unreadable { .. } | OpenError::NotACapture { .. } => ControlErrorKind::Failed,
+            OpenError::Other { .. } => (ControlErrorKind::Conflict, None),
+            OpenError::Permission { .. } | OpenError::Unreadable { .. } | OpenError::NotACapture { .. } => (ControlErrorKind::Failed, None),
         };
-        Self { kind, message: e.to_string() }
+        Self { kind, message: e.to_string(), field }
     }
 }
 
@@ -144,10 +160,10 @@ impl Supervisor {
             return Err(OpenError::NoSuchInterface { name, available: available.join(", ") }.into());
         }
         if self.lock().get(&name).is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) {
-            return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("already capturing on {name}") });
+            return Err(StartError::new(ControlErrorKind::Conflict, format!("already capturing on {name}")));
         }
         let Some(tx) = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() else {
-            return Err(StartError { kind: ControlErrorKind::Failed, message: "the agent is shutting down".into() });
+            return Err(StartError::new(ControlErrorKind::Failed, "the agent is shutting down".into()));
         };
         let (handle, link) = source::open(spec, live)?;
         let status = Arc::new(Mutex::new(SourceStatus {
@@ -181,7 +197,7 @@ impl Supervisor {
         let thread = std::thread::Builder::new()
             .name(format!("capture-{name}"))
             .spawn(move || source::run(handle, link, &ctx))
-            .map_err(|e| StartError { kind: ControlErrorKind::Failed, message: format!("cannot start a thread: {e}") })?;
+            .map_err(|e| StartError::new(ControlErrorKind::Failed, format!("cannot start a thread: {e}")))?;
         let params = CaptureParams {
             port: analyzer.server_port,
             timeout: analyzer.pairing.timeout_ns as f64 / 1e9,
@@ -202,12 +218,12 @@ impl Supervisor {
             let Some(r) = map.get_mut(name).filter(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished())) else {
                 drop(map);
                 if !known && !is_network_interface(name) {
-                    return Err(StartError { kind: ControlErrorKind::NotFound, message: format!("no interface {name} on this host") });
+                    return Err(StartError::new(ControlErrorKind::NotFound, format!("no interface {name} on this host")));
                 }
-                return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("not capturing on {name}") });
+                return Err(StartError::new(ControlErrorKind::Conflict, format!("not capturing on {name}")));
             };
             if r.stop.load(Ordering::Relaxed) {
-                return Err(StartError { kind: ControlErrorKind::Conflict, message: format!("{name} is already stopping") });
+                return Err(StartError::new(ControlErrorKind::Conflict, format!("{name} is already stopping")));
             }
             (r.stop.clone(), r.thread.take())
         };
@@ -224,7 +240,7 @@ impl Supervisor {
             if let Some(r) = self.lock().get_mut(name) {
                 r.thread = Some(thread);
             }
-            Err(StartError { kind: ControlErrorKind::Conflict, message: format!("{name} is still stopping; ask again shortly") })
+            Err(StartError::new(ControlErrorKind::Conflict, format!("{name} is still stopping; ask again shortly")))
         }
     }
 

@@ -33,8 +33,10 @@ pub struct Cli {
     pub consumer: String,
     /// Seconds JetStream waits for an ack before redelivering (a running sink acks right after
     /// each commit, and extends it for the batches in hand while a write waits or is retried).
-    #[arg(long, default_value_t = 30.0)]
-    pub ack_wait: f64,
+    /// At least twice the batch interval; by default 30, or three batch intervals when that is
+    /// longer, so that any seed batch interval works without it.
+    #[arg(long)]
+    pub ack_wait: Option<f64>,
     /// Messages delivered and not yet acknowledged, at most.
     #[arg(long, default_value_t = 20_000)]
     pub max_ack_pending: i64,
@@ -55,6 +57,12 @@ pub struct Cli {
     pub stream: ntpscope_bus::StreamArgs,
     #[command(flatten)]
     pub settings: ntpscope_bus::settings::SettingsArgs,
+}
+
+/// The ack wait when `--ack-wait` is not given: 30 s, or three batch intervals when that is
+/// longer (a batch waits up to one interval before its commit and acks).
+fn default_ack_wait(batch_interval: f64) -> f64 {
+    (3.0 * batch_interval).max(30.0)
 }
 
 /// A configuration error, reported with exit code 78.
@@ -103,7 +111,7 @@ impl Cli {
             return Err(ConfigError(format!("NTP_BATCH_SIZE must be between 1 and 1000000, got {}", self.batch_size)));
         }
         let batch_interval = secs(self.batch_interval, "NTP_BATCH_INTERVAL_SECONDS", 0.01, 3600.0)?;
-        let ack_wait = secs(self.ack_wait, "--ack-wait", 1.0, 86_400.0)?;
+        let ack_wait = secs(self.ack_wait.unwrap_or_else(|| default_ack_wait(self.batch_interval)), "--ack-wait", 1.0, 86_400.0)?;
         if ack_wait < batch_interval * 2 {
             return Err(ConfigError(format!(
                 "--ack-wait ({ack_wait:?}) must be at least twice NTP_BATCH_INTERVAL_SECONDS ({batch_interval:?}), \
@@ -157,6 +165,18 @@ mod tests {
         assert_eq!(c.batch_size, 100);
         assert_eq!(c.batch_interval, Duration::from_secs(5));
         assert_eq!(c.database_url, "sqlite://data/ntp_clients.db?mode=rwc");
+        assert_eq!(c.ack_wait, Duration::from_secs(30));
+    }
+
+    /// Any batch interval the seed accepts works without `--ack-wait`; a given ack wait is kept,
+    /// and refused when a batch could outlive it.
+    #[test]
+    fn the_ack_wait_follows_a_long_batch_interval() {
+        assert_eq!(parse(&["--batch-interval", "10"]).unwrap().ack_wait, Duration::from_secs(30));
+        assert_eq!(parse(&["--batch-interval", "60"]).unwrap().ack_wait, Duration::from_secs(180));
+        assert_eq!(parse(&["--batch-interval", "3600"]).unwrap().ack_wait, Duration::from_secs(10_800));
+        assert_eq!(parse(&["--batch-interval", "60", "--ack-wait", "120"]).unwrap().ack_wait, Duration::from_secs(120));
+        assert!(parse(&["--batch-interval", "60", "--ack-wait", "30"]).is_err());
     }
 
     #[test]

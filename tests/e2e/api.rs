@@ -139,11 +139,17 @@ async fn the_api_starts_and_stops_live_capture_on_an_agent() {
     let stop = format!("/api/ntp/interfaces/{iface}/stop");
     let body = serde_json::json!({"port": 123, "timeout": 1.0});
     assert_eq!(post(&cli, &start, &body, false).await.0, 401, "a token is needed");
-    let (s, b) = post(&cli, &start, &body, true).await;
+    // A filter libpcap cannot compile is the request's fault, and the error names the field.
+    let broken = serde_json::json!({"port": 123, "timeout": 1.0, "bpf": "udp port ((("});
+    let (s, b) = post(&cli, &start, &broken, true).await;
+    assert_eq!((s, b["error"]["field"].as_str()), (400, Some("bpf")), "{b}");
+    // A filter of the operator's own replaces the default one.
+    let filter = "udp port 123";
+    let (s, b) = post(&cli, &start, &serde_json::json!({"port": 123, "timeout": 1.0, "bpf": filter}), true).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
-        (b["agent"].as_str(), b["interface"]["capturing"].as_bool(), b["interface"]["port"].as_u64()),
-        (Some("lab-agent"), Some(true), Some(123))
+        (b["agent"].as_str(), b["interface"]["capturing"].as_bool(), b["interface"]["port"].as_u64(), b["interface"]["bpf"].as_str()),
+        (Some("lab-agent"), Some(true), Some(123), Some(filter))
     );
     assert_eq!(post(&cli, &start, &body, true).await.0, 409, "already capturing");
     assert_eq!(post(&cli, "/api/ntp/interfaces/nosuch0/start", &body, true).await.0, 404);

@@ -359,6 +359,9 @@ async fn run_drill(d: Drill) {
     })
     .await;
     assert!(seen.contains("offline"), "{seen}");
+    // The drill's only agent went silent without exiting: nothing captures, so health is 503.
+    let (code, h) = get(&api, "/api/ntp/history/health").await;
+    assert_eq!((code, h["status"].as_str()), (503, Some("unhealthy")), "{h}");
     let (_, stats) = get(&api, "/api/ntp/history/service/statistics").await;
     let agent_row =
         stats["agents"].as_array().and_then(|a| a.iter().find(|x| x["agent"] == "drill").cloned()).expect("agent in statistics");

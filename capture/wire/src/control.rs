@@ -105,6 +105,10 @@ pub enum ControlResponse {
         kind: ControlErrorKind,
         /// Human-readable reason.
         message: String,
+        /// The request's field at fault, for [`ControlErrorKind::Invalid`] (`name` for the
+        /// interface, `port`, `timeout`, `bpf`); absent from agents before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
     },
 }
 

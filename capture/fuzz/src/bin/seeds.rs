@@ -174,7 +174,7 @@ fn control_seeds(corpus: &mut Corpus) {
             agent: "agent-1".into(),
             interfaces: vec![iface, InterfaceInfo { name: "lo".into(), ..InterfaceInfo::default() }],
         },
-        ControlResponse::Error { agent: "agent-1".into(), kind: ControlErrorKind::Conflict, message: "already capturing".into() },
+        ControlResponse::Error { agent: "agent-1".into(), kind: ControlErrorKind::Conflict, message: "already capturing".into(), field: None },
     ];
     for r in &replies {
         corpus.add("control", control::encode(r).unwrap_or_default());
