@@ -110,6 +110,12 @@ impl Run {
 
 async fn sea_orm_run(url: &str, batches: &[Batch]) -> Run {
     let db = db::connect_and_migrate(url).await.expect("open");
+    // Experiments: BENCH_SQL (below) runs here too, on SQLite.
+    if let Ok(extra) = std::env::var("BENCH_SQL")
+        && db.get_database_backend() == DbBackend::Sqlite
+    {
+        db.execute_unprepared(&extra).await.expect("BENCH_SQL");
+    }
     let mut run = Run::default();
     for (i, b) in batches.iter().enumerate() {
         let t = Instant::now();
@@ -179,7 +185,7 @@ fn rusqlite_run(path: &std::path::Path, batches: &[Batch], form: RawForm) -> Run
     for (k, v) in db::SQLITE_WRITER_PRAGMAS {
         conn.execute_batch(&format!("PRAGMA {k}={v};")).expect("writer pragma");
     }
-    // Experiments: BENCH_SQL="PRAGMA …; DROP INDEX …;" runs on the raw baseline before the load.
+    // Experiments: BENCH_SQL="PRAGMA …; DROP INDEX …;" runs on every SQLite variant before the load.
     if let Ok(extra) = std::env::var("BENCH_SQL") {
         conn.execute_batch(&extra).expect("BENCH_SQL");
     }
