@@ -526,7 +526,8 @@ pub struct SinkStatistics {
     /// Whether the sink reported recently: its database row (written by every batch, and every
     /// `--db-heartbeat-interval` by an idle sink) or its status on the bus.
     pub alive: bool,
-    /// Failed batch attempts since the sink started (each was retried; from its status on the bus).
+    /// Failed batch attempts (each was retried): from the sink's status on the bus when it is
+    /// fresh, else from its database row, which counts a failure once a later batch commits.
     pub failed_attempts: Option<i64>,
     /// While database writes fail: the last error (from the sink's status on the bus).
     pub failing: Option<String>,

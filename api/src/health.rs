@@ -193,6 +193,7 @@ mod tests {
             duplicates_skipped: 0,
             dead_lettered: 0,
             queue_size: 0,
+            failed_attempts: 0,
             last_commit_at: None,
             lag_seconds: None,
             last_batch_records: None,

@@ -166,7 +166,7 @@ fn sink(out: &mut Exposition, service: &ServiceStatistics) {
             "1 while the sink's database writes fail (locked, full, unreachable), else 0.",
             [(l(), f64::from(u8::from(s.failing.is_some())))],
         );
-        let counters: [(&str, &str, i64); 8] = [
+        let counters: [(&str, &str, i64); 9] = [
             (
                 "ntpscope_sink_received_records_total",
                 "Records received from the stream (total_received in the service statistics).",
@@ -187,6 +187,11 @@ fn sink(out: &mut Exposition, service: &ServiceStatistics) {
                 s.duplicates_skipped,
             ),
             ("ntpscope_sink_dead_lettered_total", "Messages set aside on the dead-letter subject.", s.dead_lettered),
+            (
+                "ntpscope_sink_failed_attempts_total",
+                "Batch writes that failed and were retried (failed_attempts).",
+                s.failed_attempts.unwrap_or(0),
+            ),
         ];
         for (name, help, v) in counters {
             out.family(name, "counter", help, [(l(), v as f64)]);
@@ -391,7 +396,7 @@ mod tests {
                 last_commit_at: Some("2026-01-01T00:00:02Z".into()),
                 lag_seconds: Some(0.25),
                 alive: true,
-                failed_attempts: None,
+                failed_attempts: Some(3),
                 failing: None,
                 failing_since: None,
                 wal_bytes: Some(4_194_304),
@@ -495,6 +500,7 @@ mod tests {
             r#"ntpscope_sink_failing{consumer="ntpscope-sink"} 0"#,
             r#"ntpscope_sink_processed_records_total{consumer="ntpscope-sink"} 299"#,
             r#"ntpscope_sink_queue_size{consumer="ntpscope-sink"} 7"#,
+            r#"ntpscope_sink_failed_attempts_total{consumer="ntpscope-sink"} 3"#,
             r#"ntpscope_sink_lag_seconds{consumer="ntpscope-sink"} 0.25"#,
             r#"ntpscope_sink_last_commit_timestamp_seconds{consumer="ntpscope-sink"} 1767225602"#,
             r#"ntpscope_sink_wal_bytes{consumer="ntpscope-sink"} 4194304"#,

@@ -482,7 +482,10 @@ async fn service_statistics(state: &AppState) -> Result<ServiceStatistics, ApiEr
 fn sink_statistics(r: entity::sink_state::Model, live: Option<&ntp_wire::status::SinkStatus>) -> SinkStatistics {
     let live = live.filter(|s| agents::is_fresh(s.updated_ns));
     SinkStatistics {
-        failed_attempts: live.map(|s| i64::try_from(s.counters.get("failed_attempts").copied().unwrap_or(0)).unwrap_or(i64::MAX)),
+        // The bus counts a failure at once, the row once a later batch commits.
+        failed_attempts: Some(
+            live.and_then(|s| s.counters.get("failed_attempts")).map_or(r.failed_attempts, |n| i64::try_from(*n).unwrap_or(i64::MAX)),
+        ),
         failing: live.and_then(|s| s.failing.clone()),
         wal_bytes: live.and_then(|s| s.counters.get("wal_bytes")).map(|b| i64::try_from(*b).unwrap_or(i64::MAX)),
         failing_since: live.filter(|s| s.failing.is_some()).map(|s| ntp_wire::time::format_rfc3339(s.failing_since_ns)),

@@ -17,9 +17,10 @@ mod m20261126_000001_create_ntp_clients;
 mod m20261126_000002_create_sink_state;
 mod m20261204_000003_add_last_kiss_at;
 mod m20261204_000004_relax_upserted_columns;
+mod m20261206_000005_add_failed_attempts;
 
 /// The newest migration; a database whose newest applied migration differs is not this schema.
-pub const LATEST: &str = "m20261204_000004_relax_upserted_columns";
+pub const LATEST: &str = "m20261206_000005_add_failed_attempts";
 
 /// The page size of a new SQLite database, in bytes (SQLite's default is 4 096).
 ///
@@ -48,6 +49,14 @@ pub fn creating_options(url: &str) -> sea_orm_migration::sea_orm::ConnectOptions
 #[derive(Debug)]
 pub struct Migrator;
 
+/// How many of the newest migrations `Migrator::down` undoes to undo `name` too (for tests
+/// that step back to the schema before one migration); `None` for a name not among them.
+pub fn steps_to_undo(name: &str) -> Option<u32> {
+    let all = Migrator::migrations();
+    let at = all.iter().position(|m| m.name() == name)?;
+    <u32 as std::convert::TryFrom<usize>>::try_from(all.len() - at).ok()
+}
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
@@ -56,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_create_sink_state::Migration),
             Box::new(m20261204_000003_add_last_kiss_at::Migration),
             Box::new(m20261204_000004_relax_upserted_columns::Migration),
+            Box::new(m20261206_000005_add_failed_attempts::Migration),
         ]
     }
 }

@@ -621,7 +621,7 @@ async fn apply(
         replanned = (plan, deltas);
         (&replanned.0, &replanned.1)
     };
-    let mut delta = StateDelta { queue_size: stats.queue_size(), ..plan.delta.clone() };
+    let mut delta = StateDelta { queue_size: stats.queue_size(), failed_attempts: stats.failures_unwritten(), ..plan.delta.clone() };
     let counts = store::upsert(&txn, deltas, now).await?;
     delta.total_inserted = counts.inserted;
     delta.total_updated = counts.updated;

@@ -26,6 +26,8 @@ struct Totals {
     failing: Option<(String, i64, bool)>,
     /// The SQLite WAL file's size at the writer's last look, bytes (`None` on PostgreSQL).
     wal_bytes: Option<u64>,
+    /// Failed batch attempts not yet written into the database row (the next commit adds them).
+    failures_unwritten: u64,
 }
 
 /// Lag samples kept for quantiles.
@@ -73,6 +75,7 @@ impl SinkStats {
                     ("duplicates_skipped", r.duplicates_skipped),
                     ("dead_lettered", r.dead_lettered),
                     ("last_sequence", r.last_sequence),
+                    ("failed_attempts", r.failed_attempts),
                 ] {
                     t.counters.insert(k, u(v));
                 }
@@ -106,6 +109,8 @@ impl SinkStats {
             // and the status document agree with `sink_state.last_commit_at`.
             t.last_commit_ns = if d.written_at > 0 { d.written_at } else { crate::clock::wall_ns() };
             t.failing = None;
+            // Counted when they happened (`add_error`); now they are in the row too.
+            t.failures_unwritten = t.failures_unwritten.saturating_sub(d.failed_attempts);
             if let Some(lag) = d.lag_seconds {
                 t.lag_seconds = lag;
             }
@@ -141,9 +146,15 @@ impl SinkStats {
     pub fn add_error(&self, error: &str) {
         self.with(|t| {
             *t.counters.entry("failed_attempts").or_default() += 1;
+            t.failures_unwritten += 1;
             let since = t.failing.as_ref().map_or_else(crate::clock::wall_ns, |f| f.1);
             t.failing = Some((error.to_string(), since, true));
         });
+    }
+
+    /// Failed batch attempts the database row does not count yet: the next batch's delta.
+    pub fn failures_unwritten(&self) -> u64 {
+        self.with(|t| t.failures_unwritten)
     }
 
     /// A heartbeat write failed: shown until a write succeeds.
@@ -209,5 +220,53 @@ impl SinkStats {
                 failing_since_ns: t.failing.as_ref().map_or(0, |f| f.1),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(s: &SinkStats) -> u64 {
+        s.status("sink").counters["failed_attempts"]
+    }
+
+    /// A failed attempt counts at once on the bus, goes into the row with the next commit, and
+    /// is counted once either way; a restarted sink starts from the row's count.
+    #[test]
+    fn failed_attempts_reach_the_row_with_the_next_commit() {
+        let s = SinkStats::from_row(None);
+        s.add_error("database is full");
+        s.add_error("database is full");
+        assert_eq!((failed(&s), s.failures_unwritten()), (2, 2));
+        // A commit that began before the second failure carries only the first.
+        s.committed(&StateDelta { failed_attempts: 1, ..StateDelta::default() });
+        assert_eq!((failed(&s), s.failures_unwritten()), (2, 1));
+        s.committed(&StateDelta { failed_attempts: s.failures_unwritten(), ..StateDelta::default() });
+        assert_eq!((failed(&s), s.failures_unwritten()), (2, 0));
+        assert!(s.status("sink").failing.is_none(), "a commit clears the failure");
+        let row = sink_state::Model {
+            consumer: "sink".into(),
+            stream: "NTP".into(),
+            last_sequence: 0,
+            total_received: 0,
+            total_processed: 0,
+            processing_errors: 0,
+            total_inserted: 0,
+            total_updated: 0,
+            batches: 0,
+            messages_applied: 0,
+            duplicates_skipped: 0,
+            dead_lettered: 0,
+            queue_size: 0,
+            failed_attempts: 5,
+            last_commit_at: None,
+            lag_seconds: None,
+            last_batch_records: None,
+            last_batch_seconds: None,
+            updated_at: 0,
+        };
+        let restarted = SinkStats::from_row(Some(&row));
+        assert_eq!((failed(&restarted), restarted.failures_unwritten()), (5, 0));
     }
 }

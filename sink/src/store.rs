@@ -834,8 +834,10 @@ pub struct StateDelta {
     /// Records applied.
     pub total_processed: u64,
     /// Messages set aside as undecodable or invalid (dead-lettered); failed write attempts are
-    /// counted apart (`stats`' `failed_attempts`).
+    /// counted apart ([`Self::failed_attempts`]).
     pub processing_errors: u64,
+    /// Batch writes that failed (and were retried) since the last batch committed.
+    pub failed_attempts: u64,
     /// Rows inserted.
     pub total_inserted: u64,
     /// Rows updated.
@@ -874,6 +876,7 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
         "messages_applied",
         "duplicates_skipped",
         "dead_lettered",
+        "failed_attempts",
     ];
     let cols = [
         "consumer",
@@ -888,6 +891,7 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
         "messages_applied",
         "duplicates_skipped",
         "dead_lettered",
+        "failed_attempts",
         "queue_size",
         "last_commit_at",
         "lag_seconds",
@@ -920,6 +924,7 @@ pub async fn update_state<C: ConnectionTrait>(conn: &C, consumer: &str, stream: 
         i(d.messages_applied),
         i(d.duplicates_skipped),
         i(d.dead_lettered),
+        i(d.failed_attempts),
         i(d.queue_size),
         Value::BigInt(Some(now)),
         Value::Double(d.lag_seconds),

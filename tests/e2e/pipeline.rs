@@ -557,3 +557,39 @@ async fn every_column_matches_on_a_capture_that_sets_every_column() {
     assert!(done, "stored {} of {n}", stored_records(&db).await);
     assert_same(&want, &stored(&db).await);
 }
+
+/// Batch writes that fail are retried until they commit, and the failed attempts reach the
+/// sink's database row with the commit, so that they stay readable once the sink has stopped
+/// and its status on the bus is gone. The writes fail for as long as a trigger refuses them
+/// (every batch records its message ids in `applied_batches`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_batch_writes_are_counted_in_the_sinks_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pcap, want, total) = synthetic(dir.path(), 2_000);
+    let nats = NatsServer::start().expect("nats-server");
+    let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
+    assert_eq!(summary(&agent(&args, Some(&nats.url)))["publisher"]["records_acked"].as_i64(), Some(total));
+    let url = harness::sqlite_url(dir.path());
+    let db = sea_orm::Database::connect(migration::creating_options(&url)).await.expect("create");
+    <migration::Migrator as sea_orm_migration::MigratorTrait>::up(&db, None).await.expect("schema");
+    db.execute_unprepared(
+        "CREATE TRIGGER refuse BEFORE INSERT ON applied_batches BEGIN SELECT RAISE(ABORT, 'writes refused by the test'); END",
+    )
+    .await
+    .expect("trigger");
+    let mut sink = Sink::start(&url, &nats.url, &dir.path().join("sink.log"), &["--batch-size", "500"]);
+    let refused =
+        wait_until(Duration::from_secs(60), || async { sink.log_text().matches("writes refused by the test").count() >= 2 }).await;
+    assert!(refused, "the sink never failed a write: {}", sink.log_text());
+    assert_eq!(stored_records(&db).await, 0, "nothing committed while writes are refused");
+    db.execute_unprepared("DROP TRIGGER refuse").await.expect("drop trigger");
+    let done = wait_until(Duration::from_secs(60), || async { stored_records(&db).await == total }).await;
+    assert!(done, "stored {} of {total}", stored_records(&db).await);
+    assert_eq!(sink.terminate(), Some(0), "a clean stop");
+    let logged = sink.log_text().matches("writes refused by the test").count();
+    let row = entity::sink_state::Entity::find().all(&db).await.expect("sink_state");
+    let failed: i64 = row.iter().map(|r| r.failed_attempts).sum();
+    assert!(failed >= 2, "failed_attempts {failed} in the row");
+    assert!(usize::try_from(failed).is_ok_and(|f| f <= logged), "{failed} counted, {logged} logged");
+    assert_same(&want, &stored(&db).await);
+}

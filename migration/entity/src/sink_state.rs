@@ -33,6 +33,8 @@ pub struct Model {
     pub dead_lettered: i64,
     /// Counter (see the sink docs).
     pub queue_size: i64,
+    /// Batch writes that failed and were retried (added by the next batch that commits).
+    pub failed_attempts: i64,
     /// Last commit, Unix ns.
     pub last_commit_at: Option<i64>,
     /// Capture-to-commit lag of the newest record at the last commit, seconds.
