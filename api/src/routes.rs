@@ -312,10 +312,10 @@ impl HistoryApi {
             (Some(_), Some(_)) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before, not both")),
             (None, None) => return Err(ApiError::bad_request("older_than_days", "give older_than_days or before")),
         };
-        // The next request counts the table and computes the interface aggregates again,
-        // whether the cleanup ends or fails.
         // A task of its own: a client that gives up does not stop the cleanup half-way (its
-        // count is logged), and no request timeout applies to this route (`app`).
+        // count is logged), and no request timeout applies to this route (`app`). Whether it
+        // ends or fails, the next request counts the table and computes the interface
+        // aggregates again.
         let (db, total, aggregates) = (state.db.clone(), state.total.clone(), state.aggregates.clone());
         let deleted = tokio::spawn(async move {
             let (_recount, _recompute) = (total.forget_around(), aggregates.forget_around());
