@@ -127,7 +127,8 @@ pub async fn check(state: &AppState) -> Health {
         _ => None,
     };
     c.push(sink_component(&state.consumer, row.as_ref().map(Option::as_ref).map_err(String::as_str), live.as_ref()));
-    let (mut degraded, mut agents_down) = (false, false);
+    // Without the bus the agents are unknown: the failing NATS component decides.
+    let mut agents = AgentsVerdict::Healthy;
     match bus {
         None => c.push(component("nats", false, "not connected")),
         Some(_) if !connected => {
@@ -155,17 +156,16 @@ pub async fn check(state: &AppState) -> Health {
                 }
                 Err(e) => c.push(component("stream", false, e.to_string())),
             }
-            let (agents, verdict) = agents_component(&agents::agent_statuses(&bus).await);
-            c.push(agents);
-            degraded = verdict == AgentsVerdict::Degraded;
-            agents_down = verdict == AgentsVerdict::Down;
+            let (component, verdict) = agents_component(&agents::agent_statuses(&bus).await);
+            c.push(component);
+            agents = verdict;
         }
     }
     let reasons: Vec<String> = c.iter().filter(|x| !x.ok).map(|x| format!("{}: {}", x.name, x.detail)).collect();
-    let hard_failure = agents_down || c.iter().any(|x| !x.ok && x.name != "agents");
+    let hard_failure = agents == AgentsVerdict::Down || c.iter().any(|x| !x.ok && x.name != "agents");
     let status = if hard_failure {
         "unhealthy"
-    } else if degraded {
+    } else if agents == AgentsVerdict::Degraded {
         "degraded"
     } else {
         "healthy"

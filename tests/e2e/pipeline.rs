@@ -166,14 +166,13 @@ async fn kill_the_sink_repeatedly(dir: &std::path::Path, url: &str) {
     let args = ["-r", pcap.to_str().expect("path"), "--agent-id", "synth", "--flush-pending", "--batch-records", "100"];
     let published = summary(&agent(&args, Some(&nats.url)));
     assert_eq!(published["publisher"]["records_acked"].as_i64(), Some(total));
-    let url = url.to_string();
     let log = dir.join("sink.log");
     let sink_args = ["--batch-size", "100"];
-    let db = open(&url).await;
+    let db = open(url).await;
     let mut interrupted = 0;
     let mut kills = 0;
     for delay_ms in [300u64, 700, 450, 900, 600] {
-        let mut sink = Sink::start(&url, &nats.url, &log, &sink_args);
+        let mut sink = Sink::start(url, &nats.url, &log, &sink_args);
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         sink.kill9();
         kills += 1;
@@ -186,7 +185,7 @@ async fn kill_the_sink_repeatedly(dir: &std::path::Path, url: &str) {
         }
     }
     assert!(interrupted >= 1, "no kill landed mid-stream ({kills} kills); the test proves nothing");
-    let _sink = Sink::start(&url, &nats.url, &log, &sink_args);
+    let _sink = Sink::start(url, &nats.url, &log, &sink_args);
     stored_exactly_once(&db, &want, total, &format!("after {kills} kills")).await;
 }
 
